@@ -1,0 +1,372 @@
+//! The layer-major executor: a wave of sequences goes through layer N before layer N+1 is read.
+//!
+//! For each wave: embed every sequence (right-padded micro-batches sorted by length), then for each
+//! layer take it from the [`Prefetcher`], move it to the device, run every micro-batch through it
+//! and drop it; finally apply the head only to the rows that are asked for. The store is read once
+//! per wave, so disk traffic is (store size x waves) however many sequences a wave holds.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::prelude::*;
+
+use crate::backend::DefaultBackend;
+use crate::error::{EngineError, Result};
+use crate::model::{DecoderLayer, Head, Rope, to_device};
+use crate::spec::ModelSpec;
+use crate::store::{EMBED, LayerStore, Prefetcher};
+
+/// The log-probability of `token` following `tokens[..=position]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScoreTarget {
+    pub position: usize,
+    pub token: u32,
+}
+
+/// One sequence of a wave: its tokens and the targets to score in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScoreRequest {
+    pub tokens: Vec<u32>,
+    pub targets: Vec<ScoreTarget>,
+}
+
+/// Receives progress as a wave moves through the layers.
+pub trait WaveObserver {
+    /// `layer` (1-based count) of `total` has run for every sequence of the wave.
+    fn layer_done(&self, _layer: usize, _total: usize) {}
+}
+
+/// An observer that ignores progress.
+pub struct Quiet;
+impl WaveObserver for Quiet {}
+
+/// Counters of one engine's work so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Bytes read from the layer store (every file read counts, head and embed included).
+    pub store_bytes_read: u64,
+    /// Tokens that went through the layers (padding excluded).
+    pub tokens: u64,
+    pub waves: u64,
+}
+
+/// Knobs of an [`Engine`].
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Layers read ahead by the prefetch thread (0: read on the compute thread).
+    pub prefetch_depth: usize,
+    /// Most tokens (padding included) in one micro-batch.
+    pub micro_batch_tokens: usize,
+    /// Keep every layer on the device after its first read instead of streaming it again for
+    /// each wave: the "model fits in memory" baseline of the benchmark.
+    pub resident: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self { prefetch_depth: 1, micro_batch_tokens: 4096, resident: false }
+    }
+}
+
+/// What the head hands back for each asked-for row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadOutput {
+    Logits,
+    LogProbs,
+}
+
+pub struct Engine<B: Backend = DefaultBackend> {
+    store: Arc<LayerStore>,
+    tokenizer: tokenizers::Tokenizer,
+    device: B::Device,
+    options: EngineOptions,
+    /// Layers, embedding table and head kept when `options.resident` is set.
+    resident_layers: Vec<DecoderLayer<B>>,
+    resident_embed: Option<Arc<Vec<f32>>>,
+    resident_head: Option<Head<B>>,
+    tokens: u64,
+    waves: u64,
+}
+
+/// Sequences of a wave that run together, padded to the longest.
+struct MicroBatch<B: Backend> {
+    requests: Vec<usize>,
+    seq: usize,
+    hidden: Option<Tensor<B, 3>>,
+}
+
+impl Engine<DefaultBackend> {
+    /// Opens a layer store on the default backend's default device.
+    pub fn open(store: &Path, options: EngineOptions) -> Result<Self> {
+        Self::open_on(store, options, Default::default())
+    }
+}
+
+impl<B: Backend> Engine<B> {
+    pub fn open_on(store: &Path, options: EngineOptions, device: B::Device) -> Result<Self> {
+        let store = Arc::new(LayerStore::open(store)?);
+        let tokenizer = store.tokenizer()?;
+        Ok(Self {
+            store,
+            tokenizer,
+            device,
+            options,
+            resident_layers: Vec::new(),
+            resident_embed: None,
+            resident_head: None,
+            tokens: 0,
+            waves: 0,
+        })
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.store.manifest().spec
+    }
+
+    pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Total bytes of the store's files.
+    pub fn store_size(&self) -> u64 {
+        self.store.manifest().total_size()
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        EngineStats { store_bytes_read: self.store.bytes_read(), tokens: self.tokens, waves: self.waves }
+    }
+
+    /// Runs one wave. Returns, for each request, the log-probabilities of its targets in order.
+    pub fn score_wave(&mut self, requests: &[ScoreRequest], observer: &dyn WaveObserver) -> Result<Vec<Vec<f32>>> {
+        let sequences: Vec<&[u32]> = requests.iter().map(|r| r.tokens.as_slice()).collect();
+        let rows: Vec<Vec<usize>> = requests.iter().map(|r| r.targets.iter().map(|t| t.position).collect()).collect();
+        let vocab = self.spec().vocab_size;
+        let mut scores = vec![Vec::new(); requests.len()];
+        self.run_wave(&sequences, &rows, HeadOutput::LogProbs, observer, &mut |request, values| {
+            scores[request] = requests[request]
+                .targets
+                .iter()
+                .enumerate()
+                .map(|(row, target)| values[row * vocab + target.token as usize])
+                .collect();
+        })?;
+        Ok(scores)
+    }
+
+    /// Logits `[len, vocab]` (row-major) at every position of one sequence.
+    pub fn logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let rows = vec![(0..tokens.len()).collect()];
+        let mut out = Vec::new();
+        self.run_wave(&[tokens], &rows, HeadOutput::Logits, &crate::executor::Quiet, &mut |_, values| {
+            out = values.to_vec()
+        })?;
+        Ok(out)
+    }
+
+    /// The core loop. `rows[i]` lists the positions of sequence `i` whose head output is wanted;
+    /// `sink(i, values)` receives them as `[rows[i].len(), vocab]`, row-major.
+    pub fn run_wave(
+        &mut self,
+        sequences: &[&[u32]],
+        rows: &[Vec<usize>],
+        output: HeadOutput,
+        observer: &dyn WaveObserver,
+        sink: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        self.validate(sequences, rows)?;
+        let spec = self.spec().clone();
+        let table = self.embed_table()?;
+        let mut batches = self.embed(&table, sequences, &self.plan_micro_batches(sequences));
+        drop(table);
+        let max_seq = batches.iter().map(|b| b.seq).max().unwrap_or(0);
+        let rope = Rope::<B>::new(&spec, max_seq.max(1), &self.device);
+        self.run_layers(&spec, &mut batches, &rope, observer)?;
+        let head = self.head()?;
+        for batch in batches {
+            self.apply_head(&head, batch, rows, output, sink)?;
+        }
+        self.tokens += sequences.iter().map(|s| s.len() as u64).sum::<u64>();
+        self.waves += 1;
+        Ok(())
+    }
+
+    /// Every micro-batch through every layer, layer-major: from the resident layers when they are
+    /// loaded, else streamed through the prefetcher (and kept, when resident).
+    fn run_layers(
+        &mut self,
+        spec: &ModelSpec,
+        batches: &mut [MicroBatch<B>],
+        rope: &Rope<B>,
+        observer: &dyn WaveObserver,
+    ) -> Result<()> {
+        let run = |layer: &DecoderLayer<B>, batches: &mut [MicroBatch<B>]| {
+            for batch in batches.iter_mut() {
+                let hidden = batch.hidden.take().expect("hidden state present");
+                batch.hidden = Some(layer.forward(hidden, rope));
+            }
+        };
+        if !self.resident_layers.is_empty() {
+            for (index, layer) in self.resident_layers.iter().enumerate() {
+                run(layer, batches);
+                observer.layer_done(index + 1, spec.num_layers);
+            }
+            return Ok(());
+        }
+        let mut prefetcher = Prefetcher::start(Arc::clone(&self.store), self.options.prefetch_depth);
+        for index in 0..spec.num_layers {
+            let layer = DecoderLayer::<B>::from_host(spec, prefetcher.next_layer()?, &self.device)?;
+            run(&layer, batches);
+            tracing::trace!(layer = index, "layer done");
+            observer.layer_done(index + 1, spec.num_layers);
+            if self.options.resident {
+                self.resident_layers.push(layer);
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self, sequences: &[&[u32]], rows: &[Vec<usize>]) -> Result<()> {
+        let vocab = self.spec().vocab_size;
+        for (i, (tokens, wanted)) in sequences.iter().zip(rows).enumerate() {
+            if tokens.is_empty() {
+                return Err(EngineError::Other(format!("sequence {i} is empty")));
+            }
+            if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(EngineError::Other(format!(
+                    "sequence {i}: token id {bad} is outside the vocabulary ({vocab})"
+                )));
+            }
+            if let Some(bad) = wanted.iter().find(|&&p| p >= tokens.len()) {
+                return Err(EngineError::Other(format!(
+                    "sequence {i}: position {bad} is past its end ({})",
+                    tokens.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Groups sequences, longest first, into micro-batches of at most `micro_batch_tokens` padded
+    /// tokens (a longer sequence runs alone).
+    fn plan_micro_batches(&self, sequences: &[&[u32]]) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..sequences.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(sequences[i].len()));
+        let mut batches: Vec<Vec<usize>> = Vec::new();
+        for i in order {
+            match batches.last_mut() {
+                // Sorted longest first, so the batch's first sequence sets its padded length.
+                Some(batch) if (batch.len() + 1) * sequences[batch[0]].len() <= self.options.micro_batch_tokens => {
+                    batch.push(i)
+                }
+                _ => batches.push(vec![i]),
+            }
+        }
+        batches
+    }
+
+    /// Looks up each micro-batch's token embeddings (zero rows for padding).
+    fn embed_table(&mut self) -> Result<Arc<Vec<f32>>> {
+        if let Some(table) = &self.resident_embed {
+            return Ok(Arc::clone(table));
+        }
+        let (_, table) = self.store.read_tensors(EMBED, &["embed"])?.pop().expect("one tensor asked");
+        let table = Arc::new(table);
+        if self.options.resident {
+            self.resident_embed = Some(Arc::clone(&table));
+        }
+        Ok(table)
+    }
+
+    fn head(&mut self) -> Result<Head<B>> {
+        if let Some(head) = &self.resident_head {
+            return Ok(head.clone());
+        }
+        let head = Head::<B>::load(&self.store, &self.device)?;
+        if self.options.resident {
+            self.resident_head = Some(head.clone());
+        }
+        Ok(head)
+    }
+
+    fn embed(&self, table: &[f32], sequences: &[&[u32]], plan: &[Vec<usize>]) -> Vec<MicroBatch<B>> {
+        let hidden = self.spec().hidden_size;
+        plan.iter()
+            .map(|requests| {
+                let seq = sequences[requests[0]].len();
+                let mut values = vec![0f32; requests.len() * seq * hidden];
+                for (slot, &request) in requests.iter().enumerate() {
+                    for (pos, &token) in sequences[request].iter().enumerate() {
+                        let row = &table[token as usize * hidden..(token as usize + 1) * hidden];
+                        let at = (slot * seq + pos) * hidden;
+                        values[at..at + hidden].copy_from_slice(row);
+                    }
+                }
+                let tensor = to_device(&[requests.len(), seq, hidden], values, &self.device);
+                MicroBatch { requests: requests.clone(), seq, hidden: Some(tensor) }
+            })
+            .collect()
+    }
+
+    /// Runs the head on the asked-for rows of one micro-batch and hands them to `sink`.
+    fn apply_head(
+        &self,
+        head: &Head<B>,
+        batch: MicroBatch<B>,
+        rows: &[Vec<usize>],
+        output: HeadOutput,
+        sink: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        let flat_rows: Vec<i64> = batch
+            .requests
+            .iter()
+            .enumerate()
+            .flat_map(|(slot, &request)| rows[request].iter().map(move |&p| (slot * batch.seq + p) as i64))
+            .collect();
+        if flat_rows.is_empty() {
+            return Ok(());
+        }
+        let hidden = batch.hidden.expect("hidden state present");
+        let [b, seq, h] = hidden.dims();
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(flat_rows.clone(), [flat_rows.len()]), &self.device);
+        let selected = hidden.reshape([b * seq, h]).select(0, index);
+        let values = match output {
+            HeadOutput::Logits => head.logits(selected),
+            HeadOutput::LogProbs => head.log_probs(selected),
+        };
+        let values: Vec<f32> = values
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .map_err(|e| EngineError::Other(format!("reading head output: {e:?}")))?;
+        let vocab = self.spec().vocab_size;
+        let mut offset = 0;
+        for &request in &batch.requests {
+            let len = rows[request].len() * vocab;
+            sink(request, &values[offset..offset + len]);
+            offset += len;
+        }
+        Ok(())
+    }
+}
+
+/// Splits requests (by index) into waves whose hidden states fit `activation_budget_bytes`.
+/// Requests are taken in the given order; each wave holds at least one request.
+pub fn plan_waves(spec: &ModelSpec, lengths: &[usize], activation_budget_bytes: u64) -> Vec<Vec<usize>> {
+    let per_token = (spec.hidden_size * 4) as u64;
+    let mut waves = vec![];
+    let mut current = vec![];
+    let mut used = 0u64;
+    for (i, &len) in lengths.iter().enumerate() {
+        let cost = len as u64 * per_token;
+        if !current.is_empty() && used + cost > activation_budget_bytes {
+            waves.push(std::mem::take(&mut current));
+            used = 0;
+        }
+        current.push(i);
+        used += cost;
+    }
+    if !current.is_empty() {
+        waves.push(current);
+    }
+    waves
+}

@@ -1,0 +1,152 @@
+//! One decoder layer (llama, mistral, qwen2): pre-norm attention with rotary embeddings and
+//! grouped-query heads, then a pre-norm SwiGLU MLP, each with a residual connection.
+
+use burn::prelude::*;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+
+use super::{Rope, fused, linear, rms_norm, to_device};
+use crate::error::{EngineError, Result};
+use crate::source::LayerTensor;
+use crate::spec::ModelSpec;
+use crate::store::LayerHost;
+
+pub struct DecoderLayer<B: Backend> {
+    attn_norm: Tensor<B, 1>,
+    q_proj: Tensor<B, 2>,
+    k_proj: Tensor<B, 2>,
+    v_proj: Tensor<B, 2>,
+    o_proj: Tensor<B, 2>,
+    qkv_bias: Option<[Tensor<B, 1>; 3]>,
+    ffn_norm: Tensor<B, 1>,
+    gate_proj: Tensor<B, 2>,
+    up_proj: Tensor<B, 2>,
+    down_proj: Tensor<B, 2>,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    eps: f64,
+    sliding_window: Option<usize>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    /// Moves a layer's host tensors onto `device`, checking their shapes against the spec.
+    pub fn from_host(spec: &ModelSpec, mut host: LayerHost, device: &B::Device) -> Result<Self> {
+        let h = spec.hidden_size;
+        let q = spec.num_heads * spec.head_dim;
+        let kv = spec.num_kv_heads * spec.head_dim;
+        let ffn = spec.intermediate_size;
+        let mut take = |tensor: LayerTensor, expected: &[usize]| -> Result<(Vec<usize>, Vec<f32>)> {
+            let (shape, values) = host.tensors.remove(&tensor).ok_or_else(|| {
+                EngineError::Other(format!("layer {}: tensor {} is missing", host.index, tensor.store_name()))
+            })?;
+            if shape != expected {
+                return Err(EngineError::Other(format!(
+                    "layer {}: tensor {} has shape {shape:?}, the spec implies {expected:?}",
+                    host.index,
+                    tensor.store_name()
+                )));
+            }
+            Ok((shape, values))
+        };
+        let mut matrix = |t, rows, cols| -> Result<Tensor<B, 2>> {
+            let (shape, values) = take(t, &[rows, cols])?;
+            Ok(to_device(&shape, values, device))
+        };
+        let q_proj = matrix(LayerTensor::QProj, q, h)?;
+        let k_proj = matrix(LayerTensor::KProj, kv, h)?;
+        let v_proj = matrix(LayerTensor::VProj, kv, h)?;
+        let o_proj = matrix(LayerTensor::OProj, h, q)?;
+        let gate_proj = matrix(LayerTensor::GateProj, ffn, h)?;
+        let up_proj = matrix(LayerTensor::UpProj, ffn, h)?;
+        let down_proj = matrix(LayerTensor::DownProj, h, ffn)?;
+        let mut vector = |t, len| -> Result<Tensor<B, 1>> {
+            let (shape, values) = take(t, &[len])?;
+            Ok(to_device(&shape, values, device))
+        };
+        let attn_norm = vector(LayerTensor::AttnNorm, h)?;
+        let ffn_norm = vector(LayerTensor::FfnNorm, h)?;
+        let qkv_bias = if spec.qkv_bias {
+            Some([vector(LayerTensor::QBias, q)?, vector(LayerTensor::KBias, kv)?, vector(LayerTensor::VBias, kv)?])
+        } else {
+            None
+        };
+        Ok(Self {
+            attn_norm,
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            qkv_bias,
+            ffn_norm,
+            gate_proj,
+            up_proj,
+            down_proj,
+            num_heads: spec.num_heads,
+            num_kv_heads: spec.num_kv_heads,
+            head_dim: spec.head_dim,
+            eps: spec.rms_norm_eps,
+            sliding_window: spec.sliding_window,
+        })
+    }
+
+    /// Runs `x` `[batch, seq, hidden]` (right-padded, so every row starts at position 0).
+    pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 3> {
+        let attended = self.attention(rms_norm(x.clone(), &self.attn_norm, self.eps), rope);
+        let x = x + attended;
+        let normed = rms_norm(x.clone(), &self.ffn_norm, self.eps);
+        let gated = fused::silu_mul(linear(normed.clone(), &self.gate_proj, None), linear(normed, &self.up_proj, None));
+        x + linear(gated, &self.down_proj, None)
+    }
+
+    fn attention(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 3> {
+        let [batch, seq, _] = x.dims();
+        let bias = |i: usize| self.qkv_bias.as_ref().map(|b| &b[i]);
+        let q = rope.apply(linear(x.clone(), &self.q_proj, bias(0)), self.num_heads);
+        let k = rope.apply(linear(x.clone(), &self.k_proj, bias(1)), self.num_kv_heads);
+        let (q, k) = (self.split_heads(q, self.num_heads), self.split_heads(k, self.num_kv_heads));
+        let v = self.split_heads(linear(x, &self.v_proj, bias(2)), self.num_kv_heads);
+        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
+        let window = self.sliding_window.filter(|&w| w < seq);
+        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: window.is_none() };
+        let mask = window.map(|w| window_mask::<B>(batch, self.num_heads, seq, w, &q.device()));
+        let out = attention(q, k, v, mask, None, options);
+        let out = out.swap_dims(1, 2).reshape([batch, seq, self.num_heads * self.head_dim]);
+        linear(out, &self.o_proj, None)
+    }
+
+    /// `[batch, seq, heads * head_dim]` -> `[batch, heads, seq, head_dim]`
+    fn split_heads(&self, x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+        let [batch, seq, _] = x.dims();
+        x.reshape([batch, seq, heads, self.head_dim]).swap_dims(1, 2)
+    }
+
+    /// Repeats each key/value head for the query heads that share it (grouped-query attention).
+    fn repeat_kv(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let groups = self.num_heads / self.num_kv_heads;
+        if groups == 1 {
+            return x;
+        }
+        let [batch, kv_heads, seq, dim] = x.dims();
+        x.unsqueeze_dim::<5>(2).expand([batch, kv_heads, groups, seq, dim]).reshape([
+            batch,
+            kv_heads * groups,
+            seq,
+            dim,
+        ])
+    }
+}
+
+/// Causal mask limited to the last `window` positions (`true` = masked), as Mistral uses.
+fn window_mask<B: Backend>(
+    batch: usize,
+    heads: usize,
+    seq: usize,
+    window: usize,
+    device: &B::Device,
+) -> Tensor<B, 4, Bool> {
+    let values: Vec<bool> =
+        (0..seq).flat_map(|query| (0..seq).map(move |key| key > query || query - key >= window)).collect();
+    let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(values, [seq, seq]), device);
+    mask.unsqueeze::<4>().expand([batch, heads, seq, seq])
+}

@@ -1,0 +1,244 @@
+//! GGUF model source: llama.cpp's single-file format, memory-mapped and read one tensor at a time.
+//!
+//! The spec comes from the `{arch}.*` metadata, the tokenizer from `tokenizer.ggml.*` (see
+//! [`tokenizer`]), and each tensor is dequantized to f32 ([`dequant`]) and given back in Hugging
+//! Face layout: row-major shape (GGUF lists dimensions innermost first) and, for llama/mistral, the
+//! Q/K row order of the original checkpoint (llama.cpp's converter permutes those rows).
+
+pub mod dequant;
+pub mod reader;
+pub mod tokenizer;
+
+use std::fs::File;
+use std::path::Path;
+
+use memmap2::Mmap;
+
+use super::{LayerTensor, ModelSource, TensorName};
+use crate::error::{EngineError, Result};
+use crate::spec::{Family, ModelSpec, RopeScaling};
+use crate::tensor::HostTensor;
+use reader::{GgufHeader, TensorInfo, Value};
+
+/// Bytes hashed at each end of the file for the fingerprint.
+const FINGERPRINT_SPAN: usize = 1 << 20;
+
+pub struct GgufSource {
+    mmap: Mmap,
+    header: GgufHeader,
+    spec: ModelSpec,
+}
+
+impl GgufSource {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
+        // SAFETY: the file is opened read-only; a concurrent writer would be a user error, and
+        // every access goes through the bounds checked at parse time, not through raw pointers.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
+        let header = GgufHeader::parse(&mmap, path)?;
+        let spec = build_spec(&header)?;
+        Ok(Self { mmap, header, spec })
+    }
+
+    /// The parsed header: version, metadata and tensor infos.
+    pub fn header(&self) -> &GgufHeader {
+        &self.header
+    }
+
+    /// A tensor by its llama.cpp name, dequantized to f32, in row-major shape, without any
+    /// un-permutation.
+    pub fn raw_tensor(&self, gguf_name: &str) -> Result<HostTensor> {
+        let info = self.header.tensor(gguf_name).ok_or_else(|| self.missing(gguf_name))?;
+        let values = self.dequantize(info)?;
+        Ok(HostTensor::from_f32(info.shape(), &values))
+    }
+
+    fn missing(&self, gguf_name: &str) -> EngineError {
+        EngineError::MissingTensor { path: self.header.path.clone(), name: gguf_name.to_string() }
+    }
+
+    fn dequantize(&self, info: &TensorInfo) -> Result<Vec<f32>> {
+        let data = &self.mmap[info.start..info.start + info.len];
+        dequant::dequantize(info.ggml_type, data).ok_or_else(|| {
+            self.header.error(format!(
+                "tensor {} has ggml type {}, which is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
+                info.name, info.ggml_type.name
+            ))
+        })
+    }
+
+    /// Undoes llama.cpp's Q/K row permutation where the converter applied it.
+    fn unpermute_if_needed(&self, layer_tensor: LayerTensor, info: &TensorInfo, values: Vec<f32>) -> Result<Vec<f32>> {
+        let n_head = match layer_tensor {
+            LayerTensor::QProj | LayerTensor::QBias => self.spec.num_heads,
+            LayerTensor::KProj | LayerTensor::KBias => self.spec.num_kv_heads,
+            _ => return Ok(values),
+        };
+        // Only LlamaModel in convert_hf_to_gguf.py permutes; Qwen2Model writes rows as they are.
+        if self.spec.family == Family::Qwen2 {
+            return Ok(values);
+        }
+        let rows = info.shape()[0];
+        if n_head == 0 || !rows.is_multiple_of(2 * n_head) {
+            let message = format!("tensor {}: {rows} rows do not split into {n_head} heads of even size", info.name);
+            return Err(self.header.error(message));
+        }
+        Ok(unpermute_rows(&values, rows, n_head))
+    }
+}
+
+/// Builds the spec from `general.architecture` and the `{arch}.*` hyperparameters.
+fn build_spec(header: &GgufHeader) -> Result<ModelSpec> {
+    let arch = header.str("general.architecture")?;
+    let family = match arch {
+        "llama" => Family::Llama,
+        "mistral" => Family::Mistral,
+        "qwen2" => Family::Qwen2,
+        other => {
+            return Err(EngineError::UnsupportedArchitecture { path: header.path.clone(), found: other.to_string() });
+        }
+    };
+    if header.tensor("rope_freqs.weight").is_some() {
+        return Err(header.error(
+            "tensor rope_freqs.weight (llama3 rope scaling) is present; GGUF rope frequency factors are not supported yet".into(),
+        ));
+    }
+    let key = |k: &str| format!("{arch}.{k}");
+    let hidden_size = header.usize(&key("embedding_length"))?;
+    let num_heads = header.usize(&key("attention.head_count"))?;
+    if num_heads == 0 {
+        return Err(header.error(format!("metadata {} is 0", key("attention.head_count"))));
+    }
+    Ok(ModelSpec {
+        family,
+        vocab_size: vocab_size(header, arch)?,
+        hidden_size,
+        intermediate_size: header.usize(&key("feed_forward_length"))?,
+        num_layers: header.usize(&key("block_count"))?,
+        num_heads,
+        num_kv_heads: header.opt_usize(&key("attention.head_count_kv"))?.unwrap_or(num_heads),
+        head_dim: header.opt_usize(&key("attention.key_length"))?.unwrap_or(hidden_size / num_heads),
+        rms_norm_eps: header.opt_f64(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-6),
+        rope_theta: header.opt_f64(&key("rope.freq_base"))?.unwrap_or(10000.0),
+        rope_scaling: rope_scaling(header, arch)?,
+        sliding_window: header.opt_usize(&key("attention.sliding_window"))?,
+        qkv_bias: header.tensor("blk.0.attn_q.bias").is_some(),
+        tie_word_embeddings: header.tensor("output.weight").is_none(),
+        max_position_embeddings: header.opt_usize(&key("context_length"))?.unwrap_or(4096),
+        bos_token_id: header.opt_usize("tokenizer.ggml.bos_token_id")?.map(|v| v as u32),
+        eos_token_id: header.opt_usize("tokenizer.ggml.eos_token_id")?.map(|v| v as u32),
+    })
+}
+
+/// `{arch}.vocab_size`, else the token list's length, else `token_embd.weight`'s row count.
+fn vocab_size(header: &GgufHeader, arch: &str) -> Result<usize> {
+    if let Some(n) = header.opt_usize(&format!("{arch}.vocab_size"))? {
+        return Ok(n);
+    }
+    if let Some(tokens) = header.metadata.get("tokenizer.ggml.tokens").and_then(Value::as_array) {
+        return Ok(tokens.len());
+    }
+    let embed = header.tensor("token_embd.weight");
+    let embed = embed.ok_or_else(|| {
+        header.error(format!("no vocabulary size: no {arch}.vocab_size, tokens or token_embd.weight"))
+    })?;
+    Ok(embed.shape()[0])
+}
+
+/// `{arch}.rope.scaling.type`: linear is supported; yarn and others are refused rather than
+/// ignored, since ignoring them would silently give wrong logits.
+fn rope_scaling(header: &GgufHeader, arch: &str) -> Result<Option<RopeScaling>> {
+    let type_key = format!("{arch}.rope.scaling.type");
+    match header.metadata.get(&type_key).and_then(Value::as_str) {
+        None | Some("none") => Ok(None),
+        Some("linear") => {
+            let factor = header.opt_f64(&format!("{arch}.rope.scaling.factor"))?.unwrap_or(1.0);
+            Ok((factor != 1.0).then_some(RopeScaling::Linear { factor }))
+        }
+        Some(other) => Err(header.error(format!("{type_key} {other:?} is not supported (supported: none, linear)"))),
+    }
+}
+
+impl ModelSource for GgufSource {
+    fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    fn tokenizer(&self) -> Result<tokenizers::Tokenizer> {
+        tokenizer::build(&self.header.metadata, &self.header.path)
+    }
+
+    fn tensor(&self, name: TensorName) -> Result<HostTensor> {
+        let gguf_name = match name {
+            TensorName::LmHead if self.header.tensor("output.weight").is_none() => "token_embd.weight".to_string(),
+            _ => gguf_tensor_name(name),
+        };
+        let info = self.header.tensor(&gguf_name).ok_or_else(|| self.missing(&gguf_name))?;
+        let mut values = self.dequantize(info)?;
+        if let TensorName::Layer(_, layer_tensor) = name {
+            values = self.unpermute_if_needed(layer_tensor, info, values)?;
+        }
+        Ok(HostTensor::from_f32(info.shape(), &values))
+    }
+
+    fn fingerprint(&self) -> Result<String> {
+        let len = self.mmap.len();
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        hasher.update(&self.mmap[..len.min(FINGERPRINT_SPAN)]);
+        hasher.update(&self.mmap[len.saturating_sub(FINGERPRINT_SPAN)..]);
+        Ok(format!("gguf-{len:x}-{:016x}", hasher.digest()))
+    }
+
+    fn describe(&self) -> String {
+        self.header.path.display().to_string()
+    }
+}
+
+/// llama.cpp's name for a canonical tensor (`LmHead` answers `output.weight`; tied models have
+/// none and fall back to `token_embd.weight`).
+pub fn gguf_tensor_name(name: TensorName) -> String {
+    match name {
+        TensorName::Embed => "token_embd.weight".into(),
+        TensorName::FinalNorm => "output_norm.weight".into(),
+        TensorName::LmHead => "output.weight".into(),
+        TensorName::Layer(i, t) => {
+            let suffix = match t {
+                LayerTensor::AttnNorm => "attn_norm.weight",
+                LayerTensor::QProj => "attn_q.weight",
+                LayerTensor::KProj => "attn_k.weight",
+                LayerTensor::VProj => "attn_v.weight",
+                LayerTensor::OProj => "attn_output.weight",
+                LayerTensor::QBias => "attn_q.bias",
+                LayerTensor::KBias => "attn_k.bias",
+                LayerTensor::VBias => "attn_v.bias",
+                LayerTensor::FfnNorm => "ffn_norm.weight",
+                LayerTensor::GateProj => "ffn_gate.weight",
+                LayerTensor::UpProj => "ffn_up.weight",
+                LayerTensor::DownProj => "ffn_down.weight",
+            };
+            format!("blk.{i}.{suffix}")
+        }
+    }
+}
+
+/// Inverts convert_hf_to_gguf.py's `permute`, which reorders the `rows` rows of a Q or K
+/// projection (or bias) as `w.reshape(n_head, 2, head_dim / 2, -1).swapaxes(1, 2)`: the GGUF
+/// row `(h, i, j)` holds Hugging Face row `(h, j, i)`. `values` is row-major; rows may be any
+/// length (1 for biases). `rows` must be a multiple of `2 * n_head`.
+pub fn unpermute_rows(values: &[f32], rows: usize, n_head: usize) -> Vec<f32> {
+    let cols = values.len() / rows;
+    let head_dim = rows / n_head;
+    let half = head_dim / 2;
+    let mut out = vec![0f32; values.len()];
+    for h in 0..n_head {
+        for i in 0..half {
+            for j in 0..2 {
+                let hf_row = h * head_dim + j * half + i;
+                let gguf_row = h * head_dim + i * 2 + j;
+                out[hf_row * cols..(hf_row + 1) * cols]
+                    .copy_from_slice(&values[gguf_row * cols..(gguf_row + 1) * cols]);
+            }
+        }
+    }
+    out
+}

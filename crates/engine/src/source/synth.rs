@@ -1,0 +1,145 @@
+//! Synthetic Llama-shaped models with random weights, for benchmarks and for models larger than
+//! any checkpoint at hand. Tensors are generated on demand from a seed and the tensor's name, so
+//! splitting one into a store never holds more than the layer being written.
+
+use tokenizers::Tokenizer;
+
+use super::{LayerTensor, ModelSource, TensorName};
+use crate::error::{EngineError, Result};
+use crate::spec::{Family, ModelSpec};
+use crate::tensor::{DType, HostTensor};
+
+pub struct SynthSource {
+    spec: ModelSpec,
+    seed: u64,
+    dtype: DType,
+}
+
+/// Shape of a synthetic model.
+#[derive(Debug, Clone)]
+pub struct SynthShape {
+    pub layers: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub vocab: usize,
+}
+
+impl SynthSource {
+    pub fn new(shape: &SynthShape, seed: u64, dtype: DType) -> Result<Self> {
+        if shape.heads == 0
+            || !shape.hidden.is_multiple_of(shape.heads)
+            || shape.kv_heads == 0
+            || !shape.heads.is_multiple_of(shape.kv_heads)
+        {
+            return Err(EngineError::Other(format!(
+                "synthetic model: hidden {} must divide into {} heads, and heads into {} kv heads",
+                shape.hidden, shape.heads, shape.kv_heads
+            )));
+        }
+        if shape.vocab < 256 {
+            return Err(EngineError::Other("synthetic model: vocab must be at least 256 (byte tokens)".into()));
+        }
+        let spec = ModelSpec {
+            family: Family::Llama,
+            vocab_size: shape.vocab,
+            hidden_size: shape.hidden,
+            intermediate_size: shape.intermediate,
+            num_layers: shape.layers,
+            num_heads: shape.heads,
+            num_kv_heads: shape.kv_heads,
+            head_dim: shape.hidden / shape.heads,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            sliding_window: None,
+            qkv_bias: false,
+            tie_word_embeddings: false,
+            max_position_embeddings: 4096,
+            bos_token_id: None,
+            eos_token_id: None,
+        };
+        Ok(Self { spec, seed, dtype })
+    }
+
+    fn shape_of(&self, name: TensorName) -> Vec<usize> {
+        let s = &self.spec;
+        let (h, q, kv, ffn) =
+            (s.hidden_size, s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.intermediate_size);
+        match name {
+            TensorName::Embed | TensorName::LmHead => vec![s.vocab_size, h],
+            TensorName::FinalNorm => vec![h],
+            TensorName::Layer(_, t) => match t {
+                LayerTensor::AttnNorm | LayerTensor::FfnNorm => vec![h],
+                LayerTensor::QProj => vec![q, h],
+                LayerTensor::KProj | LayerTensor::VProj => vec![kv, h],
+                LayerTensor::OProj => vec![h, q],
+                LayerTensor::QBias => vec![q],
+                LayerTensor::KBias | LayerTensor::VBias => vec![kv],
+                LayerTensor::GateProj | LayerTensor::UpProj => vec![ffn, h],
+                LayerTensor::DownProj => vec![h, ffn],
+            },
+        }
+    }
+}
+
+impl ModelSource for SynthSource {
+    fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Byte-level BPE with the 256 byte tokens and no merges.
+    fn tokenizer(&self) -> Result<Tokenizer> {
+        let mut alphabet: Vec<char> =
+            tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().collect();
+        alphabet.sort();
+        let vocab: serde_json::Map<String, serde_json::Value> =
+            alphabet.iter().enumerate().map(|(i, c)| (c.to_string(), i.into())).collect();
+        let json = serde_json::json!({
+            "version": "1.0",
+            "added_tokens": [],
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "vocab": vocab, "merges": []}
+        });
+        Tokenizer::from_bytes(json.to_string()).map_err(|e| EngineError::Other(format!("synthetic tokenizer: {e}")))
+    }
+
+    fn tensor(&self, name: TensorName) -> Result<HostTensor> {
+        let shape = self.shape_of(name);
+        let numel: usize = shape.iter().product();
+        let is_norm =
+            matches!(name, TensorName::FinalNorm | TensorName::Layer(_, LayerTensor::AttnNorm | LayerTensor::FfnNorm));
+        let values: Vec<f32> = if is_norm {
+            vec![1.0; numel]
+        } else {
+            // Uniform with the variance of N(0, 1/fan_in), so activations keep their scale.
+            let limit = (3.0 / *shape.last().expect("non-empty shape") as f32).sqrt();
+            let mut state = self.seed ^ xxhash_rust::xxh3::xxh3_64(format!("{name:?}").as_bytes());
+            (0..numel).map(|_| (next_unit(&mut state) * 2.0 - 1.0) * limit).collect()
+        };
+        Ok(HostTensor::from_f32(shape, &values).cast(self.dtype))
+    }
+
+    fn fingerprint(&self) -> Result<String> {
+        Ok(format!(
+            "synth-{:016x}",
+            xxhash_rust::xxh3::xxh3_64(format!("{:?}{}{:?}", self.spec, self.seed, self.dtype).as_bytes())
+        ))
+    }
+
+    fn describe(&self) -> String {
+        format!("synthetic llama {}x{} (seed {})", self.spec.num_layers, self.spec.hidden_size, self.seed)
+    }
+}
+
+/// splitmix64 mapped to [0, 1).
+fn next_unit(state: &mut u64) -> f32 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 40) as f32 / (1u64 << 24) as f32
+}

