@@ -1,0 +1,6 @@
+//! One module per subcommand.
+
+pub mod logits;
+pub mod run;
+pub mod split;
+pub mod synth;

