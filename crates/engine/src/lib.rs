@@ -10,6 +10,7 @@ pub mod error;
 pub mod executor;
 pub mod families;
 pub mod model;
+pub mod perf;
 pub mod source;
 pub mod spec;
 pub mod store;

@@ -64,8 +64,9 @@ impl ModelSpec {
         2 * h + h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size + bias
     }
 
-    /// Multiply-adds per token of one layer's matmuls, attention excluded.
+    /// FLOPs per token of one layer's matmuls (two per multiply-add), attention excluded.
     pub fn layer_matmul_flops_per_token(&self) -> f64 {
-        2.0 * (self.layer_params() - 2 * self.hidden_size) as f64
+        let (h, q, kv) = (self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim);
+        2.0 * (h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size) as f64
     }
 }

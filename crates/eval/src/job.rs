@@ -187,7 +187,9 @@ impl ByteSize {
             "mib" | "m" => 1 << 20,
             "gib" | "g" => 1 << 30,
             "tib" | "t" => 1 << 40,
-            other => return Err(format!("unknown size unit `{other}` (allowed: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")),
+            other => {
+                return Err(format!("unknown size unit `{other}` (allowed: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"));
+            }
         };
         Ok(ByteSize((number * scale as f64) as u64))
     }

@@ -278,7 +278,11 @@ mod tests {
 
     #[test]
     fn summary_has_subjects_then_overall() {
-        let items = vec![item("b", 0, [0.0, 1.0, 0.0, 0.0]), item("a", 0, [1.0, 0.0, 0.0, 0.0]), item("a", 1, [0.0, 1.0, 0.0, 0.0])];
+        let items = vec![
+            item("b", 0, [0.0, 1.0, 0.0, 0.0]),
+            item("a", 0, [1.0, 0.0, 0.0, 0.0]),
+            item("a", 1, [0.0, 1.0, 0.0, 0.0]),
+        ];
         let rows = summarize(&items);
         let names: Vec<_> = rows.iter().map(|r| r.0.as_str()).collect();
         assert_eq!(names, ["a", "b", "overall"]);

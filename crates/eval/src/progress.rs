@@ -22,8 +22,10 @@ impl Progress {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let tokens = multi.add(ProgressBar::new(total_tokens));
         tokens.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {percent:>3}% tokens, ETA {eta} | {msg}")
-                .expect("valid template"),
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {percent:>3}% tokens, ETA {eta} | {msg}",
+            )
+            .expect("valid template"),
         );
         let layers = multi.add(ProgressBar::new(num_layers as u64));
         layers.set_style(ProgressStyle::with_template("  layer {pos}/{len} {bar:30} {msg}").expect("valid template"));

@@ -63,19 +63,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     let spec = &job.spec;
     let names: Vec<String> = subjects.iter().map(|s| s.name.clone()).collect();
     let hash = spec.hash(&names, &digest);
-    let base = job.path.parent().unwrap_or(Path::new("."));
-    let model = ModelRef::parse(&spec.model.source, spec.model.sha256.as_deref(), base)?;
-    let store_dir = match &spec.model.store {
-        Some(dir) => dir.clone(),
-        None => fetch::default_store_dir(&model)?,
-    };
-    let store = fetch::prepare_store(&model, &store_dir, &SplitOptions::default())?;
-    let options = EngineOptions {
-        prefetch_depth: spec.memory.prefetch_depth,
-        micro_batch_tokens: spec.memory.micro_batch_tokens,
-        resident: false,
-    };
-    let mut engine = Engine::open(&store, options).with_context(|| format!("opening layer store {}", store.display()))?;
+    let store = prepare_model(&job)?;
+    let options = engine_options(&job);
+    let mut engine =
+        Engine::open(&store, options).with_context(|| format!("opening layer store {}", store.display()))?;
 
     let items = crate::task::mmlu::items(&subjects);
     let requests = crate::task::mmlu::requests(&subjects, engine.tokenizer())?;
@@ -128,6 +119,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         "tokens": stats.tokens,
         "tokens_per_s": if compute_s > 0.0 { stats.tokens as f64 / compute_s } else { 0.0 },
         "store_bytes_read": stats.store_bytes_read,
+        "store_passes": stats.store_bytes_read as f64 / engine.store_size() as f64,
         "peak_rss_bytes": outputs::peak_rss_bytes(),
         "compute_s": compute_s,
         "wall_s": started.elapsed().as_secs_f64(),
@@ -138,8 +130,30 @@ pub fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// Fetches the job's model and makes its layer store (reused when already there).
+pub fn prepare_model(job: &Job) -> Result<PathBuf> {
+    let spec = &job.spec;
+    let base = job.path.parent().unwrap_or(Path::new("."));
+    let model = ModelRef::parse(&spec.model.source, spec.model.sha256.as_deref(), base)?;
+    let store_dir = match &spec.model.store {
+        Some(dir) => dir.clone(),
+        None => fetch::default_store_dir(&model)?,
+    };
+    fetch::prepare_store(&model, &store_dir, &SplitOptions::default())
+}
+
+/// The engine settings of the job's `memory` section (streaming, not resident).
+pub fn engine_options(job: &Job) -> EngineOptions {
+    let memory = &job.spec.memory;
+    EngineOptions {
+        prefetch_depth: memory.prefetch_depth,
+        micro_batch_tokens: memory.micro_batch_tokens,
+        resident: false,
+    }
+}
+
 /// The subjects the job asks for, loaded, and a digest of the files read.
-fn load_dataset(job: &Job) -> Result<(Vec<Subject>, String)> {
+pub fn load_dataset(job: &Job) -> Result<(Vec<Subject>, String)> {
     let spec = &job.spec;
     let root = &spec.dataset.path;
     let available = mmlu::available_subjects(root).with_context(|| format!("{}: dataset.path", job.locate("path:")))?;
@@ -208,12 +222,16 @@ impl RunState {
         let mut results = vec![None; items.len()];
         let mut resumed = 0;
         for finished in done {
-            let index = items
-                .iter()
-                .position(|i| i.subject == finished.subject && i.index == finished.index)
-                .with_context(|| format!("journal item {}/{} is not part of this job", finished.subject, finished.index))?;
+            let index =
+                items.iter().position(|i| i.subject == finished.subject && i.index == finished.index).with_context(
+                    || format!("journal item {}/{} is not part of this job", finished.subject, finished.index),
+                )?;
             if items[index].gold != finished.gold {
-                bail!("journal item {}/{} has another gold answer: the dataset changed", finished.subject, finished.index);
+                bail!(
+                    "journal item {}/{} has another gold answer: the dataset changed",
+                    finished.subject,
+                    finished.index
+                );
             }
             remaining[index] = 0;
             results[index] = Some(finished);

@@ -103,21 +103,14 @@ fn csv_line(error: &csv::Error) -> u64 {
 
 fn parse_row(record: &csv::StringRecord) -> Result<Question, String> {
     if record.len() != 6 {
-        return Err(format!(
-            "expected 6 fields (question, A, B, C, D, answer letter), found {}",
-            record.len()
-        ));
+        return Err(format!("expected 6 fields (question, A, B, C, D, answer letter), found {}", record.len()));
     }
     let letter = record[5].trim();
     let answer = LETTERS
         .iter()
         .position(|l| *l == letter)
         .ok_or_else(|| format!("answer must be one of A, B, C, D; found `{letter}`"))?;
-    Ok(Question {
-        question: record[0].to_string(),
-        choices: [1, 2, 3, 4].map(|i| record[i].to_string()),
-        answer,
-    })
+    Ok(Question { question: record[0].to_string(), choices: [1, 2, 3, 4].map(|i| record[i].to_string()), answer })
 }
 
 #[cfg(test)]
@@ -144,7 +137,10 @@ mod tests {
     #[test]
     fn malformed_row_names_file_and_line() {
         let err = read("\"multi\nline\",a,b,c,d,A\nshort,a,b,A\n").unwrap_err().to_string();
-        assert!(err.ends_with("x_test.csv:3: expected 6 fields (question, A, B, C, D, answer letter), found 4"), "{err}");
+        assert!(
+            err.ends_with("x_test.csv:3: expected 6 fields (question, A, B, C, D, answer letter), found 4"),
+            "{err}"
+        );
         let err = read("q,a,b,c,d,E\n").unwrap_err().to_string();
         assert!(err.contains("x_test.csv:1: answer must be one of A, B, C, D; found `E`"), "{err}");
     }

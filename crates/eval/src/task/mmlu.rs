@@ -132,3 +132,41 @@ pub fn accuracy<'a>(results: impl IntoIterator<Item = &'a ItemResult>) -> Accura
     let stderr = (n > 1).then(|| (p * (1.0 - p) / (n - 1) as f64).sqrt());
     Accuracy { n, accuracy: p, stderr }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn question(text: &str, answer: usize) -> Question {
+        Question { question: text.into(), choices: ["w".into(), "x".into(), "y".into(), "z".into()], answer }
+    }
+
+    #[test]
+    fn zero_shot_prompt_is_lm_evals() {
+        let text = prompt("high_school_us_history", &[], &question("  Who?\n", 0));
+        assert_eq!(
+            text,
+            "The following are multiple choice questions (with answers) about high school us history.\n\n\
+             Who?\nA. w\nB. x\nC. y\nD. z\nAnswer:"
+        );
+    }
+
+    #[test]
+    fn few_shot_examples_end_in_their_letter_and_a_blank_line() {
+        let shots = [question("One?", 2), question("Two?", 3)];
+        let text = prompt("anatomy", &shots, &question("Three?", 0));
+        assert_eq!(
+            text,
+            "The following are multiple choice questions (with answers) about anatomy.\n\n\
+             One?\nA. w\nB. x\nC. y\nD. z\nAnswer: C\n\n\
+             Two?\nA. w\nB. x\nC. y\nD. z\nAnswer: D\n\n\
+             Three?\nA. w\nB. x\nC. y\nD. z\nAnswer:"
+        );
+    }
+
+    #[test]
+    fn prediction_takes_the_first_best() {
+        assert_eq!(predict(&[-2.0, -1.0, -1.0, -3.0]), 1);
+        assert_eq!(predict(&[-1.0, -1.0, -1.0, -1.0]), 0);
+    }
+}

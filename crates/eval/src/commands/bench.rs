@@ -1,0 +1,255 @@
+//! `airllm-eval bench JOB.yaml`: scores the job's MMLU requests three ways and prints one table.
+//!
+//! - **resident**: every layer kept on the device after a warm-up read (the model fits in memory);
+//! - **per-prompt**: AirLLM's way, every layer read again for each prompt;
+//! - **layer-major**: ours, every prompt of a wave through layer N before layer N+1 is read.
+//!
+//! Each mode runs in a child process of its own (`bench --mode ...`), so its peak resident memory
+//! is its own and not the high-water mark of an earlier mode. The matmul peak of the same backend
+//! is measured in the parent first; achieved GFLOP/s counts the useful work of the forward pass
+//! ([`airllm_engine::perf::forward_flops`]), padding excluded. Per-prompt streaming re-reads the
+//! whole store per prompt, so it runs on `--per-prompt-limit` prompts spread over the workload.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use airllm_engine::backend::{DEFAULT_BACKEND_NAME, DefaultBackend};
+use airllm_engine::executor::{Engine, EngineOptions, Quiet, ScoreRequest};
+use airllm_engine::perf;
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use super::run::{engine_options, load_dataset, prepare_model};
+use crate::job::{Job, Overrides};
+use crate::outputs::peak_rss_bytes;
+use crate::schedule::{self, Sequence};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The job whose model and MMLU requests are scored.
+    pub job: PathBuf,
+    /// Only these subjects (comma separated), instead of the job's.
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    pub subjects: Option<Vec<String>>,
+    /// The first N questions of each subject.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Solved examples before each question.
+    #[arg(long, value_name = "K")]
+    pub num_fewshot: Option<usize>,
+    /// Prompts scored in per-prompt mode (it re-reads the store for every one), spread evenly.
+    #[arg(long, default_value_t = 20)]
+    pub per_prompt_limit: usize,
+    /// Write the requests (token ids and scored positions, JSON lines) for benches/hf_transformers.py.
+    #[arg(long, value_name = "FILE")]
+    pub requests_out: Option<PathBuf>,
+    /// Also write the results as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Run one mode in this process and print its result as JSON (used by the parent run).
+    #[arg(long, value_enum, hide = true)]
+    pub mode: Option<Mode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    Resident,
+    PerPrompt,
+    LayerMajor,
+}
+
+/// What one mode measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModeResult {
+    pub mode: Mode,
+    pub prompts: usize,
+    pub tokens: u64,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+    pub store_bytes_read: u64,
+    pub store_passes: f64,
+    pub peak_rss_bytes: u64,
+    pub gflops: f64,
+    pub waves: usize,
+}
+
+/// The requests of the job, packed as the runner packs them.
+struct Workload {
+    store: PathBuf,
+    sequences: Vec<Sequence>,
+    waves: Vec<Vec<usize>>,
+}
+
+fn load(args: &BenchArgs) -> Result<Workload> {
+    let mut job = Job::load(&args.job)?;
+    job.apply(&Overrides {
+        subjects: args.subjects.clone(),
+        limit: args.limit,
+        num_fewshot: args.num_fewshot,
+        ..Overrides::default()
+    });
+    let (subjects, _) = load_dataset(&job)?;
+    let store = prepare_model(&job)?;
+    let engine = Engine::open(&store, EngineOptions::default())?;
+    let requests = crate::task::mmlu::requests(&subjects, engine.tokenizer())?;
+    let sequences = schedule::sequences(&requests, engine.spec().max_position_embeddings);
+    let waves = schedule::waves(engine.spec(), &sequences, job.spec.memory.activation_budget.0);
+    Ok(Workload { store, sequences, waves })
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let job = Job::load(&args.job)?;
+    let workload = load(&args)?;
+    if let Some(mode) = args.mode {
+        let result = measure(mode, &workload, engine_options(&job), args.per_prompt_limit)?;
+        println!("{}", serde_json::to_string(&result)?);
+        return Ok(());
+    }
+    if let Some(path) = &args.requests_out {
+        write_requests(path, &workload.sequences)?;
+    }
+    let spec = Engine::open(&workload.store, EngineOptions::default())?.spec().clone();
+    let micro_batch = job.spec.memory.micro_batch_tokens.min(512);
+    let peak = perf::gemm_peak::<DefaultBackend>(&spec, micro_batch, &Default::default());
+    let mut results = Vec::new();
+    for mode in [Mode::Resident, Mode::PerPrompt, Mode::LayerMajor] {
+        tracing::info!("bench: {mode:?}");
+        results.push(run_child(&args, mode)?);
+    }
+    let store_size = airllm_engine::store::LayerStore::open(&workload.store)?.manifest().total_size();
+    print_table(&results, &peak, store_size);
+    if let Some(path) = &args.json {
+        let record = serde_json::json!({
+            "backend": DEFAULT_BACKEND_NAME,
+            "store": workload.store,
+            "store_bytes": store_size,
+            "gemm_peak_gflops": peak.gflops,
+            "gemm_peak_shape": peak.shape,
+            "modes": results,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&record)?).with_context(|| path.display().to_string())?;
+    }
+    Ok(())
+}
+
+/// Runs one mode in a child process and reads its result.
+fn run_child(args: &BenchArgs, mode: Mode) -> Result<ModeResult> {
+    let exe = std::env::current_exe().context("finding the airllm-eval binary")?;
+    let mut command = Command::new(exe);
+    command.arg("bench").arg(&args.job).arg("--mode").arg(mode.to_possible_value().expect("named").get_name());
+    command.arg("--per-prompt-limit").arg(args.per_prompt_limit.to_string());
+    if let Some(subjects) = &args.subjects {
+        command.arg("--subjects").arg(subjects.join(","));
+    }
+    if let Some(limit) = args.limit {
+        command.arg("--limit").arg(limit.to_string());
+    }
+    if let Some(k) = args.num_fewshot {
+        command.arg("--num-fewshot").arg(k.to_string());
+    }
+    let output = command.stderr(std::process::Stdio::inherit()).output()?;
+    if !output.status.success() {
+        bail!("bench mode {mode:?} failed ({})", output.status);
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().last().context("bench mode printed nothing")?;
+    serde_json::from_str(line).with_context(|| format!("bench mode {mode:?} printed {line:?}"))
+}
+
+/// Scores the workload one way, timing only the scoring.
+fn measure(mode: Mode, workload: &Workload, options: EngineOptions, per_prompt_limit: usize) -> Result<ModeResult> {
+    let resident = mode == Mode::Resident;
+    let mut engine = Engine::open(&workload.store, EngineOptions { resident, ..options })?;
+    let waves: Vec<Vec<usize>> = match mode {
+        Mode::PerPrompt => evenly_spaced(workload.sequences.len(), per_prompt_limit).map(|s| vec![s]).collect(),
+        _ => workload.waves.clone(),
+    };
+    if resident {
+        // The warm-up wave reads every layer once and keeps it; the timed run reads nothing.
+        let shortest = workload.sequences.last().context("no requests")?;
+        engine.score_wave(std::slice::from_ref(&shortest.request), &Quiet)?;
+    }
+    let before = engine.stats();
+    let start = Instant::now();
+    for wave in &waves {
+        let batch: Vec<ScoreRequest> = wave.iter().map(|&s| workload.sequences[s].request.clone()).collect();
+        engine.score_wave(&batch, &Quiet)?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let after = engine.stats();
+    let lengths: Vec<usize> = waves.iter().flatten().map(|&s| workload.sequences[s].request.tokens.len()).collect();
+    let scored: usize = waves.iter().flatten().map(|&s| distinct_rows(&workload.sequences[s].request)).sum();
+    let tokens = after.tokens - before.tokens;
+    let bytes = after.store_bytes_read - before.store_bytes_read;
+    Ok(ModeResult {
+        mode,
+        prompts: lengths.len(),
+        tokens,
+        seconds,
+        tokens_per_s: tokens as f64 / seconds,
+        store_bytes_read: bytes,
+        store_passes: bytes as f64 / engine.store_size() as f64,
+        peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
+        gflops: perf::forward_flops(engine.spec(), &lengths, scored) / seconds / 1e9,
+        waves: waves.len(),
+    })
+}
+
+/// `count` indices spread evenly over `0..len`: a sample with the workload's mix of lengths
+/// (sequences are sorted longest first, so the first few would all be long).
+fn evenly_spaced(len: usize, count: usize) -> impl Iterator<Item = usize> {
+    let count = count.min(len);
+    (0..count).map(move |i| i * len / count)
+}
+
+/// Positions whose head output a request needs.
+fn distinct_rows(request: &ScoreRequest) -> usize {
+    let mut positions: Vec<usize> = request.targets.iter().map(|t| t.position).collect();
+    positions.sort_unstable();
+    positions.dedup();
+    positions.len()
+}
+
+/// `{"tokens": [...], "positions": [...]}` per sequence, the format of benches/hf_transformers.py.
+fn write_requests(path: &Path, sequences: &[Sequence]) -> Result<()> {
+    let mut text = String::new();
+    for sequence in sequences {
+        let mut positions: Vec<usize> = sequence.request.targets.iter().map(|t| t.position).collect();
+        positions.dedup();
+        text.push_str(&serde_json::json!({"tokens": sequence.request.tokens, "positions": positions}).to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn print_table(results: &[ModeResult], peak: &perf::GemmPeak, store_size: u64) {
+    let resident = results.iter().find(|r| r.mode == Mode::Resident).map_or(f64::NAN, |r| r.tokens_per_s);
+    let [m, k, n] = peak.shape;
+    println!(
+        "backend {DEFAULT_BACKEND_NAME}; GEMM peak {:.1} GFLOP/s ([{m}x{k}] x [{k}x{n}]); store {:.1} MiB",
+        peak.gflops,
+        store_size as f64 / (1u64 << 20) as f64
+    );
+    println!(
+        "{:<12} {:>7} {:>8} {:>9} {:>7} {:>10} {:>7} {:>9} {:>8} {:>6}",
+        "mode", "prompts", "tokens", "tokens/s", "vs res", "MiB read", "passes", "peak MiB", "GFLOP/s", "% peak"
+    );
+    for r in results {
+        println!(
+            "{:<12} {:>7} {:>8} {:>9.1} {:>6.2}x {:>10.1} {:>7.2} {:>9.1} {:>8.1} {:>5.0}%",
+            format!("{:?}", r.mode).to_lowercase(),
+            r.prompts,
+            r.tokens,
+            r.tokens_per_s,
+            r.tokens_per_s / resident,
+            r.store_bytes_read as f64 / (1u64 << 20) as f64,
+            r.store_passes,
+            r.peak_rss_bytes as f64 / (1u64 << 20) as f64,
+            r.gflops,
+            100.0 * r.gflops / peak.gflops
+        );
+    }
+}

