@@ -13,6 +13,9 @@ pub struct SynthSource {
     spec: ModelSpec,
     seed: u64,
     dtype: DType,
+    /// A real tokenizer to ship in the store instead of the byte-level one, so prompts tokenize
+    /// to realistic lengths.
+    tokenizer: Option<Tokenizer>,
 }
 
 /// Shape of a synthetic model.
@@ -60,7 +63,20 @@ impl SynthSource {
             bos_token_id: None,
             eos_token_id: None,
         };
-        Ok(Self { spec, seed, dtype })
+        Ok(Self { spec, seed, dtype, tokenizer: None })
+    }
+
+    /// Ships `tokenizer` in the store; the model's vocabulary must cover its ids.
+    pub fn with_tokenizer(mut self, tokenizer: Tokenizer) -> Result<Self> {
+        let needed = tokenizer.get_vocab_size(true);
+        if needed > self.spec.vocab_size {
+            return Err(EngineError::Other(format!(
+                "synthetic model: the tokenizer has {needed} tokens but the vocabulary is {}; raise --vocab",
+                self.spec.vocab_size
+            )));
+        }
+        self.tokenizer = Some(tokenizer);
+        Ok(self)
     }
 
     fn shape_of(&self, name: TensorName) -> Vec<usize> {
@@ -91,6 +107,9 @@ impl ModelSource for SynthSource {
 
     /// Byte-level BPE with the 256 byte tokens and no merges.
     fn tokenizer(&self) -> Result<Tokenizer> {
+        if let Some(tokenizer) = &self.tokenizer {
+            return Ok(tokenizer.clone());
+        }
         let mut alphabet: Vec<char> =
             tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().collect();
         alphabet.sort();
@@ -123,10 +142,9 @@ impl ModelSource for SynthSource {
     }
 
     fn fingerprint(&self) -> Result<String> {
-        Ok(format!(
-            "synth-{:016x}",
-            xxhash_rust::xxh3::xxh3_64(format!("{:?}{}{:?}", self.spec, self.seed, self.dtype).as_bytes())
-        ))
+        let tokenizer = self.tokenizer.as_ref().map(|t| t.to_string(false).unwrap_or_default());
+        let identity = format!("{:?}{}{:?}{:?}", self.spec, self.seed, self.dtype, tokenizer);
+        Ok(format!("synth-{:016x}", xxhash_rust::xxh3::xxh3_64(identity.as_bytes())))
     }
 
     fn describe(&self) -> String {

@@ -25,7 +25,7 @@ pub struct LogitsArgs {
     /// Token ids, comma separated.
     #[arg(long, value_delimiter = ',')]
     pub ids: Option<Vec<u32>>,
-    /// Text to tokenize with the model's tokenizer (no special tokens added).
+    /// Text to tokenize with the model's tokenizer (its own special-token template applies).
     #[arg(long)]
     pub text: Option<String>,
     /// The safetensors file to write.

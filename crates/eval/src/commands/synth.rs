@@ -29,9 +29,12 @@ pub struct SynthArgs {
     /// Key/value heads (grouped-query attention); default: as many as `--heads`.
     #[arg(long)]
     pub kv_heads: Option<usize>,
-    /// Vocabulary size (at least 256: the tokenizer is byte-level).
+    /// Vocabulary size (at least 256, and at least the tokenizer's).
     #[arg(long, default_value_t = 32000)]
     pub vocab: usize,
+    /// A `tokenizer.json` to ship in the store (default: a byte-level one, one token per byte).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -52,7 +55,12 @@ pub fn run(args: SynthArgs) -> Result<()> {
         kv_heads: args.kv_heads.unwrap_or(args.heads),
         vocab: args.vocab,
     };
-    let source = SynthSource::new(&shape, args.seed, args.dtype.into())?;
+    let mut source = SynthSource::new(&shape, args.seed, args.dtype.into())?;
+    if let Some(path) = &args.tokenizer {
+        let tokenizer = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| anyhow::anyhow!("reading tokenizer {}: {e}", path.display()))?;
+        source = source.with_tokenizer(tokenizer)?;
+    }
     let report = fetch::split_with_progress(&source, &args.out, &SplitOptions::default())?;
     let total = report.manifest.total_size() as f64 / (1u64 << 30) as f64;
     println!("synthetic layer store {}: {} files, {total:.2} GiB", args.out.display(), report.manifest.files.len());

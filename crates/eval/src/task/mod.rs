@@ -15,10 +15,12 @@ pub struct Request {
     pub continuation: Vec<u32>,
 }
 
-/// Encodes without special tokens, as lm-evaluation-harness does for causal models.
+/// Encodes with the tokenizer's own special-token template, as lm-evaluation-harness 0.4.13 does
+/// (`add_special_tokens` left at the tokenizer's default): a Llama-style tokenizer that adds BOS
+/// gets it on the context and on context+continuation alike; SmolLM2's adds nothing.
 pub fn encode(tokenizer: &Tokenizer, text: &str) -> anyhow::Result<Vec<u32>> {
     let encoding = tokenizer
-        .encode(text, false)
+        .encode(text, true)
         .map_err(|e| anyhow::anyhow!("tokenizing {:?}: {e}", text.chars().take(60).collect::<String>()))?;
     Ok(encoding.get_ids().to_vec())
 }
