@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use airllm_engine::executor::{Engine, EngineOptions, HeadOutput, Quiet};
-use airllm_engine::store::{split, LayerStore, SplitOptions};
+use airllm_engine::store::{LayerStore, SplitOptions, split};
 use burn::prelude::Backend;
 
 const SEQ: usize = 128;
@@ -28,9 +28,9 @@ fn store_for(model: &Path) -> PathBuf {
     if LayerStore::is_store(model) {
         return model.to_path_buf();
     }
-    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/bench-stores").join(
-        model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()),
-    );
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.cache/bench-stores")
+        .join(model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()));
     let source = airllm_engine::source::open(model).expect("open model source");
     split(source.as_ref(), &out, &SplitOptions::default(), &|_, _, _| {}).expect("split");
     out
