@@ -243,8 +243,9 @@ fn resume_and_reuse_are_keyed_on_compression() {
 }
 
 /// SmolLM2-135M (Q4_1 GGUF, embedding in Q8_0): an int4 store takes the GGUF blocks as they are
-/// and gives the f32 store's logits; an int8 store (requantized from the Q4_1 values) drifts a
-/// little; storing the embedding/head as int8 (the GGUF's own Q8_0) changes nothing either.
+/// and gives the f32 store's logits exactly; so does storing the embedding/head as int8 (the GGUF's
+/// own Q8_0). An int8 store requantizes the Q4_1 values and drifts: measured max 2.6, mean 0.18
+/// (bf16 for comparison: 0.26, 0.027), one of 43 argmaxes flipped; the bounds leave ~1.5x room.
 #[test]
 fn smollm2_compressed_stores() {
     let references = read_references(&fixtures().join("reference/smollm2-135m-instruct.logits.safetensors"));
@@ -253,28 +254,31 @@ fn smollm2_compressed_stores() {
     let plain = tempfile::tempdir().unwrap();
     split_to(source.as_ref(), plain.path(), &options(Compression::None));
     let base = logits_of(plain.path(), &references);
-    let layers = |dir: &Path| -> u64 {
+    let sizes = |dir: &Path| -> (u64, u64) {
         let manifest = LayerStore::open(dir).unwrap().manifest().clone();
-        manifest.files.iter().filter(|f| f.name.starts_with("layer-")).map(|f| f.size).sum()
+        let layers = manifest.files.iter().filter(|f| f.name.starts_with("layer-")).map(|f| f.size).sum();
+        (layers, manifest.total_size())
     };
-    let plain_layers = layers(plain.path());
+    let (plain_layers, plain_total) = sizes(plain.path());
+    // (compression, embed/head int8, max layer-file ratio, max total ratio, max drift, mean drift, top-1)
     let cases = [
-        (Compression::Int4, false, 1e-4, 1.0),
-        (Compression::Int4, true, 1e-4, 1.0),
-        (Compression::Int8, false, 1.0, 0.95),
+        (Compression::Int4, false, 0.19, 0.48, 1e-5, 1e-6, 1.0),
+        (Compression::Int4, true, 0.19, 0.23, 1e-5, 1e-6, 1.0),
+        (Compression::Int8, false, 0.285, 0.54, 4.0, 0.3, 0.95),
     ];
-    for (compression, quantize_embed_head, max_drift, min_top1) in cases {
+    for (compression, quantize_embed_head, layer_ratio, total_ratio, max_drift, mean_drift, min_top1) in cases {
         let dir = tempfile::tempdir().unwrap();
         let options = SplitOptions { compression, quantize_embed_head, ..Default::default() };
         split_to(source.as_ref(), dir.path(), &options);
-        let ratio = layers(dir.path()) as f64 / plain_layers as f64;
+        let (layers, total) = sizes(dir.path());
+        let (layers, total) = (layers as f64 / plain_layers as f64, total as f64 / plain_total as f64);
         let (max, mean, top1) = drift(&base, &logits_of(dir.path(), &references), vocab);
         eprintln!(
-            "smollm2 {compression} (embed/head int8: {quantize_embed_head}): layers {ratio:.4} of f32, \
-             logit drift max {max:.3e} mean {mean:.3e}, top-1 agreement {top1:.4}"
+            "smollm2 {compression} (embed/head int8: {quantize_embed_head}): layers {layers:.4} of f32, total \
+             {total:.4}, logit drift max {max:.3e} mean {mean:.3e}, top-1 agreement {top1:.4}"
         );
-        let expected_ratio = if compression == Compression::Int8 { 0.29 } else { 0.195 };
-        assert!(ratio <= expected_ratio, "{compression}: layer files are {ratio} of f32");
-        assert!(max <= max_drift && top1 >= min_top1, "{compression}: max {max}, top-1 {top1}");
+        assert!(layers <= layer_ratio && total <= total_ratio, "{compression}: sizes {layers}, {total} of f32");
+        assert!(max <= max_drift && mean <= mean_drift, "{compression}: drift max {max}, mean {mean}");
+        assert!(top1 >= min_top1, "{compression}: top-1 agreement {top1}");
     }
 }
