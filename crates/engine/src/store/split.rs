@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use half::f16;
 use serde::{Deserialize, Serialize};
 
 use super::manifest::{Compression, FORMAT_VERSION, FileEntry, Manifest};
@@ -168,8 +169,8 @@ impl From<HostTensor> for Entry {
     }
 }
 
-fn f32_entry(shape: Vec<usize>, values: &[f32]) -> Entry {
-    Entry { dtype: safetensors::Dtype::F32, shape, bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+fn f16_entry(shape: Vec<usize>, values: &[f16]) -> Entry {
+    Entry { dtype: safetensors::Dtype::F16, shape, bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
 }
 
 /// Adds `NAME.q`, `NAME.scale` (and `NAME.min`) for a quantized tensor.
@@ -181,15 +182,16 @@ fn insert_quant(entries: &mut BTreeMap<String, Entry>, name: &str, quant: QuantT
         QuantScheme::Int4 => safetensors::Dtype::U8,
     };
     let q_shape = vec![rows, quant.scheme.row_bytes(cols)];
-    entries.insert(format!("{name}.scale"), f32_entry(blocks_shape.clone(), &quant.scale));
+    entries.insert(format!("{name}.scale"), f16_entry(blocks_shape.clone(), &quant.scale));
     if quant.scheme == QuantScheme::Int4 {
-        entries.insert(format!("{name}.min"), f32_entry(blocks_shape, &quant.min));
+        entries.insert(format!("{name}.min"), f16_entry(blocks_shape, &quant.min));
     }
     entries.insert(format!("{name}.q"), Entry { dtype: q_dtype, shape: q_shape, bytes: quant.q });
 }
 
 /// A tensor quantized with `scheme`: the source's own blocks where it has them in that format,
-/// else quantized from f32. `None` when the shape does not split into blocks.
+/// else quantized from f32. The tensor as it is (`Err`) when its shape does not split into
+/// blocks or its values do not quantize (not finite, or a scale beyond f16).
 fn quantized(
     source: &dyn ModelSource,
     name: TensorName,
@@ -204,7 +206,13 @@ fn quantized(
         tracing::debug!(?name, shape = ?tensor.shape, "not a multiple of the block size, stored uncompressed");
         return Ok(Err(tensor));
     }
-    Ok(Ok(quantize(&tensor.to_f32(), &tensor.shape, scheme)))
+    match quantize(&tensor.to_f32(), &tensor.shape, scheme) {
+        Ok(quant) => Ok(Ok(quant)),
+        Err(reason) => {
+            tracing::warn!(?name, "{}: {reason}; stored uncompressed", source.describe());
+            Ok(Err(tensor))
+        }
+    }
 }
 
 /// The bytes of one store file, built from the source.

@@ -209,8 +209,11 @@ impl ModelSource for GgufSource {
     }
 
     /// Q8_0 blocks as int8 (`scale = d`, same q), Q4_0 and Q4_1 blocks as int4 (`scale = d`,
-    /// `min = -8d` or `m`, same nibbles: ggml's nibble order is the store's). The f16 `d` and `m`
-    /// widen to f32 exactly and `q * d + min` reproduces ggml's dequantized f32 values bit for bit.
+    /// `min = -8d` or `m`, same nibbles: ggml's nibble order is the store's). The store keeps `d`
+    /// and `m` as the f16s they are; `-8d` is an f16 too (a power of two times one) unless it
+    /// overflows (`|d| > 8188`), and `q * d + min` reproduces ggml's dequantized f32 values bit for
+    /// bit. A tensor with a `d` or `m` that is not finite, or whose `-8d` overflows, is not handed
+    /// over (`None`): the split quantizes its f32 values, or stores it uncompressed.
     /// Q/K rows are un-permuted as in [`ModelSource::tensor`]: the permutation moves whole rows, so
     /// it moves whole rows of blocks.
     fn quantized_tensor(&self, name: TensorName, scheme: QuantScheme) -> Result<Option<QuantTensor>> {
@@ -220,7 +223,7 @@ impl ModelSource for GgufSource {
             return Ok(None);
         }
         let data = &self.mmap[info.start..info.start + info.len];
-        let f16_at = |b: &[u8], at: usize| f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
+        let f16_at = |b: &[u8], at: usize| f16::from_le_bytes([b[at], b[at + 1]]);
         let blocks = info.numel() / BLOCK;
         let mut quant = QuantTensor {
             scheme,
@@ -241,12 +244,21 @@ impl ModelSource for GgufSource {
                 let offset = if ty.id == GgmlType::Q4_0 { 2 } else { 4 };
                 for block in data.chunks_exact(ty.block_bytes) {
                     let d = f16_at(block, 0);
+                    let min = if ty.id == GgmlType::Q4_0 { q4_0_min(d) } else { Some(f16_at(block, 2)) };
+                    let Some(min) = min else {
+                        tracing::warn!(tensor = %info.name, "Q4_0 block with d = {d}: -8d is not a finite f16, not handed over as int4");
+                        return Ok(None);
+                    };
                     quant.scale.push(d);
-                    quant.min.push(if ty.id == GgmlType::Q4_0 { -8.0 * d } else { f16_at(block, 2) });
+                    quant.min.push(min);
                     quant.q.extend_from_slice(&block[offset..offset + BLOCK / 2]);
                 }
             }
             _ => return Ok(None),
+        }
+        if !quant.scale.iter().chain(&quant.min).all(|v| v.is_finite()) {
+            tracing::warn!(tensor = %info.name, "a block scale or minimum is not finite, not handed over as {}", scheme.name());
+            return Ok(None);
         }
         if let TensorName::Layer(_, layer_tensor) = name
             && let Some(n_head) = self.permuted_heads(layer_tensor, info)?
@@ -261,6 +273,14 @@ impl ModelSource for GgufSource {
         quant.check().map_err(|e| self.header.error(format!("tensor {}: {e}", info.name)))?;
         Ok(Some(quant))
     }
+}
+
+/// A Q4_0 block's minimum, `-8d`, as an f16: exact (a power-of-two multiple) when it does not
+/// overflow; `None` when it does, or when `d` is not finite.
+pub fn q4_0_min(d: f16) -> Option<f16> {
+    let min = -8.0 * d.to_f32();
+    let stored = f16::from_f32(min);
+    (stored.is_finite() && stored.to_f32() == min).then_some(stored)
 }
 
 /// llama.cpp's name for a canonical tensor (`LmHead` answers `output.weight`; tied models have
