@@ -10,6 +10,7 @@ pub mod synth;
 
 use crate::error::Result;
 use crate::spec::ModelSpec;
+use crate::store::quant::{QuantScheme, QuantTensor};
 use crate::tensor::HostTensor;
 
 /// The tensors of one decoder layer, named independently of any file format.
@@ -54,6 +55,21 @@ impl LayerTensor {
         matches!(self, LayerTensor::QBias | LayerTensor::KBias | LayerTensor::VBias)
     }
 
+    /// The 2-D linear weights (attention and MLP projections), the tensors a compressed store
+    /// quantizes.
+    pub fn is_linear(self) -> bool {
+        matches!(
+            self,
+            LayerTensor::QProj
+                | LayerTensor::KProj
+                | LayerTensor::VProj
+                | LayerTensor::OProj
+                | LayerTensor::GateProj
+                | LayerTensor::UpProj
+                | LayerTensor::DownProj
+        )
+    }
+
     /// Name inside a layer store file.
     pub fn store_name(self) -> &'static str {
         match self {
@@ -96,6 +112,13 @@ pub trait ModelSource: Send + Sync {
     fn fingerprint(&self) -> Result<String>;
     /// A human-readable description, e.g. the path.
     fn describe(&self) -> String;
+    /// The tensor already quantized with `scheme`, where the source holds it in a block format
+    /// that converts exactly (same values as [`ModelSource::tensor`] gives, up to f32 rounding).
+    /// `Ok(None)` where it does not; the split then quantizes the f32 values itself.
+    fn quantized_tensor(&self, name: TensorName, scheme: QuantScheme) -> Result<Option<QuantTensor>> {
+        let _ = (name, scheme);
+        Ok(None)
+    }
 }
 
 /// Opens a Hugging Face directory or a `.gguf` file.

@@ -1,20 +1,76 @@
 //! `manifest.json`: what a layer store holds and how to check it.
 
 use std::path::Path;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::quant::{BLOCK, QuantScheme};
 use crate::error::{EngineError, Result};
 use crate::spec::ModelSpec;
 use crate::tensor::DType;
 
 /// Bumped whenever the store layout changes; older stores are refused, not misread.
+///
+/// Compression did not bump it: a version-1 store without compression reads exactly as before
+/// (`compression: "none"`, and the new fields have defaults). A compressed store opened by an
+/// older build is refused by that build's manifest parser (unknown variant), not misread.
 pub const FORMAT_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How a store's linear layer weights are compressed (see [`super::quant`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
+    #[default]
     None,
+    Int8,
+    Int4,
+}
+
+impl Compression {
+    pub const ALL: [Compression; 3] = [Compression::None, Compression::Int8, Compression::Int4];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Int8 => "int8",
+            Compression::Int4 => "int4",
+        }
+    }
+
+    /// The block quantization scheme, `None` for uncompressed stores.
+    pub fn scheme(self) -> Option<QuantScheme> {
+        match self {
+            Compression::None => None,
+            Compression::Int8 => Some(QuantScheme::Int8),
+            Compression::Int4 => Some(QuantScheme::Int4),
+        }
+    }
+
+    fn supported() -> String {
+        Self::ALL.map(Self::name).join(", ")
+    }
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Compression {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown compression {s:?} (supported: {})", Self::supported()))
+    }
+}
+
+fn default_block_size() -> usize {
+    BLOCK
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +89,12 @@ pub struct Manifest {
     pub spec: ModelSpec,
     pub dtype: DType,
     pub compression: Compression,
+    /// Values per quantization block (only [`BLOCK`] is supported).
+    #[serde(default = "default_block_size")]
+    pub block_size: usize,
+    /// Whether the embedding and the head are stored as int8 (else in `dtype`).
+    #[serde(default)]
+    pub quantized_embed_head: bool,
     pub files: Vec<FileEntry>,
 }
 
@@ -50,6 +112,21 @@ impl Manifest {
                     "format version {version} is not supported (this build reads {FORMAT_VERSION}); split the model again"
                 ),
             });
+        }
+        let store_error = |message: String| EngineError::Store { dir: dir.to_path_buf(), message };
+        let compression = &value["compression"];
+        if compression.as_str().is_none_or(|name| Compression::from_str(name).is_err()) {
+            return Err(store_error(format!(
+                "compression {compression} is not supported by this build (supported: {}); split the model again",
+                Compression::supported()
+            )));
+        }
+        let block_size = value.get("block_size").map_or(Some(BLOCK as u64), serde_json::Value::as_u64);
+        if block_size != Some(BLOCK as u64) {
+            return Err(store_error(format!(
+                "block_size {} is not supported (this build quantizes blocks of {BLOCK}); split the model again",
+                value["block_size"]
+            )));
         }
         serde_json::from_value(value).map_err(|e| EngineError::format(&path, e.to_string()))
     }

@@ -4,7 +4,8 @@
 //! STORE/manifest.json        format version, source fingerprint, spec, dtype, files + checksums
 //! STORE/tokenizer.json
 //! STORE/embed.safetensors    embed
-//! STORE/layer-NNN.safetensors attn_norm, q_proj, ..., down_proj
+//! STORE/layer-NNN.safetensors attn_norm, q_proj, ..., down_proj (compressed: q_proj.q,
+//!                            q_proj.scale, ...; see [`quant`])
 //! STORE/head.safetensors     norm, lm_head (a copy of embed when embeddings are tied)
 //! ```
 //! A store is valid only once `manifest.json` exists; every file is written through a temporary
@@ -13,6 +14,7 @@
 
 mod manifest;
 pub mod prefetch;
+pub mod quant;
 mod reader;
 mod split;
 

@@ -12,12 +12,15 @@ pub mod tokenizer;
 use std::fs::File;
 use std::path::Path;
 
+use half::f16;
 use memmap2::Mmap;
 
 use super::{LayerTensor, ModelSource, TensorName};
 use crate::error::{EngineError, Result};
 use crate::spec::{Family, ModelSpec, RopeScaling};
+use crate::store::quant::{BLOCK, QuantScheme, QuantTensor, quantizable};
 use crate::tensor::HostTensor;
+use dequant::GgmlType;
 use reader::{GgufHeader, TensorInfo, Value};
 
 /// Bytes hashed at each end of the file for the fingerprint.
@@ -69,21 +72,37 @@ impl GgufSource {
 
     /// Undoes llama.cpp's Q/K row permutation where the converter applied it.
     fn unpermute_if_needed(&self, layer_tensor: LayerTensor, info: &TensorInfo, values: Vec<f32>) -> Result<Vec<f32>> {
+        match self.permuted_heads(layer_tensor, info)? {
+            Some(n_head) => Ok(unpermute_rows(&values, info.shape()[0], n_head)),
+            None => Ok(values),
+        }
+    }
+
+    /// The head count llama.cpp permuted the rows of this tensor by, `None` where it did not.
+    fn permuted_heads(&self, layer_tensor: LayerTensor, info: &TensorInfo) -> Result<Option<usize>> {
         let n_head = match layer_tensor {
             LayerTensor::QProj | LayerTensor::QBias => self.spec.num_heads,
             LayerTensor::KProj | LayerTensor::KBias => self.spec.num_kv_heads,
-            _ => return Ok(values),
+            _ => return Ok(None),
         };
         // Only LlamaModel in convert_hf_to_gguf.py permutes; Qwen2Model writes rows as they are.
         if self.spec.family == Family::Qwen2 {
-            return Ok(values);
+            return Ok(None);
         }
         let rows = info.shape()[0];
         if n_head == 0 || !rows.is_multiple_of(2 * n_head) {
             let message = format!("tensor {}: {rows} rows do not split into {n_head} heads of even size", info.name);
             return Err(self.header.error(message));
         }
-        Ok(unpermute_rows(&values, rows, n_head))
+        Ok(Some(n_head))
+    }
+
+    fn info_for(&self, name: TensorName) -> Result<&TensorInfo> {
+        let gguf_name = match name {
+            TensorName::LmHead if self.header.tensor("output.weight").is_none() => "token_embd.weight".to_string(),
+            _ => gguf_tensor_name(name),
+        };
+        self.header.tensor(&gguf_name).ok_or_else(|| self.missing(&gguf_name))
     }
 }
 
@@ -169,11 +188,7 @@ impl ModelSource for GgufSource {
     }
 
     fn tensor(&self, name: TensorName) -> Result<HostTensor> {
-        let gguf_name = match name {
-            TensorName::LmHead if self.header.tensor("output.weight").is_none() => "token_embd.weight".to_string(),
-            _ => gguf_tensor_name(name),
-        };
-        let info = self.header.tensor(&gguf_name).ok_or_else(|| self.missing(&gguf_name))?;
+        let info = self.info_for(name)?;
         let mut values = self.dequantize(info)?;
         if let TensorName::Layer(_, layer_tensor) = name {
             values = self.unpermute_if_needed(layer_tensor, info, values)?;
@@ -192,6 +207,80 @@ impl ModelSource for GgufSource {
     fn describe(&self) -> String {
         self.header.path.display().to_string()
     }
+
+    /// Q8_0 blocks as int8 (`scale = d`, same q), Q4_0 and Q4_1 blocks as int4 (`scale = d`,
+    /// `min = -8d` or `m`, same nibbles: ggml's nibble order is the store's). The store keeps `d`
+    /// and `m` as the f16s they are; `-8d` is an f16 too (a power of two times one) unless it
+    /// overflows (`|d| > 8188`), and `q * d + min` reproduces ggml's dequantized f32 values bit for
+    /// bit. A tensor with a `d` or `m` that is not finite, or whose `-8d` overflows, is not handed
+    /// over (`None`): the split quantizes its f32 values, or stores it uncompressed.
+    /// Q/K rows are un-permuted as in [`ModelSource::tensor`]: the permutation moves whole rows, so
+    /// it moves whole rows of blocks.
+    fn quantized_tensor(&self, name: TensorName, scheme: QuantScheme) -> Result<Option<QuantTensor>> {
+        let info = self.info_for(name)?;
+        let shape = info.shape();
+        if !quantizable(&shape) {
+            return Ok(None);
+        }
+        let data = &self.mmap[info.start..info.start + info.len];
+        let f16_at = |b: &[u8], at: usize| f16::from_le_bytes([b[at], b[at + 1]]);
+        let blocks = info.numel() / BLOCK;
+        let mut quant = QuantTensor {
+            scheme,
+            shape: shape.clone(),
+            q: Vec::with_capacity(blocks * scheme.row_bytes(BLOCK)),
+            scale: Vec::with_capacity(blocks),
+            min: Vec::new(),
+        };
+        let ty = info.ggml_type;
+        match (scheme, ty.id) {
+            (QuantScheme::Int8, GgmlType::Q8_0) => {
+                for block in data.chunks_exact(ty.block_bytes) {
+                    quant.scale.push(f16_at(block, 0));
+                    quant.q.extend_from_slice(&block[2..2 + BLOCK]);
+                }
+            }
+            (QuantScheme::Int4, GgmlType::Q4_0 | GgmlType::Q4_1) => {
+                let offset = if ty.id == GgmlType::Q4_0 { 2 } else { 4 };
+                for block in data.chunks_exact(ty.block_bytes) {
+                    let d = f16_at(block, 0);
+                    let min = if ty.id == GgmlType::Q4_0 { q4_0_min(d) } else { Some(f16_at(block, 2)) };
+                    let Some(min) = min else {
+                        tracing::warn!(tensor = %info.name, "Q4_0 block with d = {d}: -8d is not a finite f16, not handed over as int4");
+                        return Ok(None);
+                    };
+                    quant.scale.push(d);
+                    quant.min.push(min);
+                    quant.q.extend_from_slice(&block[offset..offset + BLOCK / 2]);
+                }
+            }
+            _ => return Ok(None),
+        }
+        if !quant.scale.iter().chain(&quant.min).all(|v| v.is_finite()) {
+            tracing::warn!(tensor = %info.name, "a block scale or minimum is not finite, not handed over as {}", scheme.name());
+            return Ok(None);
+        }
+        if let TensorName::Layer(_, layer_tensor) = name
+            && let Some(n_head) = self.permuted_heads(layer_tensor, info)?
+        {
+            let rows = shape[0];
+            quant.q = unpermute_rows(&quant.q, rows, n_head);
+            quant.scale = unpermute_rows(&quant.scale, rows, n_head);
+            if !quant.min.is_empty() {
+                quant.min = unpermute_rows(&quant.min, rows, n_head);
+            }
+        }
+        quant.check().map_err(|e| self.header.error(format!("tensor {}: {e}", info.name)))?;
+        Ok(Some(quant))
+    }
+}
+
+/// A Q4_0 block's minimum, `-8d`, as an f16: exact (a power-of-two multiple) when it does not
+/// overflow; `None` when it does, or when `d` is not finite.
+pub fn q4_0_min(d: f16) -> Option<f16> {
+    let min = -8.0 * d.to_f32();
+    let stored = f16::from_f32(min);
+    (stored.is_finite() && stored.to_f32() == min).then_some(stored)
 }
 
 /// llama.cpp's name for a canonical tensor (`LmHead` answers `output.weight`; tied models have
@@ -224,12 +313,13 @@ pub fn gguf_tensor_name(name: TensorName) -> String {
 /// Inverts convert_hf_to_gguf.py's `permute`, which reorders the `rows` rows of a Q or K
 /// projection (or bias) as `w.reshape(n_head, 2, head_dim / 2, -1).swapaxes(1, 2)`: the GGUF
 /// row `(h, i, j)` holds Hugging Face row `(h, j, i)`. `values` is row-major; rows may be any
-/// length (1 for biases). `rows` must be a multiple of `2 * n_head`.
-pub fn unpermute_rows(values: &[f32], rows: usize, n_head: usize) -> Vec<f32> {
+/// length (1 for biases), and of any element type (a row of quantized bytes or of block scales).
+/// `rows` must be a multiple of `2 * n_head`.
+pub fn unpermute_rows<T: Copy + Default>(values: &[T], rows: usize, n_head: usize) -> Vec<T> {
     let cols = values.len() / rows;
     let head_dim = rows / n_head;
     let half = head_dim / 2;
-    let mut out = vec![0f32; values.len()];
+    let mut out = vec![T::default(); values.len()];
     for h in 0..n_head {
         for i in 0..half {
             for j in 0..2 {
