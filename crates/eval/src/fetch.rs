@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use airllm_engine::source::ModelSource;
-use airllm_engine::store::{LayerStore, SplitOptions, SplitReport};
+use airllm_engine::store::{Compression, LayerStore, SplitOptions, SplitReport};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
@@ -104,9 +104,16 @@ pub fn cache_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache").join("airllm-eval"))
 }
 
-/// The store folder used when the job names none.
-pub fn default_store_dir(model: &ModelRef) -> Result<PathBuf> {
-    Ok(cache_dir()?.join("stores").join(model.cache_name()))
+/// The store folder used when the job names none: one per model and store kind.
+pub fn default_store_dir(model: &ModelRef, options: &SplitOptions) -> Result<PathBuf> {
+    let mut name = model.cache_name();
+    if options.compression != Compression::None {
+        name.push_str(&format!("-{}", options.compression.name()));
+    }
+    if options.quantize_embed_head {
+        name.push_str("-int8-embed-head");
+    }
+    Ok(cache_dir()?.join("stores").join(name))
 }
 
 /// Makes the model available as a local file or folder, fetching it when needed.

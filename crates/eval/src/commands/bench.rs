@@ -9,6 +9,8 @@
 //! is measured in the parent first; achieved GFLOP/s counts the useful work of the forward pass
 //! ([`airllm_engine::perf::forward_flops`]), padding excluded. Per-prompt streaming re-reads the
 //! whole store per prompt, so it runs on `--per-prompt-limit` prompts spread over the workload.
+//! `--compress int8,int4` adds a layer-major row per compressed store (split beside the plain one
+//! on first use); `--drop-caches` makes every mode read its layers from the disk, not the page cache.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,6 +19,7 @@ use std::time::Instant;
 use airllm_engine::backend::{DEFAULT_BACKEND_NAME, DefaultBackend};
 use airllm_engine::executor::{Engine, EngineOptions, Quiet, ScoreRequest};
 use airllm_engine::perf;
+use airllm_engine::store::Compression;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
@@ -42,6 +45,12 @@ pub struct BenchArgs {
     /// Prompts scored in per-prompt mode (it re-reads the store for every one), spread evenly.
     #[arg(long, default_value_t = 20)]
     pub per_prompt_limit: usize,
+    /// Also stream layer-major from stores compressed these ways (comma separated: int8,int4).
+    #[arg(long, value_delimiter = ',', value_name = "KINDS")]
+    pub compress: Vec<Compression>,
+    /// Drop the page cache before each measurement (needs root), so layers come from the disk.
+    #[arg(long)]
+    pub drop_caches: bool,
     /// Write the requests (token ids and scored positions, JSON lines) for benches/hf_transformers.py.
     #[arg(long, value_name = "FILE")]
     pub requests_out: Option<PathBuf>,
@@ -51,6 +60,9 @@ pub struct BenchArgs {
     /// Run one mode in this process and print its result as JSON (used by the parent run).
     #[arg(long, value_enum, hide = true)]
     pub mode: Option<Mode>,
+    /// The store kind the child run streams from (used by the parent run).
+    #[arg(long, hide = true, default_value = "none")]
+    pub store_kind: Compression,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -65,6 +77,7 @@ pub enum Mode {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModeResult {
     pub mode: Mode,
+    pub store_kind: Compression,
     pub prompts: usize,
     pub tokens: u64,
     pub seconds: f64,
@@ -74,6 +87,17 @@ pub struct ModeResult {
     pub peak_rss_bytes: u64,
     pub gflops: f64,
     pub waves: usize,
+}
+
+impl ModeResult {
+    /// `layer-major`, or `layer-major int8` for a compressed store.
+    pub fn label(&self) -> String {
+        let mode = self.mode.to_possible_value().expect("named").get_name().to_string();
+        match self.store_kind {
+            Compression::None => mode,
+            kind => format!("{mode} {}", kind.name()),
+        }
+    }
 }
 
 /// The requests of the job, packed as the runner packs them.
@@ -91,6 +115,11 @@ fn load(args: &BenchArgs) -> Result<Workload> {
         num_fewshot: args.num_fewshot,
         ..Overrides::default()
     });
+    if args.store_kind != Compression::None {
+        let model = &mut job.spec.model;
+        model.compress = args.store_kind;
+        model.store = model.store.take().map(|dir| suffixed(&dir, args.store_kind));
+    }
     let (subjects, _) = load_dataset(&job)?;
     let store = prepare_model(&job)?;
     let engine = Engine::open(&store, EngineOptions::default())?;
@@ -104,7 +133,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let job = Job::load(&args.job)?;
     let workload = load(&args)?;
     if let Some(mode) = args.mode {
-        let result = measure(mode, &workload, engine_options(&job), args.per_prompt_limit)?;
+        if args.drop_caches {
+            drop_page_cache()?;
+        }
+        let result = measure(mode, args.store_kind, &workload, engine_options(&job), args.per_prompt_limit)?;
         println!("{}", serde_json::to_string(&result)?);
         return Ok(());
     }
@@ -114,10 +146,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let spec = Engine::open(&workload.store, EngineOptions::default())?.spec().clone();
     let micro_batch = job.spec.memory.micro_batch_tokens.min(512);
     let peak = perf::gemm_peak::<DefaultBackend>(&spec, micro_batch, &Default::default());
+    let runs = [Mode::Resident, Mode::PerPrompt, Mode::LayerMajor]
+        .into_iter()
+        .map(|mode| (mode, Compression::None))
+        .chain(args.compress.iter().map(|&kind| (Mode::LayerMajor, kind)));
     let mut results = Vec::new();
-    for mode in [Mode::Resident, Mode::PerPrompt, Mode::LayerMajor] {
-        tracing::info!("bench: {mode:?}");
-        results.push(run_child(&args, mode)?);
+    for (mode, kind) in runs {
+        tracing::info!("bench: {mode:?} from a {} store", kind.name());
+        results.push(run_child(&args, mode, kind)?);
     }
     let store_size = airllm_engine::store::LayerStore::open(&workload.store)?.manifest().total_size();
     print_table(&results, &peak, store_size);
@@ -136,10 +172,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
 }
 
 /// Runs one mode in a child process and reads its result.
-fn run_child(args: &BenchArgs, mode: Mode) -> Result<ModeResult> {
+fn run_child(args: &BenchArgs, mode: Mode, kind: Compression) -> Result<ModeResult> {
     let exe = std::env::current_exe().context("finding the airllm-eval binary")?;
     let mut command = Command::new(exe);
     command.arg("bench").arg(&args.job).arg("--mode").arg(mode.to_possible_value().expect("named").get_name());
+    command.arg("--store-kind").arg(kind.name());
+    if args.drop_caches {
+        command.arg("--drop-caches");
+    }
     command.arg("--per-prompt-limit").arg(args.per_prompt_limit.to_string());
     if let Some(subjects) = &args.subjects {
         command.arg("--subjects").arg(subjects.join(","));
@@ -160,7 +200,13 @@ fn run_child(args: &BenchArgs, mode: Mode) -> Result<ModeResult> {
 }
 
 /// Scores the workload one way, timing only the scoring.
-fn measure(mode: Mode, workload: &Workload, options: EngineOptions, per_prompt_limit: usize) -> Result<ModeResult> {
+fn measure(
+    mode: Mode,
+    store_kind: Compression,
+    workload: &Workload,
+    options: EngineOptions,
+    per_prompt_limit: usize,
+) -> Result<ModeResult> {
     let resident = mode == Mode::Resident;
     let mut engine = Engine::open(&workload.store, EngineOptions { resident, ..options })?;
     let waves: Vec<Vec<usize>> = match mode {
@@ -186,6 +232,7 @@ fn measure(mode: Mode, workload: &Workload, options: EngineOptions, per_prompt_l
     let bytes = after.store_bytes_read - before.store_bytes_read;
     Ok(ModeResult {
         mode,
+        store_kind,
         prompts: lengths.len(),
         tokens,
         seconds,
@@ -196,6 +243,23 @@ fn measure(mode: Mode, workload: &Workload, options: EngineOptions, per_prompt_l
         gflops: perf::forward_flops(engine.spec(), &lengths, scored) / seconds / 1e9,
         waves: waves.len(),
     })
+}
+
+/// `DIR-int8` beside `DIR`.
+fn suffixed(dir: &Path, kind: Compression) -> PathBuf {
+    let mut name = dir.as_os_str().to_owned();
+    name.push(format!("-{}", kind.name()));
+    PathBuf::from(name)
+}
+
+/// Writes back dirty pages and drops the page cache, so the next reads come from the disk.
+fn drop_page_cache() -> Result<()> {
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe extern "C" {
+        fn sync();
+    }
+    unsafe { sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the page cache (--drop-caches needs root)")
 }
 
 /// `count` indices spread evenly over `0..len`: a sample with the workload's mix of lengths
@@ -234,13 +298,13 @@ fn print_table(results: &[ModeResult], peak: &perf::GemmPeak, store_size: u64) {
         store_size as f64 / (1u64 << 20) as f64
     );
     println!(
-        "{:<12} {:>7} {:>8} {:>9} {:>7} {:>10} {:>7} {:>9} {:>8} {:>6}",
+        "{:<17} {:>7} {:>8} {:>9} {:>7} {:>10} {:>7} {:>9} {:>8} {:>6}",
         "mode", "prompts", "tokens", "tokens/s", "vs res", "MiB read", "passes", "peak MiB", "GFLOP/s", "% peak"
     );
     for r in results {
         println!(
-            "{:<12} {:>7} {:>8} {:>9.1} {:>6.2}x {:>10.1} {:>7.2} {:>9.1} {:>8.1} {:>5.0}%",
-            format!("{:?}", r.mode).to_lowercase(),
+            "{:<17} {:>7} {:>8} {:>9.1} {:>6.2}x {:>10.1} {:>7.2} {:>9.1} {:>8.1} {:>5.0}%",
+            r.label(),
             r.prompts,
             r.tokens,
             r.tokens_per_s,

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use airllm_engine::executor::{Engine, EngineOptions};
-use airllm_engine::store::SplitOptions;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use sha2::{Digest, Sha256};
@@ -132,14 +131,15 @@ pub fn run(args: RunArgs) -> Result<()> {
 
 /// Fetches the job's model and makes its layer store (reused when already there).
 pub fn prepare_model(job: &Job) -> Result<PathBuf> {
-    let spec = &job.spec;
+    let config = &job.spec.model;
     let base = job.path.parent().unwrap_or(Path::new("."));
-    let model = ModelRef::parse(&spec.model.source, spec.model.sha256.as_deref(), base)?;
-    let store_dir = match &spec.model.store {
+    let model = ModelRef::parse(&config.source, config.sha256.as_deref(), base)?;
+    let options = config.split_options();
+    let store_dir = match &config.store {
         Some(dir) => dir.clone(),
-        None => fetch::default_store_dir(&model)?,
+        None => fetch::default_store_dir(&model, &options)?,
     };
-    fetch::prepare_store(&model, &store_dir, &SplitOptions::default())
+    fetch::prepare_store(&model, &store_dir, &options)
 }
 
 /// The engine settings of the job's `memory` section (streaming, not resident).

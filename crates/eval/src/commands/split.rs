@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use airllm_engine::DType;
-use airllm_engine::store::SplitOptions;
+use airllm_engine::store::{Compression, SplitOptions};
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 
@@ -22,6 +22,12 @@ pub struct SplitArgs {
     /// Dtype of the stored weights (default: the source's; dequantized GGUF tensors are f32).
     #[arg(long, value_enum)]
     pub dtype: Option<StoreDtype>,
+    /// Block-wise compression of the layers' linear weights: none, int8 or int4.
+    #[arg(long, default_value = "none")]
+    pub compress: Compression,
+    /// Also store the embedding and the head as int8.
+    #[arg(long)]
+    pub quantize_embed_head: bool,
     /// Expected sha256 of a fetched model file.
     #[arg(long)]
     pub sha256: Option<String>,
@@ -47,16 +53,21 @@ impl From<StoreDtype> for DType {
 
 pub fn run(args: SplitArgs) -> Result<()> {
     let model = ModelRef::parse(&args.source, args.sha256.as_deref(), Path::new("."))?;
-    let options = SplitOptions { dtype: args.dtype.map(DType::from) };
+    let options = SplitOptions {
+        dtype: args.dtype.map(DType::from),
+        compression: args.compress,
+        quantize_embed_head: args.quantize_embed_head,
+    };
     let store = fetch::prepare_store(&model, &args.out, &options)?;
     let manifest = airllm_engine::store::LayerStore::open(&store)?.manifest().clone();
     println!(
-        "layer store {}: {} files, {:.1} MiB, {} layers, {:?}",
+        "layer store {}: {} files, {:.1} MiB, {} layers, {:?}, compression {}",
         store.display(),
         manifest.files.len(),
         manifest.total_size() as f64 / (1 << 20) as f64,
         manifest.spec.num_layers,
-        manifest.dtype
+        manifest.dtype,
+        manifest.compression.name()
     );
     Ok(())
 }
