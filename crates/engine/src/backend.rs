@@ -21,3 +21,35 @@ pub const DEFAULT_BACKEND_NAME: &str = if cfg!(feature = "flex") {
 } else {
     "candle"
 };
+
+/// Work to run on a backend chosen at run time (a job's `backend.name`): a generic function in a
+/// trait, since closures cannot be generic over `B`.
+pub trait BackendTask {
+    type Output;
+    fn run<B: burn::prelude::Backend>(self, device: B::Device) -> Self::Output;
+}
+
+/// Backends this build can run: `cpu` (the default CPU backend), and `cuda` / `wgpu` when built
+/// with those features.
+pub const AVAILABLE: &[&str] = &[
+    "cpu",
+    #[cfg(feature = "cuda")]
+    "cuda",
+    #[cfg(feature = "wgpu")]
+    "wgpu",
+];
+
+/// Runs `task` on the backend `name`, device `index`; `None` when this build lacks the backend.
+pub fn with_backend<T: BackendTask>(name: &str, index: usize, task: T) -> Option<T::Output> {
+    match name {
+        "cpu" => Some(task.run::<DefaultBackend>(Default::default())),
+        #[cfg(feature = "cuda")]
+        "cuda" => Some(task.run::<burn::backend::Cuda>(burn::backend::cuda::CudaDevice::new(index))),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Some(task.run::<burn::backend::Wgpu>(burn::backend::wgpu::WgpuDevice::DiscreteGpu(index))),
+        _ => {
+            let _ = index;
+            None
+        }
+    }
+}

@@ -35,25 +35,6 @@ fn logits_of(store: &Path, references: &[Reference]) -> Vec<Vec<f32>> {
     references.iter().map(|r| engine.logits(&r.ids).unwrap()).collect()
 }
 
-/// Max and mean |a - b| over all logits, and the fraction of positions whose argmax agrees.
-fn drift(a: &[Vec<f32>], b: &[Vec<f32>], vocab: usize) -> (f32, f32, f32) {
-    let argmax = |row: &[f32]| row.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).unwrap().0;
-    let (mut max, mut sum, mut n, mut agree, mut rows) = (0f32, 0f64, 0usize, 0usize, 0usize);
-    for (a, b) in a.iter().zip(b) {
-        assert_eq!(a.len(), b.len());
-        for (x, y) in a.iter().zip(b) {
-            max = max.max((x - y).abs());
-            sum += f64::from((x - y).abs());
-            n += 1;
-        }
-        for (x, y) in a.chunks(vocab).zip(b.chunks(vocab)) {
-            agree += usize::from(argmax(x) == argmax(y));
-            rows += 1;
-        }
-    }
-    (max, (sum / n as f64) as f32, agree as f32 / rows as f32)
-}
-
 fn max_abs(logits: &[Vec<f32>]) -> f32 {
     logits.iter().flatten().fold(0f32, |m, v| m.max(v.abs()))
 }

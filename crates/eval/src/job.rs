@@ -22,7 +22,8 @@ pub struct JobSpec {
     pub model: ModelConfig,
     #[serde(default)]
     pub backend: BackendConfig,
-    #[serde(default)]
+    /// Inline settings, or the name of a preset in configs/memory/.
+    #[serde(default, deserialize_with = "memory_or_preset")]
     pub memory: MemoryConfig,
     pub task: Task,
     pub dataset: DatasetConfig,
@@ -68,7 +69,7 @@ impl ModelConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    /// Only `cpu` (the engine's default burn backend) in this build.
+    /// `cpu` (the build's default burn CPU backend), or `cuda` / `wgpu` in builds with those features.
     #[serde(default = "cpu")]
     pub name: String,
     #[serde(default)]
@@ -117,6 +118,40 @@ impl Default for MemoryConfig {
             prefetch_depth: default_prefetch_depth(),
         }
     }
+}
+
+/// The presets of configs/memory/, compiled in.
+const MEMORY_PRESETS: [(&str, &str); 3] = [
+    ("small", include_str!("../../../configs/memory/small.yaml")),
+    ("default", include_str!("../../../configs/memory/default.yaml")),
+    ("large", include_str!("../../../configs/memory/large.yaml")),
+];
+
+impl MemoryConfig {
+    pub fn preset(name: &str) -> std::result::Result<Self, String> {
+        let (_, text) = MEMORY_PRESETS.iter().find(|(preset, _)| *preset == name).ok_or_else(|| {
+            let names: Vec<&str> = MEMORY_PRESETS.iter().map(|(preset, _)| *preset).collect();
+            format!("unknown memory preset `{name}`; allowed: {}, or the settings themselves", names.join(", "))
+        })?;
+        serde_yaml::from_str(text).map_err(|e| format!("configs/memory/{name}.yaml: {e}"))
+    }
+}
+
+fn memory_or_preset<'de, D: Deserializer<'de>>(deserializer: D) -> std::result::Result<MemoryConfig, D::Error> {
+    struct MemoryVisitor;
+    impl<'de> Visitor<'de> for MemoryVisitor {
+        type Value = MemoryConfig;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a memory preset name or a map of memory settings")
+        }
+        fn visit_str<E: de::Error>(self, name: &str) -> std::result::Result<MemoryConfig, E> {
+            MemoryConfig::preset(name).map_err(E::custom)
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> std::result::Result<MemoryConfig, A::Error> {
+            MemoryConfig::deserialize(de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    deserializer.deserialize_any(MemoryVisitor)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -300,8 +335,13 @@ impl Job {
 
     fn validate(&self) -> Result<()> {
         let backend = &self.spec.backend.name;
-        if backend != "cpu" {
-            bail!("{}: backend.name `{backend}` is not available in this build; allowed: cpu", self.locate(backend));
+        if !airllm_engine::backend::AVAILABLE.contains(&backend.as_str()) {
+            bail!(
+                "{}: backend.name `{backend}` is not available in this build; allowed: {} \
+                 (cuda and wgpu need `cargo build --features cuda` or `wgpu`)",
+                self.locate(backend),
+                airllm_engine::backend::AVAILABLE.join(", ")
+            );
         }
         if self.spec.memory.micro_batch_tokens == 0 {
             bail!("{}: memory.micro_batch_tokens must be at least 1", self.locate("micro_batch_tokens"));
@@ -393,6 +433,23 @@ mod tests {
         assert_eq!(spec.dataset.subjects, Subjects::List(vec!["anatomy".into(), "virology".into()]));
         let text = MINIMAL.replace("  path: data\n", "  path: data\n  subjects: some\n");
         assert!(parse_spec(&text).unwrap_err().contains("`all` or a list"));
+    }
+
+    #[test]
+    fn memory_presets() {
+        let spec = parse_spec(&format!("{MINIMAL}memory: large\n")).unwrap();
+        assert_eq!(spec.memory.activation_budget, ByteSize(16 << 30));
+        assert_eq!(spec.memory.prefetch_depth, 2);
+        let default = MemoryConfig::preset("default").unwrap();
+        let implicit = parse_spec(MINIMAL).unwrap().memory;
+        assert_eq!(
+            (default.activation_budget, default.micro_batch_tokens, default.prefetch_depth),
+            (implicit.activation_budget, implicit.micro_batch_tokens, implicit.prefetch_depth)
+        );
+        let err = parse_spec(&format!("{MINIMAL}memory: huge\n")).unwrap_err();
+        assert!(err.contains("unknown memory preset `huge`") && err.contains("small, default, large"), "{err}");
+        let err = parse_spec(&format!("{MINIMAL}memory:\n  prefetch: 2\n")).unwrap_err();
+        assert!(err.contains("unknown field `prefetch`"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! The ETA counts tokens rather than items because items finish a whole wave at a time, while
 //! tokens advance with every layer. Bars draw only on a terminal; logs go through tracing.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use airllm_engine::executor::WaveObserver;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -15,7 +17,12 @@ pub struct Progress {
     /// Tokens of the waves finished before the current one.
     tokens_before_wave: AtomicU64,
     wave_tokens: AtomicU64,
+    /// When progress was last logged: bars do not draw off a terminal (nohup, CI), so a log line
+    /// every [`LOG_EVERY`] keeps a long run's progress visible there too.
+    last_log: Mutex<Instant>,
 }
+
+const LOG_EVERY: Duration = Duration::from_secs(30);
 
 impl Progress {
     pub fn new(total_tokens: u64, num_layers: usize) -> Self {
@@ -29,7 +36,14 @@ impl Progress {
         );
         let layers = multi.add(ProgressBar::new(num_layers as u64));
         layers.set_style(ProgressStyle::with_template("  layer {pos}/{len} {bar:30} {msg}").expect("valid template"));
-        Self { _multi: multi, tokens, layers, tokens_before_wave: AtomicU64::new(0), wave_tokens: AtomicU64::new(0) }
+        Self {
+            _multi: multi,
+            tokens,
+            layers,
+            tokens_before_wave: AtomicU64::new(0),
+            wave_tokens: AtomicU64::new(0),
+            last_log: Mutex::new(Instant::now()),
+        }
     }
 
     pub fn start_wave(&self, wave: usize, waves: usize, wave_tokens: u64, items_done: usize, items: usize) {
@@ -58,5 +72,15 @@ impl WaveObserver for Progress {
         let wave = self.wave_tokens.load(Ordering::Relaxed);
         let partial = wave * layer as u64 / total.max(1) as u64;
         self.tokens.set_position(self.tokens_before_wave.load(Ordering::Relaxed) + partial);
+        let mut last_log = self.last_log.lock().expect("progress lock");
+        if last_log.elapsed() >= LOG_EVERY {
+            *last_log = Instant::now();
+            let percent = 100.0 * self.tokens.position() as f64 / self.tokens.length().unwrap_or(1).max(1) as f64;
+            tracing::info!(
+                "{} layer {layer}/{total}; {percent:.1}% of the tokens, ETA {}",
+                self.layers.message(),
+                indicatif::HumanDuration(self.tokens.eta())
+            );
+        }
     }
 }

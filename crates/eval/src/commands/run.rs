@@ -7,8 +7,10 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use airllm_engine::backend::{BackendTask, DEFAULT_BACKEND_NAME, with_backend};
 use airllm_engine::executor::{Engine, EngineOptions};
 use anyhow::{Context, Result, bail};
+use burn::prelude::Backend;
 use clap::Args;
 use sha2::{Digest, Sha256};
 
@@ -25,6 +27,19 @@ use crate::task::mmlu::{Accuracy, Item, ItemResult, predict};
 pub struct RunArgs {
     /// The job spec (YAML).
     pub job: PathBuf,
+    #[command(flatten)]
+    pub selection: Selection,
+    /// Output folder, instead of the job's.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Start fresh: delete earlier results in the output folder instead of resuming.
+    #[arg(long)]
+    pub no_resume: bool,
+}
+
+/// Which questions of the job's dataset to score: the command-line overrides `run` and `bench` share.
+#[derive(Debug, Clone, Args)]
+pub struct Selection {
     /// Only these subjects (comma separated), instead of the job's.
     #[arg(long, value_delimiter = ',', value_name = "A,B")]
     pub subjects: Option<Vec<String>>,
@@ -34,23 +49,37 @@ pub struct RunArgs {
     /// Solved examples before each question.
     #[arg(long, value_name = "K")]
     pub num_fewshot: Option<usize>,
-    /// Output folder, instead of the job's.
-    #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
-    /// Start fresh: delete earlier results in the output folder instead of resuming.
-    #[arg(long)]
-    pub no_resume: bool,
 }
 
-impl RunArgs {
-    fn overrides(&self) -> Overrides {
+impl Selection {
+    pub fn overrides(&self) -> Overrides {
         Overrides {
             subjects: self.subjects.clone(),
             limit: self.limit,
             num_fewshot: self.num_fewshot,
-            output: self.out.clone(),
-            no_resume: self.no_resume,
+            ..Overrides::default()
         }
+    }
+
+    /// The same selection as command-line arguments, for a child process.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(subjects) = &self.subjects {
+            args.extend(["--subjects".to_string(), subjects.join(",")]);
+        }
+        if let Some(limit) = self.limit {
+            args.extend(["--limit".to_string(), limit.to_string()]);
+        }
+        if let Some(k) = self.num_fewshot {
+            args.extend(["--num-fewshot".to_string(), k.to_string()]);
+        }
+        args
+    }
+}
+
+impl RunArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides { output: self.out.clone(), no_resume: self.no_resume, ..self.selection.overrides() }
     }
 }
 
@@ -59,74 +88,119 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut job = Job::load(&args.job)?;
     job.apply(&args.overrides());
     let (subjects, digest) = load_dataset(&job)?;
-    let spec = &job.spec;
     let names: Vec<String> = subjects.iter().map(|s| s.name.clone()).collect();
-    let hash = spec.hash(&names, &digest);
+    let hash = job.spec.hash(&names, &digest);
     let store = prepare_model(&job)?;
-    let options = engine_options(&job);
-    let mut engine =
-        Engine::open(&store, options).with_context(|| format!("opening layer store {}", store.display()))?;
+    let backend = &job.spec.backend;
+    let task = Execute { job: &job, subjects: &subjects, hash: &hash, store: &store, started };
+    with_backend(&backend.name, backend.device, task).expect("the job's backend was checked when it was loaded")
+}
 
-    let items = crate::task::mmlu::items(&subjects);
-    let requests = crate::task::mmlu::requests(&subjects, engine.tokenizer())?;
-    check_requests(&requests)?;
-    let sequences = schedule::sequences(&requests, engine.spec().max_position_embeddings);
-    let waves = schedule::waves(engine.spec(), &sequences, spec.memory.activation_budget.0);
-    tracing::info!(
-        items = items.len(),
-        requests = requests.len(),
-        sequences = sequences.len(),
-        waves = waves.len(),
-        "job {hash}: {} subjects, {}-shot",
-        subjects.len(),
-        spec.num_fewshot
-    );
+/// Scoring a loaded job, on whichever backend the job names.
+struct Execute<'a> {
+    job: &'a Job,
+    subjects: &'a [Subject],
+    hash: &'a str,
+    store: &'a Path,
+    started: Instant,
+}
 
-    let spec_json = serde_json::to_value(spec)?;
-    let (mut out, done) = OutputDir::open(&spec.output, &hash, &spec_json, spec.resume)?;
-    let mut state = RunState::new(&items, &requests, done)?;
-    let compute = Instant::now();
-    run_waves(&mut engine, &sequences, &waves, &mut state, &mut out)?;
-    let compute_s = compute.elapsed().as_secs_f64();
+impl BackendTask for Execute<'_> {
+    type Output = Result<()>;
 
-    let resumed = state.resumed;
-    let mut results = state.into_results();
-    let summary = out.write_results(&mut results)?;
-    let stats = engine.stats();
-    let record = serde_json::json!({
-        "model": {
-            "source": spec.model.source,
-            "sha256": spec.model.sha256,
-            "store": store,
-            "store_bytes": engine.store_size(),
-            "family": engine.spec().family.name(),
-            "layers": engine.spec().num_layers,
-        },
-        "job": job.path,
-        "job_hash": hash,
-        "task": spec.task,
-        "num_fewshot": spec.num_fewshot,
-        "backend": airllm_engine::backend::DEFAULT_BACKEND_NAME,
-        "activation_budget_bytes": spec.memory.activation_budget.0,
-        "subjects": subjects.len(),
-        "items": items.len(),
-        "items_resumed": resumed,
-        "requests": requests.len(),
-        "sequences": sequences.len(),
-        "waves_planned": waves.len(),
-        "waves_run": stats.waves,
-        "tokens": stats.tokens,
-        "tokens_per_s": if compute_s > 0.0 { stats.tokens as f64 / compute_s } else { 0.0 },
-        "store_bytes_read": stats.store_bytes_read,
-        "store_passes": stats.store_bytes_read as f64 / engine.store_size() as f64,
-        "peak_rss_bytes": outputs::peak_rss_bytes(),
-        "compute_s": compute_s,
-        "wall_s": started.elapsed().as_secs_f64(),
-        "accuracy": summary.last().map(|row| row.1.accuracy),
-    });
-    out.write_run_record(&record)?;
-    print_summary(&summary, out.dir());
-    Ok(())
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        let spec = &self.job.spec;
+        let mut engine = Engine::<B>::open_on(self.store, engine_options(self.job), device)
+            .with_context(|| format!("opening layer store {}", self.store.display()))?;
+        let items = crate::task::mmlu::items(self.subjects);
+        let requests = crate::task::mmlu::requests(self.subjects, engine.tokenizer())?;
+        check_requests(&requests)?;
+        let sequences = schedule::sequences(&requests, engine.spec().max_position_embeddings);
+        let waves = schedule::waves(engine.spec(), &sequences, spec.memory.activation_budget.0);
+        tracing::info!(
+            items = items.len(),
+            requests = requests.len(),
+            sequences = sequences.len(),
+            waves = waves.len(),
+            "job {}: {} subjects, {}-shot",
+            self.hash,
+            self.subjects.len(),
+            spec.num_fewshot
+        );
+        let (mut out, done) = OutputDir::open(&spec.output, self.hash, &serde_json::to_value(spec)?, spec.resume)?;
+        let mut state = RunState::new(&items, &requests, done)?;
+        let compute = Instant::now();
+        run_waves(&mut engine, &sequences, &waves, &mut state, &mut out)?;
+        let compute_s = compute.elapsed().as_secs_f64();
+
+        let counts = Counts { requests: requests.len(), sequences: sequences.len(), waves: waves.len() };
+        let resumed = state.resumed;
+        let mut results = state.into_results();
+        let summary = out.write_results(&mut results)?;
+        let record = self.run_record(&engine, &counts, results.len(), resumed, compute_s, &summary);
+        out.write_run_record(&record)?;
+        print_summary(&summary, out.dir());
+        Ok(())
+    }
+}
+
+/// Sizes of the job's plan, for the run record.
+struct Counts {
+    requests: usize,
+    sequences: usize,
+    waves: usize,
+}
+
+impl Execute<'_> {
+    fn run_record<B: Backend>(
+        &self,
+        engine: &Engine<B>,
+        counts: &Counts,
+        items: usize,
+        resumed: usize,
+        compute_s: f64,
+        summary: &[(String, Accuracy)],
+    ) -> serde_json::Value {
+        let spec = &self.job.spec;
+        let stats = engine.stats();
+        serde_json::json!({
+            "model": {
+                "source": spec.model.source,
+                "sha256": spec.model.sha256,
+                "store": self.store,
+                "store_bytes": engine.store_size(),
+                "compress": spec.model.compress,
+                "family": engine.spec().family.name(),
+                "layers": engine.spec().num_layers,
+            },
+            "job": self.job.path,
+            "job_hash": self.hash,
+            "task": spec.task,
+            "num_fewshot": spec.num_fewshot,
+            "backend": backend_label(&spec.backend.name),
+            "activation_budget_bytes": spec.memory.activation_budget.0,
+            "subjects": self.subjects.len(),
+            "items": items,
+            "items_resumed": resumed,
+            "requests": counts.requests,
+            "sequences": counts.sequences,
+            "waves_planned": counts.waves,
+            "waves_run": stats.waves,
+            "tokens": stats.tokens,
+            "tokens_per_s": if compute_s > 0.0 { stats.tokens as f64 / compute_s } else { 0.0 },
+            "store_bytes_read": stats.store_bytes_read,
+            "store_passes": stats.store_bytes_read as f64 / engine.store_size() as f64,
+            "peak_rss_bytes": outputs::peak_rss_bytes(),
+            "compute_s": compute_s,
+            "wall_s": self.started.elapsed().as_secs_f64(),
+            "accuracy": summary.last().map(|row| row.1.accuracy),
+        })
+    }
+}
+
+/// `flex` for the CPU, else the GPU backend's name.
+fn backend_label(name: &str) -> &str {
+    if name == "cpu" { DEFAULT_BACKEND_NAME } else { name }
 }
 
 /// Fetches the job's model and makes its layer store (reused when already there).
@@ -289,8 +363,8 @@ impl RunState {
 
 /// Runs the planned waves, skipping sequences of finished items, journaling after each wave.
 /// The plan covers the whole job, so a resumed run forms the same waves as an uninterrupted one.
-fn run_waves(
-    engine: &mut Engine,
+fn run_waves<B: Backend>(
+    engine: &mut Engine<B>,
     sequences: &[Sequence],
     waves: &[Vec<usize>],
     state: &mut RunState,
