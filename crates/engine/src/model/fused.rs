@@ -69,21 +69,27 @@ fn sum_squares(row: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// `silu(gate) * up`.
-pub fn silu_mul<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
+/// `silu(gate) * up` for `x` = `[batch, seq, 2 * width]` holding gate then up in each row;
+/// the result is `[batch, seq, width]`.
+pub fn silu_mul_halves<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [batch, seq, double] = x.dims();
+    let width = double / 2;
     if !on_host::<B>() {
-        return silu(gate) * up;
+        return silu(x.clone().narrow(2, 0, width)) * x.narrow(2, width, width);
     }
-    let device = gate.device();
-    let up = host_values(up);
-    let mut data = host_values(gate);
-    let up = up.as_slice::<f32>().expect("f32 data");
-    slice_mut(&mut data).par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| {
-        for (g, u) in g.iter_mut().zip(u) {
-            *g = *g / (1.0 + exp(-*g)) * u;
+    let device = x.device();
+    let data = host_values(x);
+    let input = data.as_slice::<f32>().expect("f32 data");
+    let mut out = vec![0f32; batch * seq * width];
+    out.par_chunks_mut(width * ROWS_PER_TASK).zip(input.par_chunks(double * ROWS_PER_TASK)).for_each(|(out, input)| {
+        for (out, row) in out.chunks_exact_mut(width).zip(input.chunks_exact(double)) {
+            let (gate, up) = row.split_at(width);
+            for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
+                *o = g / (1.0 + exp(-g)) * u;
+            }
         }
     });
-    Tensor::from_data(data, &device)
+    Tensor::from_data(TensorData::new(out, [batch, seq, width]), &device)
 }
 
 /// Rotates `x` `[batch, seq, heads * head_dim]` in place by positions `0..seq` (`rotate_half`

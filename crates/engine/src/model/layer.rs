@@ -11,16 +11,18 @@ use crate::source::LayerTensor;
 use crate::spec::ModelSpec;
 use crate::store::LayerHost;
 
+/// The q, k and v projections are stacked into one weight, and gate and up into another: one
+/// wide matmul keeps both cores busy where three narrow ones (k and v have only
+/// `kv_heads * head_dim` outputs) would not.
 pub struct DecoderLayer<B: Backend> {
     attn_norm: Tensor<B, 1>,
-    q_proj: Tensor<B, 2>,
-    k_proj: Tensor<B, 2>,
-    v_proj: Tensor<B, 2>,
+    /// `[q + 2 kv, hidden]`: q rows, then k rows, then v rows.
+    qkv_proj: Tensor<B, 2>,
     o_proj: Tensor<B, 2>,
-    qkv_bias: Option<[Tensor<B, 1>; 3]>,
+    qkv_bias: Option<Tensor<B, 1>>,
     ffn_norm: Tensor<B, 1>,
-    gate_proj: Tensor<B, 2>,
-    up_proj: Tensor<B, 2>,
+    /// `[2 intermediate, hidden]`: gate rows, then up rows.
+    gate_up_proj: Tensor<B, 2>,
     down_proj: Tensor<B, 2>,
     num_heads: usize,
     num_kv_heads: usize,
@@ -49,38 +51,39 @@ impl<B: Backend> DecoderLayer<B> {
             }
             Ok((shape, values))
         };
-        let mut matrix = |t, rows, cols| -> Result<Tensor<B, 2>> {
-            let (shape, values) = take(t, &[rows, cols])?;
+        // Stacks tensors along their first dimension, each checked against its expected shape.
+        let mut stacked = |parts: &[(LayerTensor, &[usize])]| -> Result<Tensor<B, 2>> {
+            let mut values = Vec::new();
+            let mut rows = 0;
+            for &(tensor, shape) in parts {
+                values.extend(take(tensor, shape)?.1);
+                rows += shape[0];
+            }
+            let shape: Vec<usize> = [rows].into_iter().chain(parts[0].1[1..].iter().copied()).collect();
             Ok(to_device(&shape, values, device))
         };
-        let q_proj = matrix(LayerTensor::QProj, q, h)?;
-        let k_proj = matrix(LayerTensor::KProj, kv, h)?;
-        let v_proj = matrix(LayerTensor::VProj, kv, h)?;
-        let o_proj = matrix(LayerTensor::OProj, h, q)?;
-        let gate_proj = matrix(LayerTensor::GateProj, ffn, h)?;
-        let up_proj = matrix(LayerTensor::UpProj, ffn, h)?;
-        let down_proj = matrix(LayerTensor::DownProj, h, ffn)?;
-        let mut vector = |t, len| -> Result<Tensor<B, 1>> {
-            let (shape, values) = take(t, &[len])?;
-            Ok(to_device(&shape, values, device))
+        use LayerTensor::*;
+        let qkv_proj = stacked(&[(QProj, &[q, h]), (KProj, &[kv, h]), (VProj, &[kv, h])])?;
+        let o_proj = stacked(&[(OProj, &[h, q])])?;
+        let gate_up_proj = stacked(&[(GateProj, &[ffn, h]), (UpProj, &[ffn, h])])?;
+        let down_proj = stacked(&[(DownProj, &[h, ffn])])?;
+        let mut vector = |parts: &[(LayerTensor, usize)]| -> Result<Tensor<B, 1>> {
+            let mut values = Vec::new();
+            for &(tensor, len) in parts {
+                values.extend(take(tensor, &[len])?.1);
+            }
+            Ok(to_device(&[values.len()], values, device))
         };
-        let attn_norm = vector(LayerTensor::AttnNorm, h)?;
-        let ffn_norm = vector(LayerTensor::FfnNorm, h)?;
-        let qkv_bias = if spec.qkv_bias {
-            Some([vector(LayerTensor::QBias, q)?, vector(LayerTensor::KBias, kv)?, vector(LayerTensor::VBias, kv)?])
-        } else {
-            None
-        };
+        let attn_norm = vector(&[(AttnNorm, h)])?;
+        let ffn_norm = vector(&[(FfnNorm, h)])?;
+        let qkv_bias = if spec.qkv_bias { Some(vector(&[(QBias, q), (KBias, kv), (VBias, kv)])?) } else { None };
         Ok(Self {
             attn_norm,
-            q_proj,
-            k_proj,
-            v_proj,
+            qkv_proj,
             o_proj,
             qkv_bias,
             ffn_norm,
-            gate_proj,
-            up_proj,
+            gate_up_proj,
             down_proj,
             num_heads: spec.num_heads,
             num_kv_heads: spec.num_kv_heads,
@@ -95,17 +98,18 @@ impl<B: Backend> DecoderLayer<B> {
         let attended = self.attention(rms_norm(x.clone(), &self.attn_norm, self.eps), rope);
         let x = x + attended;
         let normed = rms_norm(x.clone(), &self.ffn_norm, self.eps);
-        let gated = fused::silu_mul(linear(normed.clone(), &self.gate_proj, None), linear(normed, &self.up_proj, None));
+        let gated = fused::silu_mul_halves(linear(normed, &self.gate_up_proj, None));
         x + linear(gated, &self.down_proj, None)
     }
 
     fn attention(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
-        let bias = |i: usize| self.qkv_bias.as_ref().map(|b| &b[i]);
-        let q = rope.apply(linear(x.clone(), &self.q_proj, bias(0)), self.num_heads);
-        let k = rope.apply(linear(x.clone(), &self.k_proj, bias(1)), self.num_kv_heads);
+        let qkv = linear(x, &self.qkv_proj, self.qkv_bias.as_ref());
+        let (q_width, kv_width) = (self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim);
+        let q = rope.apply(qkv.clone().narrow(2, 0, q_width), self.num_heads);
+        let k = rope.apply(qkv.clone().narrow(2, q_width, kv_width), self.num_kv_heads);
         let (q, k) = (self.split_heads(q, self.num_heads), self.split_heads(k, self.num_kv_heads));
-        let v = self.split_heads(linear(x, &self.v_proj, bias(2)), self.num_kv_heads);
+        let v = self.split_heads(qkv.narrow(2, q_width + kv_width, kv_width), self.num_kv_heads);
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
         let window = self.sliding_window.filter(|&w| w < seq);
         let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: window.is_none() };
