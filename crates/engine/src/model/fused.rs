@@ -46,7 +46,7 @@ pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 
     let width = weight.len();
     slice_mut(&mut data).par_chunks_mut(width * ROWS_PER_TASK).for_each(|rows| {
         for row in rows.chunks_exact_mut(width) {
-            let mean_square = sum_squares(row) / width as f32;
+            let mean_square = dot(row, row) / width as f32;
             let scale = 1.0 / (mean_square + eps as f32).sqrt();
             for (v, w) in row.iter_mut().zip(weight) {
                 *v = w * (*v * scale);
@@ -54,19 +54,6 @@ pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 
         }
     });
     Tensor::from_data(data, &device)
-}
-
-/// Sum of squares with eight partial sums, so the loop vectorizes.
-fn sum_squares(row: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let chunks = row.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
-    for chunk in chunks {
-        for (lane, v) in lanes.iter_mut().zip(chunk) {
-            *lane += v * v;
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 /// `silu(gate) * up` for `x` = `[batch, seq, 2 * width]` holding gate then up in each row;
@@ -92,28 +79,188 @@ pub fn silu_mul_halves<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
     Tensor::from_data(TensorData::new(out, [batch, seq, width]), &device)
 }
 
-/// Rotates `x` `[batch, seq, heads * head_dim]` in place by positions `0..seq` (`rotate_half`
-/// layout); `cos`/`sin` are `[positions, head_dim]`, row-major.
-pub fn rope_host<B: Backend>(x: Tensor<B, 3>, heads: usize, cos: &[f32], sin: &[f32]) -> Tensor<B, 3> {
-    let [_, seq, width] = x.dims();
-    let head_dim = width / heads;
-    let half = head_dim / 2;
-    let device = x.device();
-    let mut data = host_values(x);
+/// Head layout of a decoder layer's attention.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Each query sees at most this many keys, itself included (Mistral); `None`: all earlier ones.
+    pub window: Option<usize>,
+}
+
+/// Causal self-attention straight from the stacked q/k/v projection `[batch, seq, (heads + 2
+/// kv_heads) * head_dim]` (rows right-padded, positions `0..seq`): rotary embedding of q and k in
+/// place, then for every query row and head, softmax over the keys it may see and the weighted
+/// sum of values, written as `[batch, seq, heads * head_dim]`. Grouped-query heads index their
+/// shared key/value head instead of copying it, and only the causal half is computed; rows run in
+/// parallel. `cos`/`sin` are `[positions, head_dim]`.
+pub fn attention_host<B: Backend>(qkv: Tensor<B, 3>, shape: Heads, cos: &[f32], sin: &[f32]) -> Tensor<B, 3> {
+    let [batch, seq, width] = qkv.dims();
+    let Heads { heads, kv_heads, head_dim, window } = shape;
+    let device = qkv.device();
+    let mut data = host_values(qkv);
+    let rotated = heads + kv_heads;
     slice_mut(&mut data).par_chunks_mut(width).enumerate().for_each(|(row, values)| {
-        let position = row % seq;
-        let cos = &cos[position * head_dim..position * head_dim + half];
-        let sin = &sin[position * head_dim..position * head_dim + half];
-        for head in values.chunks_exact_mut(head_dim) {
-            let (first, second) = head.split_at_mut(half);
-            for i in 0..half {
-                let (a, b) = (first[i], second[i]);
-                first[i] = a * cos[i] - b * sin[i];
-                second[i] = b * cos[i] + a * sin[i];
+        let at = (row % seq) * head_dim;
+        rotate_heads(&mut values[..rotated * head_dim], head_dim, &cos[at..at + head_dim], &sin[at..at + head_dim]);
+    });
+    let qkv = data.as_slice::<f32>().expect("f32 data");
+    let keys_t = transposed_keys(qkv, batch, seq, width, shape);
+    let out_width = heads * head_dim;
+    let mut out = vec![0f32; batch * seq * out_width];
+    let layout = RowLayout { seq, width, heads, kv_heads, head_dim, window };
+    out.par_chunks_mut(out_width).enumerate().for_each_init(Vec::new, |scores, (row, out)| {
+        attend_row(qkv, &keys_t, layout, row, out, scores);
+    });
+    Tensor::from_data(TensorData::new(out, [batch, seq, out_width]), &device)
+}
+
+/// Where a row's q, k and v sit in the stacked projection.
+#[derive(Clone, Copy)]
+struct RowLayout {
+    seq: usize,
+    width: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    window: Option<usize>,
+}
+
+/// One query row, every head; compiled for AVX2 where the CPU has it (the crate itself targets
+/// baseline x86-64, whose 4-wide SSE would halve this loop's speed).
+fn attend_row(qkv: &[f32], keys_t: &[f32], layout: RowLayout, row: usize, out: &mut [f32], scores: &mut Vec<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { attend_row_avx2(qkv, keys_t, layout, row, out, scores) };
+    }
+    attend_row_portable(qkv, keys_t, layout, row, out, scores)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn attend_row_avx2(qkv: &[f32], keys_t: &[f32], layout: RowLayout, row: usize, out: &mut [f32], scores: &mut Vec<f32>) {
+    attend_row_portable(qkv, keys_t, layout, row, out, scores)
+}
+
+#[inline(always)]
+fn attend_row_portable(
+    qkv: &[f32],
+    keys_t: &[f32],
+    layout: RowLayout,
+    row: usize,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    let RowLayout { seq, width, heads, kv_heads, head_dim, window } = layout;
+    let (sequence, query) = (row / seq, row % seq);
+    let first_key = window.map_or(0, |w| (query + 1).saturating_sub(w));
+    let count = query + 1 - first_key;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let group = heads / kv_heads;
+    // Plain loops (no closures passed to iterator adapters): a closure is compiled apart from this function and would
+    // lose its AVX2 code generation.
+    for (head, out) in out.chunks_exact_mut(head_dim).enumerate() {
+        let kv_head = head / group;
+        let q = &qkv[row * width + head * head_dim..][..head_dim];
+        // Scores eight keys at a time: a sum over dimensions of q[d] times a run of K^T's row d,
+        // kept in one SIMD register until all dimensions are in.
+        scores.clear();
+        scores.resize(count, 0.0);
+        let stride = seq + KEY_PADDING;
+        let keys = |d: usize| &keys_t[((sequence * kv_heads + kv_head) * head_dim + d) * stride + first_key..];
+        for (chunk, scores) in scores.chunks_mut(8).enumerate() {
+            let mut lanes = [0f32; 8];
+            for (d, &q) in q.iter().enumerate() {
+                let weight = q * scale;
+                // Rows of K^T have eight spare zeros at the end, so the last chunk reads whole too.
+                let run: &[f32; 8] = keys(d)[chunk * 8..chunk * 8 + 8].try_into().expect("eight keys");
+                for (lane, key) in lanes.iter_mut().zip(run) {
+                    *lane += weight * key;
+                }
+            }
+            scores.copy_from_slice(&lanes[..scores.len()]);
+        }
+        let mut max = f32::NEG_INFINITY;
+        for &score in scores.iter() {
+            max = max.max(score);
+        }
+        for score in scores.iter_mut() {
+            *score = exp(*score - max);
+        }
+        let total = sum(scores);
+        let v_at = (heads + kv_heads + kv_head) * head_dim;
+        let first_row = sequence * seq + first_key;
+        for (i, &score) in scores.iter().enumerate() {
+            let v = &qkv[(first_row + i) * width + v_at..][..head_dim];
+            let weight = score / total;
+            for (o, v) in out.iter_mut().zip(v) {
+                *o += weight * v;
+            }
+        }
+    }
+}
+
+/// Zeros after each row of K^T, so that scoring reads whole chunks of eight keys.
+const KEY_PADDING: usize = 8;
+
+/// Keys as `[batch, kv_heads, head_dim, seq + KEY_PADDING]`: for one query, a row of this holds one
+/// dimension of every key, so scoring all keys is a run of contiguous multiply-adds.
+fn transposed_keys(qkv: &[f32], batch: usize, seq: usize, width: usize, shape: Heads) -> Vec<f32> {
+    let Heads { heads, kv_heads, head_dim, .. } = shape;
+    let stride = seq + KEY_PADDING;
+    let mut keys_t = vec![0f32; batch * kv_heads * head_dim * stride];
+    keys_t.par_chunks_mut(kv_heads * head_dim * stride).enumerate().for_each(|(sequence, block)| {
+        for position in 0..seq {
+            let row = &qkv[(sequence * seq + position) * width + heads * head_dim..][..kv_heads * head_dim];
+            for (i, &value) in row.iter().enumerate() {
+                block[i * stride + position] = value;
             }
         }
     });
-    Tensor::from_data(data, &device)
+    keys_t
+}
+
+/// Rotates each `head_dim` slice of `values` by one position's angles (`rotate_half` layout).
+fn rotate_heads(values: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+    let half = head_dim / 2;
+    for head in values.chunks_exact_mut(head_dim) {
+        let (first, second) = head.split_at_mut(half);
+        for i in 0..half {
+            let (a, b) = (first[i], second[i]);
+            first[i] = a * cos[i] - b * sin[i];
+            second[i] = b * cos[i + half] + a * sin[i + half];
+        }
+    }
+}
+
+/// Sum with eight partial sums, so the loop vectorizes.
+#[inline(always)]
+fn sum(values: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let chunks = values.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for i in 0..8 {
+            lanes[i] += chunk[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// Dot product with eight partial sums, so the loop vectorizes.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// `e^x` to within a few ulps, branch-free so that loops over it vectorize: 2^n · p(r) with

@@ -103,8 +103,23 @@ impl<B: Backend> DecoderLayer<B> {
     }
 
     fn attention(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 3> {
-        let [batch, seq, _] = x.dims();
         let qkv = linear(x, &self.qkv_proj, self.qkv_bias.as_ref());
+        let heads = fused::Heads {
+            heads: self.num_heads,
+            kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+            window: self.sliding_window,
+        };
+        let out = match rope.host_tables() {
+            Some((cos, sin)) => fused::attention_host(qkv, heads, cos, sin),
+            None => self.attention_ops(qkv, rope),
+        };
+        linear(out, &self.o_proj, None)
+    }
+
+    /// Attention as burn ops, for device backends: `[batch, seq, q + 2 kv]` -> `[batch, seq, q]`.
+    fn attention_ops(&self, qkv: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 3> {
+        let [batch, seq, _] = qkv.dims();
         let (q_width, kv_width) = (self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim);
         let q = rope.apply(qkv.clone().narrow(2, 0, q_width), self.num_heads);
         let k = rope.apply(qkv.clone().narrow(2, q_width, kv_width), self.num_kv_heads);
@@ -115,8 +130,7 @@ impl<B: Backend> DecoderLayer<B> {
         let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: window.is_none() };
         let mask = window.map(|w| window_mask::<B>(batch, self.num_heads, seq, w, &q.device()));
         let out = attention(q, k, v, mask, None, options);
-        let out = out.swap_dims(1, 2).reshape([batch, seq, self.num_heads * self.head_dim]);
-        linear(out, &self.o_proj, None)
+        out.swap_dims(1, 2).reshape([batch, seq, q_width])
     }
 
     /// `[batch, seq, heads * head_dim]` -> `[batch, heads, seq, head_dim]`

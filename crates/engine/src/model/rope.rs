@@ -43,11 +43,13 @@ impl<B: Backend> Rope<B> {
         self.cos.dims()[0]
     }
 
+    /// The cos/sin tables in host memory, where the backend keeps tensors there.
+    pub fn host_tables(&self) -> Option<(&[f32], &[f32])> {
+        self.host.as_ref().map(|(cos, sin)| (cos.as_slice(), sin.as_slice()))
+    }
+
     /// Rotates `x` `[batch, seq, heads * head_dim]` by the angles of positions `0..seq`.
     pub fn apply(&self, x: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
-        if let Some((cos, sin)) = &self.host {
-            return fused::rope_host(x, heads, cos, sin);
-        }
         let [batch, seq, width] = x.dims();
         let dim = width / heads;
         let x = x.reshape([batch, seq, heads, dim]);

@@ -120,6 +120,9 @@ fn load(args: &BenchArgs) -> Result<Workload> {
 pub fn run(args: BenchArgs) -> Result<()> {
     let job = Job::load(&args.job)?;
     let workload = load(&args)?;
+    if let Some(path) = &args.requests_out {
+        write_requests(path, &workload.sequences)?;
+    }
     if let Some(mode) = args.mode {
         if args.drop_caches {
             drop_page_cache()?;
@@ -127,9 +130,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let result = measure(mode, args.store_kind, &workload, engine_options(&job), args.per_prompt_limit)?;
         println!("{}", serde_json::to_string(&result)?);
         return Ok(());
-    }
-    if let Some(path) = &args.requests_out {
-        write_requests(path, &workload.sequences)?;
     }
     let spec = Engine::open(&workload.store, EngineOptions::default())?.spec().clone();
     let micro_batch = job.spec.memory.micro_batch_tokens.min(512);
