@@ -10,7 +10,9 @@
 //! ([`airllm_engine::perf::forward_flops`]), padding excluded. Per-prompt streaming re-reads the
 //! whole store per prompt, so it runs on `--per-prompt-limit` prompts spread over the workload.
 //! `--compress int8,int4` adds a layer-major row per compressed store (split beside the plain one
-//! on first use); `--drop-caches` makes every mode read its layers from the disk, not the page cache.
+//! on first use); `--drop-caches` drops the page cache before every wave (every prompt, in
+//! per-prompt mode), so layers come from the disk as they do for a model larger than memory. The
+//! resident mode's warm-up read is not timed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,7 +43,8 @@ pub struct BenchArgs {
     /// Also stream layer-major from stores compressed these ways (comma separated: int8,int4).
     #[arg(long, value_delimiter = ',', value_name = "KINDS")]
     pub compress: Vec<Compression>,
-    /// Drop the page cache before each measurement (needs root), so layers come from the disk.
+    /// Drop the page cache before every wave, and so before every prompt in per-prompt mode (needs
+    /// root): layers come from the disk, as they do for a model larger than the page cache.
     #[arg(long)]
     pub drop_caches: bool,
     /// Write the requests (token ids and scored positions, JSON lines) for benches/hf_transformers.py.
@@ -124,10 +127,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         write_requests(path, &workload.sequences)?;
     }
     if let Some(mode) = args.mode {
-        if args.drop_caches {
-            drop_page_cache()?;
-        }
-        let result = measure(mode, args.store_kind, &workload, engine_options(&job), args.per_prompt_limit)?;
+        let options = engine_options(&job);
+        let result = measure(mode, args.store_kind, &workload, options, args.per_prompt_limit, args.drop_caches)?;
         println!("{}", serde_json::to_string(&result)?);
         return Ok(());
     }
@@ -186,6 +187,7 @@ fn measure(
     workload: &Workload,
     options: EngineOptions,
     per_prompt_limit: usize,
+    drop_caches: bool,
 ) -> Result<ModeResult> {
     let resident = mode == Mode::Resident;
     let mut engine = Engine::open(&workload.store, EngineOptions { resident, ..options })?;
@@ -199,12 +201,16 @@ fn measure(
         engine.score_wave(std::slice::from_ref(&shortest.request), &Quiet)?;
     }
     let before = engine.stats();
-    let start = Instant::now();
+    let mut seconds = 0.0;
     for wave in &waves {
+        if drop_caches {
+            drop_page_cache()?;
+        }
         let batch: Vec<ScoreRequest> = wave.iter().map(|&s| workload.sequences[s].request.clone()).collect();
+        let start = Instant::now();
         engine.score_wave(&batch, &Quiet)?;
+        seconds += start.elapsed().as_secs_f64();
     }
-    let seconds = start.elapsed().as_secs_f64();
     let after = engine.stats();
     let lengths: Vec<usize> = waves.iter().flatten().map(|&s| workload.sequences[s].request.tokens.len()).collect();
     let scored: usize = waves.iter().flatten().map(|&s| distinct_rows(&workload.sequences[s].request)).sum();
