@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use airllm_engine::ModelSpec;
 use airllm_engine::backend::{DEFAULT_BACKEND_NAME, DefaultBackend};
 use airllm_engine::executor::{Engine, EngineOptions, Quiet, ScoreRequest};
 use airllm_engine::perf;
@@ -99,6 +100,7 @@ impl ModeResult {
 /// The requests of the job, packed as the runner packs them.
 struct Workload {
     store: PathBuf,
+    spec: ModelSpec,
     sequences: Vec<Sequence>,
     waves: Vec<Vec<usize>>,
 }
@@ -117,7 +119,7 @@ fn load(args: &BenchArgs) -> Result<Workload> {
     let requests = crate::task::mmlu::requests(&subjects, engine.tokenizer())?;
     let sequences = schedule::sequences(&requests, engine.spec().max_position_embeddings);
     let waves = schedule::waves(engine.spec(), &sequences, job.spec.memory.activation_budget.0);
-    Ok(Workload { store, sequences, waves })
+    Ok(Workload { store, spec: engine.spec().clone(), sequences, waves })
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -132,9 +134,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&result)?);
         return Ok(());
     }
-    let spec = Engine::open(&workload.store, EngineOptions::default())?.spec().clone();
     let micro_batch = job.spec.memory.micro_batch_tokens.min(512);
-    let peak = perf::gemm_peak::<DefaultBackend>(&spec, micro_batch, &Default::default());
+    let peak = perf::gemm_peak::<DefaultBackend>(&workload.spec, micro_batch, &Default::default());
     let runs = [Mode::Resident, Mode::PerPrompt, Mode::LayerMajor]
         .into_iter()
         .map(|mode| (mode, Compression::None))
