@@ -97,7 +97,7 @@ pub struct Heads {
 /// parallel. `cos`/`sin` are `[positions, head_dim]`.
 pub fn attention_host<B: Backend>(qkv: Tensor<B, 3>, shape: Heads, cos: &[f32], sin: &[f32]) -> Tensor<B, 3> {
     let [batch, seq, width] = qkv.dims();
-    let Heads { heads, kv_heads, head_dim, window } = shape;
+    let Heads { heads, kv_heads, head_dim, .. } = shape;
     let device = qkv.device();
     let mut data = host_values(qkv);
     let rotated = heads + kv_heads;
@@ -109,7 +109,7 @@ pub fn attention_host<B: Backend>(qkv: Tensor<B, 3>, shape: Heads, cos: &[f32], 
     let keys_t = transposed_keys(qkv, batch, seq, width, shape);
     let out_width = heads * head_dim;
     let mut out = vec![0f32; batch * seq * out_width];
-    let layout = RowLayout { seq, width, heads, kv_heads, head_dim, window };
+    let layout = RowLayout { seq, width, shape };
     out.par_chunks_mut(out_width).enumerate().for_each_init(Vec::new, |scores, (row, out)| {
         attend_row(qkv, &keys_t, layout, row, out, scores);
     });
@@ -121,10 +121,7 @@ pub fn attention_host<B: Backend>(qkv: Tensor<B, 3>, shape: Heads, cos: &[f32], 
 struct RowLayout {
     seq: usize,
     width: usize,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    window: Option<usize>,
+    shape: Heads,
 }
 
 /// One query row, every head; compiled for AVX2 where the CPU has it (the crate itself targets
@@ -153,14 +150,15 @@ fn attend_row_portable(
     out: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
-    let RowLayout { seq, width, heads, kv_heads, head_dim, window } = layout;
+    let RowLayout { seq, width, shape: Heads { heads, kv_heads, head_dim, window } } = layout;
     let (sequence, query) = (row / seq, row % seq);
     let first_key = window.map_or(0, |w| (query + 1).saturating_sub(w));
     let count = query + 1 - first_key;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let group = heads / kv_heads;
-    // Plain loops (no closures passed to iterator adapters): a closure is compiled apart from this function and would
-    // lose its AVX2 code generation.
+    let stride = seq + KEY_PADDING;
+    // Plain loops, no closures: a closure is compiled apart from this function and would lose
+    // its AVX2 code generation.
     for (head, out) in out.chunks_exact_mut(head_dim).enumerate() {
         let kv_head = head / group;
         let q = &qkv[row * width + head * head_dim..][..head_dim];
@@ -168,14 +166,14 @@ fn attend_row_portable(
         // kept in one SIMD register until all dimensions are in.
         scores.clear();
         scores.resize(count, 0.0);
-        let stride = seq + KEY_PADDING;
-        let keys = |d: usize| &keys_t[((sequence * kv_heads + kv_head) * head_dim + d) * stride + first_key..];
+        let key_rows = (sequence * kv_heads + kv_head) * head_dim * stride + first_key;
         for (chunk, scores) in scores.chunks_mut(8).enumerate() {
             let mut lanes = [0f32; 8];
             for (d, &q) in q.iter().enumerate() {
                 let weight = q * scale;
                 // Rows of K^T have eight spare zeros at the end, so the last chunk reads whole too.
-                let run: &[f32; 8] = keys(d)[chunk * 8..chunk * 8 + 8].try_into().expect("eight keys");
+                let at = key_rows + d * stride + chunk * 8;
+                let run: &[f32; 8] = keys_t[at..at + 8].try_into().expect("eight keys");
                 for (lane, key) in lanes.iter_mut().zip(run) {
                     *lane += weight * key;
                 }

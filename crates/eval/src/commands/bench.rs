@@ -99,7 +99,10 @@ impl ModeResult {
 
 /// The requests of the job, packed as the runner packs them.
 struct Workload {
+    /// The job with the command line's selection and store kind applied.
+    job: Job,
     store: PathBuf,
+    store_size: u64,
     spec: ModelSpec,
     sequences: Vec<Sequence>,
     waves: Vec<Vec<usize>>,
@@ -119,22 +122,22 @@ fn load(args: &BenchArgs) -> Result<Workload> {
     let requests = crate::task::mmlu::requests(&subjects, engine.tokenizer())?;
     let sequences = schedule::sequences(&requests, engine.spec().max_position_embeddings);
     let waves = schedule::waves(engine.spec(), &sequences, job.spec.memory.activation_budget.0);
-    Ok(Workload { store, spec: engine.spec().clone(), sequences, waves })
+    let (store_size, spec) = (engine.store_size(), engine.spec().clone());
+    Ok(Workload { job, store, store_size, spec, sequences, waves })
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let job = Job::load(&args.job)?;
     let workload = load(&args)?;
     if let Some(path) = &args.requests_out {
         write_requests(path, &workload.sequences)?;
     }
     if let Some(mode) = args.mode {
-        let options = engine_options(&job);
+        let options = engine_options(&workload.job);
         let result = measure(mode, args.store_kind, &workload, options, args.per_prompt_limit, args.drop_caches)?;
         println!("{}", serde_json::to_string(&result)?);
         return Ok(());
     }
-    let micro_batch = job.spec.memory.micro_batch_tokens.min(512);
+    let micro_batch = workload.job.spec.memory.micro_batch_tokens.min(512);
     let peak = perf::gemm_peak::<DefaultBackend>(&workload.spec, micro_batch, &Default::default());
     let runs = [Mode::Resident, Mode::PerPrompt, Mode::LayerMajor]
         .into_iter()
@@ -145,7 +148,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         tracing::info!("bench: {mode:?} from a {} store", kind.name());
         results.push(run_child(&args, mode, kind)?);
     }
-    let store_size = airllm_engine::store::LayerStore::open(&workload.store)?.manifest().total_size();
+    let store_size = workload.store_size;
     print_table(&results, &peak, store_size);
     if let Some(path) = &args.json {
         let record = serde_json::json!({
