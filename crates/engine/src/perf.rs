@@ -2,14 +2,18 @@
 //!
 //! [`forward_flops`] counts the useful floating-point work of scoring sequences (matmuls of the
 //! layers, causal attention, the head at scored rows), padding excluded, so achieved GFLOP/s is
-//! comparable across schedules. [`gemm_peak`] measures the backend's matmul rate at the shapes a
-//! layer really multiplies, which is the ceiling those GFLOP/s are compared to.
+//! comparable across schedules. [`gemm_peak`] measures the matmul rate at the shapes a layer really
+//! multiplies, with burn's matmul and with the packed host kernel: the ceiling those GFLOP/s are
+//! compared to.
 
 use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
+#[cfg(target_arch = "x86_64")]
+use crate::model::gemm::PackedWeight;
+use crate::model::{Precision, on_host};
 use crate::spec::ModelSpec;
 
 /// Multiply-adds count two FLOPs.
@@ -44,31 +48,52 @@ pub struct GemmPeak {
     pub gflops: f64,
     /// `[m, k] x [k, n]` of the best shape.
     pub shape: [usize; 3],
+    /// Which matmul reached it: `burn matmul` or `packed f32` / `packed bf16`.
+    pub kernel: &'static str,
 }
 
-/// Measures matmul GFLOP/s of `[rows, hidden] x [hidden, out]` for the projections of `spec`'s
-/// layers (weights used transposed, as the layers use them) and returns the best. `rows` is the
-/// number of tokens per micro-batch.
-pub fn gemm_peak<B: Backend>(spec: &ModelSpec, rows: usize, device: &B::Device) -> GemmPeak {
+/// Measures matmul GFLOP/s of `[rows, in] x [in, out]` for the projections of `spec`'s layers
+/// and returns the best: burn's matmul (f32), and the packed host kernel at `precision` where
+/// the layers use it. `rows` is the number of tokens per micro-batch.
+pub fn gemm_peak<B: Backend>(spec: &ModelSpec, rows: usize, precision: Precision, device: &B::Device) -> GemmPeak {
     let (h, ffn) = (spec.hidden_size, spec.intermediate_size);
-    let mut best = GemmPeak { gflops: 0.0, shape: [0; 3] };
+    let mut best = GemmPeak { gflops: 0.0, shape: [0; 3], kernel: "none" };
     for (k, n) in [(h, ffn), (ffn, h), (h, h)] {
-        let a = Tensor::<B, 2>::random([rows, k], Distribution::Default, device);
-        let weight = Tensor::<B, 2>::random([n, k], Distribution::Default, device);
-        let multiply = || a.clone().matmul(weight.clone().transpose()).into_data();
-        multiply();
-        let reps = 5;
-        let start = Instant::now();
-        for _ in 0..reps {
-            multiply();
+        let mut consider = |kernel, seconds: f64| {
+            let gflops = FLOPS_PER_MAC * (rows * k * n) as f64 / seconds / 1e9;
+            if gflops > best.gflops {
+                best = GemmPeak { gflops, shape: [rows, k, n], kernel };
+            }
+        };
+        if precision == Precision::F32 {
+            let a = Tensor::<B, 2>::random([rows, k], Distribution::Default, device);
+            let weight = Tensor::<B, 2>::random([n, k], Distribution::Default, device);
+            consider("burn matmul", seconds_per_call(|| a.clone().matmul(weight.clone().transpose()).into_data()));
         }
-        let seconds = start.elapsed().as_secs_f64() / reps as f64;
-        let gflops = FLOPS_PER_MAC * (rows * k * n) as f64 / seconds / 1e9;
-        if gflops > best.gflops {
-            best = GemmPeak { gflops, shape: [rows, k, n] };
+        #[cfg(target_arch = "x86_64")]
+        if on_host::<B>() && precision.host_kernel_available() {
+            let a: Vec<f32> = (0..rows * k).map(|i| (i % 251) as f32 / 251.0 - 0.5).collect();
+            let weight: Vec<f32> = (0..n * k).map(|i| (i % 241) as f32 / 241.0 - 0.5).collect();
+            let packed = PackedWeight::pack(&weight, n, k, precision);
+            let kernel = match precision {
+                Precision::F32 => "packed f32",
+                Precision::Bf16 => "packed bf16",
+            };
+            consider(kernel, seconds_per_call(|| packed.matmul(&a, None)));
         }
     }
     best
+}
+
+/// Mean seconds of `call` over a few runs, after one untimed warm-up.
+fn seconds_per_call<T>(mut call: impl FnMut() -> T) -> f64 {
+    std::hint::black_box(call());
+    let reps = 5;
+    let start = Instant::now();
+    for _ in 0..reps {
+        std::hint::black_box(call());
+    }
+    start.elapsed().as_secs_f64() / reps as f64
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use airllm_engine::model::Precision;
 use airllm_engine::store::{Compression, SplitOptions};
 use anyhow::{Context, Result, bail};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -74,6 +75,10 @@ pub struct BackendConfig {
     pub name: String,
     #[serde(default)]
     pub device: usize,
+    /// Input precision of the layer matmuls: `f32`, or `bf16` (cpu backend on CPUs with
+    /// AVX512-BF16: twice the multiply rate, logits within a few hundredths of f32).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn cpu() -> String {
@@ -82,7 +87,7 @@ fn cpu() -> String {
 
 impl Default for BackendConfig {
     fn default() -> Self {
-        Self { name: cpu(), device: 0 }
+        Self { name: cpu(), device: 0, precision: Precision::F32 }
     }
 }
 
@@ -103,8 +108,10 @@ pub struct MemoryConfig {
 fn default_activation_budget() -> ByteSize {
     ByteSize(1 << 31)
 }
+/// About what keeps a micro-batch's intermediate tensors in a shared L3 cache: 1024 tokens
+/// measured ~5% faster than 4096 for SmolLM2 on a 2-core EPYC.
 fn default_micro_batch_tokens() -> usize {
-    4096
+    1024
 }
 fn default_prefetch_depth() -> usize {
     1
@@ -343,6 +350,16 @@ impl Job {
                 airllm_engine::backend::AVAILABLE.join(", ")
             );
         }
+        if self.spec.backend.precision == Precision::Bf16
+            && (backend != "cpu" || !Precision::Bf16.host_kernel_available())
+        {
+            bail!(
+                "{}: backend.precision `bf16` needs the cpu backend on a CPU with AVX512-BF16 \
+                 (this is backend `{backend}`{}); use `f32`",
+                self.locate("precision"),
+                if Precision::Bf16.host_kernel_available() { "" } else { " on a CPU without AVX512-BF16" }
+            );
+        }
         if self.spec.memory.micro_batch_tokens == 0 {
             bail!("{}: memory.micro_batch_tokens must be at least 1", self.locate("micro_batch_tokens"));
         }
@@ -385,6 +402,7 @@ impl JobSpec {
             "sha256": self.model.sha256,
             "compress": self.model.compress,
             "quantize_embed_head": self.model.quantize_embed_head,
+            "precision": self.backend.precision,
             "task": self.task,
             "subjects": subjects,
             "limit": self.dataset.limit,

@@ -44,15 +44,7 @@ pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 
     let weight = weight.as_slice::<f32>().expect("f32 data");
     let mut data = host_values(x);
     let width = weight.len();
-    slice_mut(&mut data).par_chunks_mut(width * ROWS_PER_TASK).for_each(|rows| {
-        for row in rows.chunks_exact_mut(width) {
-            let mean_square = dot(row, row) / width as f32;
-            let scale = 1.0 / (mean_square + eps as f32).sqrt();
-            for (v, w) in row.iter_mut().zip(weight) {
-                *v = w * (*v * scale);
-            }
-        }
-    });
+    slice_mut(&mut data).par_chunks_mut(width * ROWS_PER_TASK).for_each(|rows| norm_rows(rows, weight, eps as f32));
     Tensor::from_data(data, &device)
 }
 
@@ -68,15 +60,64 @@ pub fn silu_mul_halves<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
     let data = host_values(x);
     let input = data.as_slice::<f32>().expect("f32 data");
     let mut out = vec![0f32; batch * seq * width];
-    out.par_chunks_mut(width * ROWS_PER_TASK).zip(input.par_chunks(double * ROWS_PER_TASK)).for_each(|(out, input)| {
-        for (out, row) in out.chunks_exact_mut(width).zip(input.chunks_exact(double)) {
-            let (gate, up) = row.split_at(width);
-            for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
-                *o = g / (1.0 + exp(-g)) * u;
-            }
-        }
-    });
+    out.par_chunks_mut(width * ROWS_PER_TASK)
+        .zip(input.par_chunks(double * ROWS_PER_TASK))
+        .for_each(|(out, input)| silu_mul_rows(out, input, width));
     Tensor::from_data(TensorData::new(out, [batch, seq, width]), &device)
+}
+
+/// Defines `$name`, which runs `$portable` compiled for AVX-512 where the CPU has it: the crate
+/// targets baseline x86-64, whose 4-wide SSE would halve these loops' speed.
+macro_rules! widest_simd {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => $portable:ident) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn wide($($arg: $ty),*) {
+                    $portable($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports AVX-512F, checked just above.
+                    return unsafe { wide($($arg),*) };
+                }
+            }
+            $portable($($arg),*)
+        }
+    };
+}
+
+widest_simd! {
+    /// RMS-normalizes each `weight.len()`-wide row of `rows` in place.
+    fn norm_rows(rows: &mut [f32], weight: &[f32], eps: f32) => norm_rows_portable
+}
+
+#[inline(always)]
+fn norm_rows_portable(rows: &mut [f32], weight: &[f32], eps: f32) {
+    let width = weight.len();
+    for row in rows.chunks_exact_mut(width) {
+        let mean_square = dot(row, row) / width as f32;
+        let scale = 1.0 / (mean_square + eps).sqrt();
+        for (v, w) in row.iter_mut().zip(weight) {
+            *v = w * (*v * scale);
+        }
+    }
+}
+
+widest_simd! {
+    /// `silu(gate) * up` for rows of `input` holding gate then up, `width` each.
+    fn silu_mul_rows(out: &mut [f32], input: &[f32], width: usize) => silu_mul_rows_portable
+}
+
+#[inline(always)]
+fn silu_mul_rows_portable(out: &mut [f32], input: &[f32], width: usize) {
+    for (out, row) in out.chunks_exact_mut(width).zip(input.chunks_exact(2 * width)) {
+        let (gate, up) = row.split_at(width);
+        for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
+            *o = g / (1.0 + exp(-g)) * u;
+        }
+    }
 }
 
 /// Head layout of a decoder layer's attention.
@@ -107,6 +148,11 @@ pub fn attention_host<B: Backend>(qkv: Tensor<B, 3>, shape: Heads, cos: &[f32], 
     });
     let qkv = data.as_slice::<f32>().expect("f32 data");
     let keys_t = transposed_keys(qkv, batch, seq, width, shape);
+    #[cfg(target_arch = "x86_64")]
+    if super::attention_tiles::available(head_dim) {
+        let out = super::attention_tiles::attend(qkv, &keys_t, batch, seq, shape);
+        return Tensor::from_data(TensorData::new(out, [batch, seq, heads * head_dim]), &device);
+    }
     let out_width = heads * head_dim;
     let mut out = vec![0f32; batch * seq * out_width];
     let layout = RowLayout { seq, width, shape };
@@ -180,12 +226,9 @@ fn attend_row_portable(
             }
             scores.copy_from_slice(&lanes[..scores.len()]);
         }
-        let mut max = f32::NEG_INFINITY;
-        for &score in scores.iter() {
-            max = max.max(score);
-        }
+        let largest = max(scores);
         for score in scores.iter_mut() {
-            *score = exp(*score - max);
+            *score = exp(*score - largest);
         }
         let total = sum(scores);
         let v_at = (heads + kv_heads + kv_head) * head_dim;
@@ -200,12 +243,13 @@ fn attend_row_portable(
     }
 }
 
-/// Zeros after each row of K^T, so that scoring reads whole chunks of eight keys.
-const KEY_PADDING: usize = 8;
+/// Zeros after each row of K^T, so that scoring reads whole chunks of keys (eight here, 32 in
+/// `attention_tiles`).
+pub(crate) const KEY_PADDING: usize = 32;
 
 /// Keys as `[batch, kv_heads, head_dim, seq + KEY_PADDING]`: for one query, a row of this holds one
 /// dimension of every key, so scoring all keys is a run of contiguous multiply-adds.
-fn transposed_keys(qkv: &[f32], batch: usize, seq: usize, width: usize, shape: Heads) -> Vec<f32> {
+pub(crate) fn transposed_keys(qkv: &[f32], batch: usize, seq: usize, width: usize, shape: Heads) -> Vec<f32> {
     let Heads { heads, kv_heads, head_dim, .. } = shape;
     let stride = seq + KEY_PADDING;
     let mut keys_t = vec![0f32; batch * kv_heads * head_dim * stride];
@@ -235,7 +279,7 @@ fn rotate_heads(values: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
 
 /// Sum with eight partial sums, so the loop vectorizes.
 #[inline(always)]
-fn sum(values: &[f32]) -> f32 {
+pub(crate) fn sum(values: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let chunks = values.chunks_exact(8);
     let tail: f32 = chunks.remainder().iter().sum();
@@ -245,6 +289,21 @@ fn sum(values: &[f32]) -> f32 {
         }
     }
     lanes.iter().sum::<f32>() + tail
+}
+
+/// Largest value, with eight partial maxima so the loop vectorizes (`f32::max` folded one by one
+/// is a serial chain).
+#[inline(always)]
+pub(crate) fn max(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = values.chunks_exact(8);
+    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for chunk in chunks {
+        for i in 0..8 {
+            lanes[i] = if chunk[i] > lanes[i] { chunk[i] } else { lanes[i] };
+        }
+    }
+    lanes.iter().copied().fold(tail, f32::max)
 }
 
 /// Dot product with eight partial sums, so the loop vectorizes.

@@ -5,7 +5,7 @@ use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
-use super::{Rope, fused, linear, rms_norm, to_device};
+use super::{Linear, Precision, Rope, fused, rms_norm, to_device};
 use crate::error::{EngineError, Result};
 use crate::source::LayerTensor;
 use crate::spec::ModelSpec;
@@ -16,14 +16,13 @@ use crate::store::LayerHost;
 /// `kv_heads * head_dim` outputs) would not.
 pub struct DecoderLayer<B: Backend> {
     attn_norm: Tensor<B, 1>,
-    /// `[q + 2 kv, hidden]`: q rows, then k rows, then v rows.
-    qkv_proj: Tensor<B, 2>,
-    o_proj: Tensor<B, 2>,
-    qkv_bias: Option<Tensor<B, 1>>,
+    /// `[q + 2 kv, hidden]`: q rows, then k rows, then v rows (and their biases, for qwen2).
+    qkv_proj: Linear<B>,
+    o_proj: Linear<B>,
     ffn_norm: Tensor<B, 1>,
     /// `[2 intermediate, hidden]`: gate rows, then up rows.
-    gate_up_proj: Tensor<B, 2>,
-    down_proj: Tensor<B, 2>,
+    gate_up_proj: Linear<B>,
+    down_proj: Linear<B>,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -32,13 +31,14 @@ pub struct DecoderLayer<B: Backend> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
-    /// Moves a layer's host tensors onto `device`, checking their shapes against the spec.
-    pub fn from_host(spec: &ModelSpec, mut host: LayerHost, device: &B::Device) -> Result<Self> {
+    /// Moves a layer's host tensors onto `device`, checking their shapes against the spec; the
+    /// projections multiply at `precision` where the host kernel runs.
+    pub fn from_host(spec: &ModelSpec, mut host: LayerHost, precision: Precision, device: &B::Device) -> Result<Self> {
         let h = spec.hidden_size;
         let q = spec.num_heads * spec.head_dim;
         let kv = spec.num_kv_heads * spec.head_dim;
         let ffn = spec.intermediate_size;
-        let mut take = |tensor: LayerTensor, expected: &[usize]| -> Result<(Vec<usize>, Vec<f32>)> {
+        let mut take = |tensor: LayerTensor, expected: &[usize]| -> Result<Vec<f32>> {
             let (shape, values) = host.tensors.remove(&tensor).ok_or_else(|| {
                 EngineError::Other(format!("layer {}: tensor {} is missing", host.index, tensor.store_name()))
             })?;
@@ -49,42 +49,33 @@ impl<B: Backend> DecoderLayer<B> {
                     tensor.store_name()
                 )));
             }
-            Ok((shape, values))
+            Ok(values)
         };
-        // Stacks tensors along their first dimension, each checked against its expected shape.
-        let mut stacked = |parts: &[(LayerTensor, &[usize])]| -> Result<Tensor<B, 2>> {
+        // Concatenates tensors, each checked against its expected shape.
+        let mut concat = |parts: &[(LayerTensor, &[usize])]| -> Result<Vec<f32>> {
             let mut values = Vec::new();
-            let mut rows = 0;
             for &(tensor, shape) in parts {
-                values.extend(take(tensor, shape)?.1);
-                rows += shape[0];
+                values.extend(take(tensor, shape)?);
             }
-            let shape: Vec<usize> = [rows].into_iter().chain(parts[0].1[1..].iter().copied()).collect();
-            Ok(to_device(&shape, values, device))
+            Ok(values)
         };
         use LayerTensor::*;
-        let qkv_proj = stacked(&[(QProj, &[q, h]), (KProj, &[kv, h]), (VProj, &[kv, h])])?;
-        let o_proj = stacked(&[(OProj, &[h, q])])?;
-        let gate_up_proj = stacked(&[(GateProj, &[ffn, h]), (UpProj, &[ffn, h])])?;
-        let down_proj = stacked(&[(DownProj, &[h, ffn])])?;
-        let mut vector = |parts: &[(LayerTensor, usize)]| -> Result<Tensor<B, 1>> {
-            let mut values = Vec::new();
-            for &(tensor, len) in parts {
-                values.extend(take(tensor, &[len])?.1);
-            }
-            Ok(to_device(&[values.len()], values, device))
-        };
-        let attn_norm = vector(&[(AttnNorm, h)])?;
-        let ffn_norm = vector(&[(FfnNorm, h)])?;
-        let qkv_bias = if spec.qkv_bias { Some(vector(&[(QBias, q), (KBias, kv), (VBias, kv)])?) } else { None };
+        let qkv = concat(&[(QProj, &[q, h]), (KProj, &[kv, h]), (VProj, &[kv, h])])?;
+        let qkv_bias =
+            if spec.qkv_bias { Some(concat(&[(QBias, &[q]), (KBias, &[kv]), (VBias, &[kv])])?) } else { None };
+        let o = concat(&[(OProj, &[h, q])])?;
+        let gate_up = concat(&[(GateProj, &[ffn, h]), (UpProj, &[ffn, h])])?;
+        let down = concat(&[(DownProj, &[h, ffn])])?;
+        let attn_norm = concat(&[(AttnNorm, &[h])])?;
+        let ffn_norm = concat(&[(FfnNorm, &[h])])?;
+        let linear = |shape, weight, bias| Linear::new(shape, weight, bias, precision, device);
         Ok(Self {
-            attn_norm,
-            qkv_proj,
-            o_proj,
-            qkv_bias,
-            ffn_norm,
-            gate_up_proj,
-            down_proj,
+            attn_norm: to_device(&[h], attn_norm, device),
+            qkv_proj: linear([q + 2 * kv, h], qkv, qkv_bias),
+            o_proj: linear([h, q], o, None),
+            ffn_norm: to_device(&[h], ffn_norm, device),
+            gate_up_proj: linear([2 * ffn, h], gate_up, None),
+            down_proj: linear([h, ffn], down, None),
             num_heads: spec.num_heads,
             num_kv_heads: spec.num_kv_heads,
             head_dim: spec.head_dim,
@@ -98,12 +89,12 @@ impl<B: Backend> DecoderLayer<B> {
         let attended = self.attention(rms_norm(x.clone(), &self.attn_norm, self.eps), rope);
         let x = x + attended;
         let normed = rms_norm(x.clone(), &self.ffn_norm, self.eps);
-        let gated = fused::silu_mul_halves(linear(normed, &self.gate_up_proj, None));
-        x + linear(gated, &self.down_proj, None)
+        let gated = fused::silu_mul_halves(self.gate_up_proj.forward(normed));
+        x + self.down_proj.forward(gated)
     }
 
     fn attention(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 3> {
-        let qkv = linear(x, &self.qkv_proj, self.qkv_bias.as_ref());
+        let qkv = self.qkv_proj.forward(x);
         let heads = fused::Heads {
             heads: self.num_heads,
             kv_heads: self.num_kv_heads,
@@ -114,7 +105,7 @@ impl<B: Backend> DecoderLayer<B> {
             Some((cos, sin)) => fused::attention_host(qkv, heads, cos, sin),
             None => self.attention_ops(qkv, rope),
         };
-        linear(out, &self.o_proj, None)
+        self.o_proj.forward(out)
     }
 
     /// Attention as burn ops, for device backends: `[batch, seq, q + 2 kv]` -> `[batch, seq, q]`.

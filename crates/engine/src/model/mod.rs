@@ -1,7 +1,11 @@
 //! The decoder's burn code, generic over `B: Backend`: rotary embeddings, one decoder layer, and
 //! the head. Weights arrive per layer from the store; nothing here knows about files.
 
+#[cfg(target_arch = "x86_64")]
+mod attention_tiles;
 mod fused;
+#[cfg(target_arch = "x86_64")]
+pub mod gemm;
 mod head;
 mod layer;
 mod rope;
@@ -12,18 +16,112 @@ pub use rope::Rope;
 
 use burn::prelude::*;
 
-/// `x · w` for activations `[batch, seq, in]` and a weight stored `[out, in]`.
-pub(crate) fn linear<B: Backend>(x: Tensor<B, 3>, weight: &Tensor<B, 2>, bias: Option<&Tensor<B, 1>>) -> Tensor<B, 3> {
-    let [batch, seq, input] = x.dims();
-    let out = x.reshape([batch * seq, input]).matmul(weight.clone().transpose());
-    let out = match bias {
-        Some(bias) => out + bias.clone().unsqueeze_dim(0),
-        None => out,
-    };
-    let features = out.dims()[1];
-    out.reshape([batch, seq, features])
+/// Element type the layer matmuls take their inputs in; accumulation is always f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    /// Weights and activations rounded to bf16 at each matmul (host backend, AVX512-BF16 only).
+    Bf16,
 }
 
+impl Precision {
+    pub const ALL: [Precision; 2] = [Precision::F32, Precision::Bf16];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// Whether this CPU runs the packed host kernel ([`gemm`]) at this precision.
+    pub fn host_kernel_available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return match self {
+            Precision::F32 => is_x86_feature_detected!("avx512f"),
+            Precision::Bf16 => is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16"),
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|p| p.name().eq_ignore_ascii_case(s)).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|p| p.name()).collect();
+            format!("unknown precision `{s}`; supported: {}", names.join(", "))
+        })
+    }
+}
+
+/// A projection `x · wᵀ + b` with `w` = `[out, in]`: packed for the host kernel where the backend
+/// is the host and the CPU has it, else a burn tensor.
+pub(crate) enum Linear<B: Backend> {
+    Tensor {
+        weight: Tensor<B, 2>,
+        bias: Option<Tensor<B, 1>>,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Packed {
+        weight: gemm::PackedWeight,
+        bias: Option<Vec<f32>>,
+    },
+}
+
+impl<B: Backend> Linear<B> {
+    pub fn new(
+        shape: [usize; 2],
+        weight: Vec<f32>,
+        bias: Option<Vec<f32>>,
+        precision: Precision,
+        device: &B::Device,
+    ) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if fused::on_host::<B>() && precision.host_kernel_available() {
+            let weight = gemm::PackedWeight::pack(&weight, shape[0], shape[1], precision);
+            return Linear::Packed { weight, bias };
+        }
+        let _ = precision;
+        let bias = bias.map(|b| to_device(&[b.len()], b, device));
+        Linear::Tensor { weight: to_device(&shape, weight, device), bias }
+    }
+
+    /// `[batch, seq, in]` -> `[batch, seq, out]`
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [batch, seq, input] = x.dims();
+        match self {
+            Linear::Tensor { weight, bias } => {
+                let out = x.reshape([batch * seq, input]).matmul(weight.clone().transpose());
+                let out = match bias {
+                    Some(bias) => out + bias.clone().unsqueeze_dim(0),
+                    None => out,
+                };
+                let features = out.dims()[1];
+                out.reshape([batch, seq, features])
+            }
+            #[cfg(target_arch = "x86_64")]
+            Linear::Packed { weight, bias } => {
+                let device = x.device();
+                let data = x.into_data().convert::<f32>();
+                let out = weight.matmul(data.as_slice::<f32>().expect("f32 data"), bias.as_deref());
+                to_device(&[batch, seq, weight.out_features()], out, &device)
+            }
+        }
+    }
+}
+
+pub use fused::on_host;
 pub(crate) use fused::rms_norm;
 
 /// Builds a device tensor from host values.

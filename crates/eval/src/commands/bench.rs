@@ -6,11 +6,12 @@
 //!
 //! Each mode runs in a child process of its own (`bench --mode ...`), so its peak resident memory
 //! is its own and not the high-water mark of an earlier mode. The matmul peak of the same backend
-//! is measured in the parent first; achieved GFLOP/s counts the useful work of the forward pass
+//! is measured in the parent first (burn's matmul and the packed host kernel the layers use, at
+//! each precision benched; the higher is the yardstick); achieved GFLOP/s counts the useful work of the forward pass
 //! ([`airllm_engine::perf::forward_flops`]), padding excluded. Per-prompt streaming re-reads the
 //! whole store per prompt, so it runs on `--per-prompt-limit` prompts spread over the workload.
 //! `--compress int8,int4` adds a layer-major row per compressed store (split beside the plain one
-//! on first use); `--drop-caches` drops the page cache before every wave (every prompt, in
+//! on first use), and `--precision bf16` a layer-major row with bf16 matmul inputs; `--drop-caches` drops the page cache before every wave (every prompt, in
 //! per-prompt mode), so layers come from the disk as they do for a model larger than memory. The
 //! resident mode's warm-up read is not timed.
 
@@ -21,6 +22,7 @@ use std::time::Instant;
 use airllm_engine::ModelSpec;
 use airllm_engine::backend::{DEFAULT_BACKEND_NAME, DefaultBackend};
 use airllm_engine::executor::{Engine, EngineOptions, Quiet, ScoreRequest};
+use airllm_engine::model::Precision;
 use airllm_engine::perf;
 use airllm_engine::store::Compression;
 use anyhow::{Context, Result, bail};
@@ -44,6 +46,9 @@ pub struct BenchArgs {
     /// Also stream layer-major from stores compressed these ways (comma separated: int8,int4).
     #[arg(long, value_delimiter = ',', value_name = "KINDS")]
     pub compress: Vec<Compression>,
+    /// Also stream layer-major with the layer matmuls at these precisions (comma separated: bf16).
+    #[arg(long, value_delimiter = ',', value_name = "PRECISIONS")]
+    pub precision: Vec<Precision>,
     /// Drop the page cache before every wave, and so before every prompt in per-prompt mode (needs
     /// root): layers come from the disk, as they do for a model larger than the page cache.
     #[arg(long)]
@@ -60,6 +65,9 @@ pub struct BenchArgs {
     /// The store kind the child run streams from (used by the parent run).
     #[arg(long, hide = true, default_value = "none")]
     pub store_kind: Compression,
+    /// The matmul precision of the child run (used by the parent run).
+    #[arg(long, hide = true, default_value = "f32")]
+    pub child_precision: Precision,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -75,6 +83,7 @@ pub enum Mode {
 pub struct ModeResult {
     pub mode: Mode,
     pub store_kind: Compression,
+    pub precision: Precision,
     pub prompts: usize,
     pub tokens: u64,
     pub seconds: f64,
@@ -87,13 +96,17 @@ pub struct ModeResult {
 }
 
 impl ModeResult {
-    /// `layer-major`, or `layer-major int8` for a compressed store.
+    /// `layer-major`, or `layer-major int8` for a compressed store, `layer-major bf16` for bf16
+    /// matmuls.
     pub fn label(&self) -> String {
-        let mode = self.mode.to_possible_value().expect("named").get_name().to_string();
-        match self.store_kind {
-            Compression::None => mode,
-            kind => format!("{mode} {}", kind.name()),
+        let mut label = self.mode.to_possible_value().expect("named").get_name().to_string();
+        if self.store_kind != Compression::None {
+            label = format!("{label} {}", self.store_kind.name());
         }
+        if self.precision == Precision::Bf16 {
+            label.push_str(" bf16");
+        }
+        label
     }
 }
 
@@ -132,31 +145,39 @@ pub fn run(args: BenchArgs) -> Result<()> {
         write_requests(path, &workload.sequences)?;
     }
     if let Some(mode) = args.mode {
-        let options = engine_options(&workload.job);
+        let options = EngineOptions { precision: args.child_precision, ..engine_options(&workload.job) };
         let result = measure(mode, args.store_kind, &workload, options, args.per_prompt_limit, args.drop_caches)?;
         println!("{}", serde_json::to_string(&result)?);
         return Ok(());
     }
     let micro_batch = workload.job.spec.memory.micro_batch_tokens.min(512);
-    let peak = perf::gemm_peak::<DefaultBackend>(&workload.spec, micro_batch, &Default::default());
+    let precisions: Vec<Precision> = std::iter::once(Precision::F32)
+        .chain(args.precision.iter().copied().filter(|&p| p != Precision::F32))
+        .collect();
+    let peaks: Vec<(Precision, perf::GemmPeak)> = precisions
+        .iter()
+        .map(|&p| (p, perf::gemm_peak::<DefaultBackend>(&workload.spec, micro_batch, p, &Default::default())))
+        .collect();
     let runs = [Mode::Resident, Mode::PerPrompt, Mode::LayerMajor]
         .into_iter()
-        .map(|mode| (mode, Compression::None))
-        .chain(args.compress.iter().map(|&kind| (Mode::LayerMajor, kind)));
+        .map(|mode| (mode, Compression::None, Precision::F32))
+        .chain(args.compress.iter().map(|&kind| (Mode::LayerMajor, kind, Precision::F32)))
+        .chain(precisions[1..].iter().map(|&p| (Mode::LayerMajor, Compression::None, p)));
     let mut results = Vec::new();
-    for (mode, kind) in runs {
-        tracing::info!("bench: {mode:?} from a {} store", kind.name());
-        results.push(run_child(&args, mode, kind)?);
+    for (mode, kind, precision) in runs {
+        tracing::info!("bench: {mode:?} from a {} store, {precision:?} matmuls", kind.name());
+        results.push(run_child(&args, mode, kind, precision)?);
     }
     let store_size = workload.store_size;
-    print_table(&results, &peak, store_size);
+    print_table(&results, &peaks, store_size);
     if let Some(path) = &args.json {
         let record = serde_json::json!({
             "backend": DEFAULT_BACKEND_NAME,
             "store": workload.store,
             "store_bytes": store_size,
-            "gemm_peak_gflops": peak.gflops,
-            "gemm_peak_shape": peak.shape,
+            "gemm_peaks": peaks.iter().map(|(precision, peak)| serde_json::json!({
+                "precision": precision, "gflops": peak.gflops, "shape": peak.shape, "kernel": peak.kernel,
+            })).collect::<Vec<_>>(),
             "modes": results,
         });
         std::fs::write(path, serde_json::to_vec_pretty(&record)?).with_context(|| path.display().to_string())?;
@@ -165,11 +186,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
 }
 
 /// Runs one mode in a child process and reads its result.
-fn run_child(args: &BenchArgs, mode: Mode, kind: Compression) -> Result<ModeResult> {
+fn run_child(args: &BenchArgs, mode: Mode, kind: Compression, precision: Precision) -> Result<ModeResult> {
     let exe = std::env::current_exe().context("finding the airllm-eval binary")?;
     let mut command = Command::new(exe);
     command.arg("bench").arg(&args.job).arg("--mode").arg(mode.to_possible_value().expect("named").get_name());
     command.arg("--store-kind").arg(kind.name());
+    command.arg("--child-precision").arg(precision.name());
     if args.drop_caches {
         command.arg("--drop-caches");
     }
@@ -223,6 +245,7 @@ fn measure(
     Ok(ModeResult {
         mode,
         store_kind,
+        precision: options.precision,
         prompts: lengths.len(),
         tokens,
         seconds,
@@ -279,14 +302,14 @@ fn write_requests(path: &Path, sequences: &[Sequence]) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-fn print_table(results: &[ModeResult], peak: &perf::GemmPeak, store_size: u64) {
+fn print_table(results: &[ModeResult], peaks: &[(Precision, perf::GemmPeak)], store_size: u64) {
     let resident = results.iter().find(|r| r.mode == Mode::Resident).map_or(f64::NAN, |r| r.tokens_per_s);
-    let [m, k, n] = peak.shape;
-    println!(
-        "backend {DEFAULT_BACKEND_NAME}; GEMM peak {:.1} GFLOP/s ([{m}x{k}] x [{k}x{n}]); store {:.1} MiB",
-        peak.gflops,
-        store_size as f64 / (1u64 << 20) as f64
-    );
+    println!("backend {DEFAULT_BACKEND_NAME}; store {:.1} MiB", store_size as f64 / (1u64 << 20) as f64);
+    for (precision, peak) in peaks {
+        let [m, k, n] = peak.shape;
+        println!("GEMM peak {precision:?}: {:.1} GFLOP/s ({}, [{m}x{k}] x [{k}x{n}])", peak.gflops, peak.kernel);
+    }
+    let peak_of = |p: Precision| peaks.iter().find(|(q, _)| *q == p).map_or(f64::NAN, |(_, peak)| peak.gflops);
     println!(
         "{:<17} {:>7} {:>8} {:>9} {:>7} {:>10} {:>7} {:>9} {:>8} {:>6}",
         "mode", "prompts", "tokens", "tokens/s", "vs res", "MiB read", "passes", "peak MiB", "GFLOP/s", "% peak"
@@ -303,7 +326,7 @@ fn print_table(results: &[ModeResult], peak: &perf::GemmPeak, store_size: u64) {
             r.store_passes,
             r.peak_rss_bytes as f64 / (1u64 << 20) as f64,
             r.gflops,
-            100.0 * r.gflops / peak.gflops
+            100.0 * r.gflops / peak_of(r.precision)
         );
     }
 }

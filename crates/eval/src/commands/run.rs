@@ -223,6 +223,7 @@ pub fn engine_options(job: &Job) -> EngineOptions {
         prefetch_depth: memory.prefetch_depth,
         micro_batch_tokens: memory.micro_batch_tokens,
         resident: false,
+        precision: job.spec.backend.precision,
     }
 }
 
