@@ -445,6 +445,15 @@ mod tests {
     }
 
     #[test]
+    fn backend_precision() {
+        let spec = parse_spec(&format!("{MINIMAL}backend:\n  precision: bf16\n")).unwrap();
+        assert_eq!(spec.backend.precision, Precision::Bf16);
+        assert_eq!(parse_spec(MINIMAL).unwrap().backend.precision, Precision::F32);
+        let err = parse_spec(&format!("{MINIMAL}backend:\n  precision: fp8\n")).unwrap_err();
+        assert!(err.contains("backend.precision") && err.contains("f32") && err.contains("bf16"), "{err}");
+    }
+
+    #[test]
     fn subjects_all_or_list() {
         let text = MINIMAL.replace("  path: data\n", "  path: data\n  subjects: [anatomy, virology]\n");
         let spec = parse_spec(&text).unwrap();

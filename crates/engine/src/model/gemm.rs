@@ -41,7 +41,12 @@ pub struct PackedWeight {
 
 impl PackedWeight {
     /// Packs a row-major `[out, in]` weight. Columns past `out` in the last panel are zero.
+    ///
+    /// # Panics
+    /// Where this CPU lacks the kernel's instructions ([`Precision::host_kernel_available`]):
+    /// the kernels' safety rests on that check.
     pub fn pack(weight: &[f32], out_features: usize, in_features: usize, precision: Precision) -> Self {
+        assert!(precision.host_kernel_available(), "this CPU cannot run the packed {precision} kernel");
         assert_eq!(weight.len(), out_features * in_features, "weight size");
         let steps = steps(in_features, precision);
         let panels = out_features.div_ceil(PANEL);
@@ -156,8 +161,8 @@ fn to_bf16_pairs(x: &[f32], width: usize) -> Vec<u32> {
     let mut out = vec![0u32; x.len() / width * pairs];
     out.par_chunks_mut(pairs * 64).zip(x.par_chunks(width * 64)).for_each(|(out, x)| {
         for (out, row) in out.chunks_exact_mut(pairs).zip(x.chunks_exact(width)) {
-            // SAFETY: the weight was packed for bf16 only where
-            // `Precision::host_kernel_available` (see `Linear::new`), and the slices are in bounds.
+            // SAFETY: `PackedWeight::pack` checked `Precision::host_kernel_available` for bf16,
+            // and the slices are in bounds.
             unsafe { round_row_bf16(row, out) }
         }
     });
@@ -213,8 +218,8 @@ macro_rules! dispatch_rows {
 
 impl Block<'_> {
     fn run(&self, rows: usize, precision: Precision) {
-        // SAFETY: the packed path is only taken where `precision.host_kernel_available()` (see
-        // `Linear::new`), and `Block` bounds were set up by `PackedWeight::run`.
+        // SAFETY: `PackedWeight::pack` checked `precision.host_kernel_available()`, and `Block`
+        // bounds were set up by `PackedWeight::run`.
         unsafe {
             match precision {
                 Precision::F32 => dispatch_rows!(rows, tile_f32, self),
