@@ -12,7 +12,7 @@ use burn::prelude::*;
 
 use crate::backend::DefaultBackend;
 use crate::error::{EngineError, Result};
-use crate::model::{DecoderLayer, Head, Precision, Rope, on_host, to_device};
+use crate::model::{Compute, DecoderLayer, Head, Precision, Rope, on_host, to_device};
 use crate::spec::ModelSpec;
 use crate::store::{EMBED, LayerStore, Prefetcher};
 
@@ -62,11 +62,20 @@ pub struct EngineOptions {
     pub resident: bool,
     /// Input precision of the layer matmuls.
     pub precision: Precision,
+    /// Run our packed matmul and tiled attention where the backend and CPU allow (else burn's
+    /// ops: the reference path the bench and tests compare against).
+    pub host_kernels: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { prefetch_depth: 1, micro_batch_tokens: 1024, resident: false, precision: Precision::F32 }
+        Self {
+            prefetch_depth: 1,
+            micro_batch_tokens: 1024,
+            resident: false,
+            precision: Precision::F32,
+            host_kernels: true,
+        }
     }
 }
 
@@ -106,9 +115,11 @@ impl Engine<DefaultBackend> {
 
 impl<B: Backend> Engine<B> {
     pub fn open_on(store: &Path, options: EngineOptions, device: B::Device) -> Result<Self> {
-        if options.precision == Precision::Bf16 && !(on_host::<B>() && Precision::Bf16.host_kernel_available()) {
+        let bf16_runs = options.host_kernels && on_host::<B>() && Precision::Bf16.host_kernel_available();
+        if options.precision == Precision::Bf16 && !bf16_runs {
             return Err(EngineError::Other(
-                "precision bf16 needs the cpu backend on a CPU with AVX512-BF16; use precision f32 here".into(),
+                "precision bf16 needs the host kernels on the cpu backend and a CPU with AVX512-BF16; use f32 here"
+                    .into(),
             ));
         }
         let store = Arc::new(LayerStore::open(store)?);
@@ -221,8 +232,7 @@ impl<B: Backend> Engine<B> {
         }
         let mut prefetcher = Prefetcher::start(Arc::clone(&self.store), self.options.prefetch_depth);
         for index in 0..spec.num_layers {
-            let layer =
-                DecoderLayer::<B>::from_host(spec, prefetcher.next_layer()?, self.options.precision, &self.device)?;
+            let layer = DecoderLayer::<B>::from_host(spec, prefetcher.next_layer()?, self.compute(), &self.device)?;
             run(&layer, batches);
             tracing::trace!(layer = index, "layer done");
             observer.layer_done(index + 1, spec.num_layers);
@@ -231,6 +241,10 @@ impl<B: Backend> Engine<B> {
             }
         }
         Ok(())
+    }
+
+    fn compute(&self) -> Compute {
+        Compute { precision: self.options.precision, host_kernels: self.options.host_kernels }
     }
 
     fn validate(&self, sequences: &[&[u32]], rows: &[Vec<usize>]) -> Result<()> {

@@ -35,3 +35,13 @@ fn smollm2_bf16_matmuls_stay_close_to_transformers() {
     eprintln!("bf16 vs transformers fp32: max |err| {max:.3}, mean |err| {mean:.4}, top-1 agreement {top1:.3}");
     assert!(max <= 0.75 && mean <= 0.08 && top1 >= 0.95, "max {max}, mean {mean}, top-1 {top1}");
 }
+
+/// burn's ops alone (no packed matmul, row-at-a-time attention): the path device backends and
+/// CPUs without AVX-512 take, held to the same tolerance.
+#[test]
+fn smollm2_burn_ops_path_matches_transformers() {
+    let references = read_references(&fixtures().join("reference/smollm2-135m-instruct.logits.safetensors"));
+    let options = EngineOptions { micro_batch_tokens: 64, host_kernels: false, ..Default::default() };
+    let (_store, mut engine) = engine_for(&smollm2_gguf(), options);
+    check_references(&mut engine, &references, 1e-3);
+}

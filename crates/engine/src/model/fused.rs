@@ -136,7 +136,14 @@ pub struct Heads {
 /// sum of values, written as `[batch, seq, heads * head_dim]`. Grouped-query heads index their
 /// shared key/value head instead of copying it, and only the causal half is computed; rows run in
 /// parallel. `cos`/`sin` are `[positions, head_dim]`.
-pub fn attention_host<B: Backend>(qkv: Tensor<B, 3>, shape: Heads, cos: &[f32], sin: &[f32]) -> Tensor<B, 3> {
+/// `tiled` allows the AVX-512 kernel of `attention_tiles` where the CPU and head size suit it.
+pub fn attention_host<B: Backend>(
+    qkv: Tensor<B, 3>,
+    shape: Heads,
+    cos: &[f32],
+    sin: &[f32],
+    tiled: bool,
+) -> Tensor<B, 3> {
     let [batch, seq, width] = qkv.dims();
     let Heads { heads, kv_heads, head_dim, .. } = shape;
     let device = qkv.device();
@@ -149,7 +156,7 @@ pub fn attention_host<B: Backend>(qkv: Tensor<B, 3>, shape: Heads, cos: &[f32], 
     let qkv = data.as_slice::<f32>().expect("f32 data");
     let keys_t = transposed_keys(qkv, batch, seq, width, shape);
     #[cfg(target_arch = "x86_64")]
-    if super::attention_tiles::available(head_dim) {
+    if tiled && super::attention_tiles::available(head_dim) {
         let out = super::attention_tiles::attend(qkv, &keys_t, batch, seq, shape);
         return Tensor::from_data(TensorData::new(out, [batch, seq, heads * head_dim]), &device);
     }

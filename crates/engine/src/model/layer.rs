@@ -5,7 +5,7 @@ use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
-use super::{Linear, Precision, Rope, fused, rms_norm, to_device};
+use super::{Compute, Linear, Rope, fused, rms_norm, to_device};
 use crate::error::{EngineError, Result};
 use crate::source::LayerTensor;
 use crate::spec::ModelSpec;
@@ -28,12 +28,14 @@ pub struct DecoderLayer<B: Backend> {
     head_dim: usize,
     eps: f64,
     sliding_window: Option<usize>,
+    /// Whether attention may run as the tiled host kernel.
+    host_kernels: bool,
 }
 
 impl<B: Backend> DecoderLayer<B> {
     /// Moves a layer's host tensors onto `device`, checking their shapes against the spec; the
-    /// projections multiply at `precision` where the host kernel runs.
-    pub fn from_host(spec: &ModelSpec, mut host: LayerHost, precision: Precision, device: &B::Device) -> Result<Self> {
+    /// layer computes as `compute` says.
+    pub fn from_host(spec: &ModelSpec, mut host: LayerHost, compute: Compute, device: &B::Device) -> Result<Self> {
         let h = spec.hidden_size;
         let q = spec.num_heads * spec.head_dim;
         let kv = spec.num_kv_heads * spec.head_dim;
@@ -68,7 +70,7 @@ impl<B: Backend> DecoderLayer<B> {
         let down = concat(&[(DownProj, &[h, ffn])])?;
         let attn_norm = concat(&[(AttnNorm, &[h])])?;
         let ffn_norm = concat(&[(FfnNorm, &[h])])?;
-        let linear = |shape, weight, bias| Linear::new(shape, weight, bias, precision, device);
+        let linear = |shape, weight, bias| Linear::new(shape, weight, bias, compute, device);
         Ok(Self {
             attn_norm: to_device(&[h], attn_norm, device),
             qkv_proj: linear([q + 2 * kv, h], qkv, qkv_bias),
@@ -81,6 +83,7 @@ impl<B: Backend> DecoderLayer<B> {
             head_dim: spec.head_dim,
             eps: spec.rms_norm_eps,
             sliding_window: spec.sliding_window,
+            host_kernels: compute.host_kernels,
         })
     }
 
@@ -102,7 +105,7 @@ impl<B: Backend> DecoderLayer<B> {
             window: self.sliding_window,
         };
         let out = match rope.host_tables() {
-            Some((cos, sin)) => fused::attention_host(qkv, heads, cos, sin),
+            Some((cos, sin)) => fused::attention_host(qkv, heads, cos, sin, self.host_kernels),
             None => self.attention_ops(qkv, rope),
         };
         self.o_proj.forward(out)

@@ -65,8 +65,24 @@ impl std::str::FromStr for Precision {
     }
 }
 
-/// A projection `x · wᵀ + b` with `w` = `[out, in]`: packed for the host kernel where the backend
-/// is the host and the CPU has it, else a burn tensor.
+/// How the layers compute: the input precision of their matmuls, and whether our host kernels
+/// ([`gemm`] and the tiled attention) may run where the backend and the CPU allow them; without
+/// them, burn's ops do everything (the reference path, f32 only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compute {
+    pub precision: Precision,
+    pub host_kernels: bool,
+}
+
+impl Compute {
+    /// Whether the packed matmul runs for backend `B`.
+    fn packed<B: Backend>(self) -> bool {
+        self.host_kernels && fused::on_host::<B>() && self.precision.host_kernel_available()
+    }
+}
+
+/// A projection `x · wᵀ + b` with `w` = `[out, in]`: packed for the host kernel where
+/// [`Compute`] allows it, else a burn tensor.
 pub(crate) enum Linear<B: Backend> {
     Tensor {
         weight: Tensor<B, 2>,
@@ -84,15 +100,15 @@ impl<B: Backend> Linear<B> {
         shape: [usize; 2],
         weight: Vec<f32>,
         bias: Option<Vec<f32>>,
-        precision: Precision,
+        compute: Compute,
         device: &B::Device,
     ) -> Self {
         #[cfg(target_arch = "x86_64")]
-        if fused::on_host::<B>() && precision.host_kernel_available() {
-            let weight = gemm::PackedWeight::pack(&weight, shape[0], shape[1], precision);
+        if compute.packed::<B>() {
+            let weight = gemm::PackedWeight::pack(&weight, shape[0], shape[1], compute.precision);
             return Linear::Packed { weight, bias };
         }
-        let _ = precision;
+        let _ = compute;
         let bias = bias.map(|b| to_device(&[b.len()], b, device));
         Linear::Tensor { weight: to_device(&shape, weight, device), bias }
     }

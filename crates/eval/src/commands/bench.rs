@@ -7,13 +7,16 @@
 //! Each mode runs in a child process of its own (`bench --mode ...`), so its peak resident memory
 //! is its own and not the high-water mark of an earlier mode. The matmul peak of the same backend
 //! is measured in the parent first (burn's matmul and the packed host kernel the layers use, at
-//! each precision benched; the higher is the yardstick); achieved GFLOP/s counts the useful work of the forward pass
-//! ([`airllm_engine::perf::forward_flops`]), padding excluded. Per-prompt streaming re-reads the
-//! whole store per prompt, so it runs on `--per-prompt-limit` prompts spread over the workload.
-//! `--compress int8,int4` adds a layer-major row per compressed store (split beside the plain one
-//! on first use), and `--precision bf16` a layer-major row with bf16 matmul inputs; `--drop-caches` drops the page cache before every wave (every prompt, in
-//! per-prompt mode), so layers come from the disk as they do for a model larger than memory. The
-//! resident mode's warm-up read is not timed.
+//! each precision benched; the higher is the yardstick); achieved GFLOP/s counts the useful work
+//! of the forward pass ([`airllm_engine::perf::forward_flops`]), padding excluded. Per-prompt
+//! streaming re-reads the whole store per prompt, so it runs on `--per-prompt-limit` prompts
+//! spread over the workload.
+//!
+//! More layer-major rows: `--compress int8,int4` one per compressed store (split beside the plain
+//! one on first use), `--precision bf16` one with bf16 matmul inputs, `--burn-ops` one with burn's
+//! ops in place of our host kernels. `--drop-caches` drops the page cache before every wave (every
+//! prompt, in per-prompt mode), so layers come from the disk as they do for a model larger than
+//! memory. The resident mode's warm-up read is not timed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,6 +52,10 @@ pub struct BenchArgs {
     /// Also stream layer-major with the layer matmuls at these precisions (comma separated: bf16).
     #[arg(long, value_delimiter = ',', value_name = "PRECISIONS")]
     pub precision: Vec<Precision>,
+    /// Also stream layer-major with burn's ops only (no packed matmul or tiled attention): the
+    /// host kernels' gain, side by side.
+    #[arg(long)]
+    pub burn_ops: bool,
     /// Drop the page cache before every wave, and so before every prompt in per-prompt mode (needs
     /// root): layers come from the disk, as they do for a model larger than the page cache.
     #[arg(long)]
@@ -68,6 +75,9 @@ pub struct BenchArgs {
     /// The matmul precision of the child run (used by the parent run).
     #[arg(long, hide = true, default_value = "f32")]
     pub child_precision: Precision,
+    /// The child run uses burn's ops only (used by the parent run).
+    #[arg(long, hide = true)]
+    pub child_burn_ops: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -84,6 +94,7 @@ pub struct ModeResult {
     pub mode: Mode,
     pub store_kind: Compression,
     pub precision: Precision,
+    pub host_kernels: bool,
     pub prompts: usize,
     pub tokens: u64,
     pub seconds: f64,
@@ -105,6 +116,9 @@ impl ModeResult {
         }
         if self.precision == Precision::Bf16 {
             label.push_str(" bf16");
+        }
+        if !self.host_kernels {
+            label.push_str(" burn-ops");
         }
         label
     }
@@ -145,7 +159,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         write_requests(path, &workload.sequences)?;
     }
     if let Some(mode) = args.mode {
-        let options = EngineOptions { precision: args.child_precision, ..engine_options(&workload.job) };
+        let options = EngineOptions {
+            precision: args.child_precision,
+            host_kernels: !args.child_burn_ops,
+            ..engine_options(&workload.job)
+        };
         let result = measure(mode, args.store_kind, &workload, options, args.per_prompt_limit, args.drop_caches)?;
         println!("{}", serde_json::to_string(&result)?);
         return Ok(());
@@ -158,15 +176,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .iter()
         .map(|&p| (p, perf::gemm_peak::<DefaultBackend>(&workload.spec, micro_batch, p, &Default::default())))
         .collect();
+    let plain = |mode| Run { mode, kind: Compression::None, precision: Precision::F32, burn_ops: false };
     let runs = [Mode::Resident, Mode::PerPrompt, Mode::LayerMajor]
         .into_iter()
-        .map(|mode| (mode, Compression::None, Precision::F32))
-        .chain(args.compress.iter().map(|&kind| (Mode::LayerMajor, kind, Precision::F32)))
-        .chain(precisions[1..].iter().map(|&p| (Mode::LayerMajor, Compression::None, p)));
+        .map(plain)
+        .chain(args.compress.iter().map(|&kind| Run { kind, ..plain(Mode::LayerMajor) }))
+        .chain(precisions[1..].iter().map(|&precision| Run { precision, ..plain(Mode::LayerMajor) }))
+        .chain(args.burn_ops.then(|| Run { burn_ops: true, ..plain(Mode::LayerMajor) }));
     let mut results = Vec::new();
-    for (mode, kind, precision) in runs {
-        tracing::info!("bench: {mode:?} from a {} store, {precision:?} matmuls", kind.name());
-        results.push(run_child(&args, mode, kind, precision)?);
+    for run in runs {
+        tracing::info!("bench: {run:?}");
+        results.push(run_child(&args, run)?);
     }
     let store_size = workload.store_size;
     print_table(&results, &peaks, store_size);
@@ -185,13 +205,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// One row of the table: a mode, the store it streams from and how the layers compute.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    mode: Mode,
+    kind: Compression,
+    precision: Precision,
+    burn_ops: bool,
+}
+
 /// Runs one mode in a child process and reads its result.
-fn run_child(args: &BenchArgs, mode: Mode, kind: Compression, precision: Precision) -> Result<ModeResult> {
+fn run_child(args: &BenchArgs, Run { mode, kind, precision, burn_ops }: Run) -> Result<ModeResult> {
     let exe = std::env::current_exe().context("finding the airllm-eval binary")?;
     let mut command = Command::new(exe);
     command.arg("bench").arg(&args.job).arg("--mode").arg(mode.to_possible_value().expect("named").get_name());
     command.arg("--store-kind").arg(kind.name());
     command.arg("--child-precision").arg(precision.name());
+    if burn_ops {
+        command.arg("--child-burn-ops");
+    }
     if args.drop_caches {
         command.arg("--drop-caches");
     }
@@ -246,6 +278,7 @@ fn measure(
         mode,
         store_kind,
         precision: options.precision,
+        host_kernels: options.host_kernels,
         prompts: lengths.len(),
         tokens,
         seconds,
@@ -311,12 +344,12 @@ fn print_table(results: &[ModeResult], peaks: &[(Precision, perf::GemmPeak)], st
     }
     let peak_of = |p: Precision| peaks.iter().find(|(q, _)| *q == p).map_or(f64::NAN, |(_, peak)| peak.gflops);
     println!(
-        "{:<17} {:>7} {:>8} {:>9} {:>7} {:>10} {:>7} {:>9} {:>8} {:>6}",
+        "{:<22} {:>7} {:>8} {:>9} {:>7} {:>10} {:>7} {:>9} {:>8} {:>6}",
         "mode", "prompts", "tokens", "tokens/s", "vs res", "MiB read", "passes", "peak MiB", "GFLOP/s", "% peak"
     );
     for r in results {
         println!(
-            "{:<17} {:>7} {:>8} {:>9.1} {:>6.2}x {:>10.1} {:>7.2} {:>9.1} {:>8.1} {:>5.0}%",
+            "{:<22} {:>7} {:>8} {:>9.1} {:>6.2}x {:>10.1} {:>7.2} {:>9.1} {:>8.1} {:>5.0}%",
             r.label(),
             r.prompts,
             r.tokens,

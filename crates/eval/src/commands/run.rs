@@ -224,6 +224,7 @@ pub fn engine_options(job: &Job) -> EngineOptions {
         micro_batch_tokens: memory.micro_batch_tokens,
         resident: false,
         precision: job.spec.backend.precision,
+        host_kernels: true,
     }
 }
 
