@@ -2,8 +2,9 @@
 //!
 //! For each wave: embed every sequence (right-padded micro-batches sorted by length), then for each
 //! layer take it from the [`Prefetcher`], move it to the device, run every micro-batch through it
-//! and drop it; finally apply the head only to the rows that are asked for. The store is read once
-//! per wave, so disk traffic is (store size x waves) however many sequences a wave holds.
+//! and drop it; the last layer's output projection and MLP, and the head, run only on the rows
+//! that are asked for. The store is read once per wave, so disk traffic is (store size x waves)
+//! however many sequences a wave holds.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -103,7 +104,10 @@ pub struct Engine<B: Backend = DefaultBackend> {
 struct MicroBatch<B: Backend> {
     requests: Vec<usize>,
     seq: usize,
+    /// `[batch, seq, hidden]`; after the last layer, `[1, scored rows, hidden]`.
     hidden: Option<Tensor<B, 3>>,
+    /// Flat indices (into `batch x seq`) of the rows whose head output is wanted, in request order.
+    scored: Vec<i64>,
 }
 
 impl Engine<DefaultBackend> {
@@ -194,7 +198,7 @@ impl<B: Backend> Engine<B> {
         self.validate(sequences, rows)?;
         let spec = self.spec().clone();
         let table = self.embed_table()?;
-        let mut batches = self.embed(&table, sequences, &self.plan_micro_batches(sequences));
+        let mut batches = self.embed(&table, sequences, rows, &self.plan_micro_batches(sequences));
         drop(table);
         let max_seq = batches.iter().map(|b| b.seq).max().unwrap_or(0);
         let rope = Rope::<B>::new(&spec, max_seq.max(1), &self.device);
@@ -217,15 +221,22 @@ impl<B: Backend> Engine<B> {
         rope: &Rope<B>,
         observer: &dyn WaveObserver,
     ) -> Result<()> {
-        let run = |layer: &DecoderLayer<B>, batches: &mut [MicroBatch<B>]| {
-            for batch in batches.iter_mut() {
+        let device = self.device.clone();
+        // The last layer computes only the rows the head reads.
+        let run = |layer: &DecoderLayer<B>, index: usize, batches: &mut [MicroBatch<B>]| {
+            for batch in batches.iter_mut().filter(|b| !b.scored.is_empty()) {
                 let hidden = batch.hidden.take().expect("hidden state present");
-                batch.hidden = Some(layer.forward(hidden, rope));
+                batch.hidden = Some(if index + 1 < spec.num_layers {
+                    layer.forward(hidden, rope)
+                } else {
+                    let rows = TensorData::new(batch.scored.clone(), [batch.scored.len()]);
+                    layer.forward_rows(hidden, rope, Tensor::from_data(rows, &device))
+                });
             }
         };
         if !self.resident_layers.is_empty() {
             for (index, layer) in self.resident_layers.iter().enumerate() {
-                run(layer, batches);
+                run(layer, index, batches);
                 observer.layer_done(index + 1, spec.num_layers);
             }
             return Ok(());
@@ -233,7 +244,7 @@ impl<B: Backend> Engine<B> {
         let mut prefetcher = Prefetcher::start(Arc::clone(&self.store), self.options.prefetch_depth);
         for index in 0..spec.num_layers {
             let layer = DecoderLayer::<B>::from_host(spec, prefetcher.next_layer()?, self.compute(), &self.device)?;
-            run(&layer, batches);
+            run(&layer, index, batches);
             tracing::trace!(layer = index, "layer done");
             observer.layer_done(index + 1, spec.num_layers);
             if self.options.resident {
@@ -310,7 +321,13 @@ impl<B: Backend> Engine<B> {
         Ok(head)
     }
 
-    fn embed(&self, table: &[f32], sequences: &[&[u32]], plan: &[Vec<usize>]) -> Vec<MicroBatch<B>> {
+    fn embed(
+        &self,
+        table: &[f32],
+        sequences: &[&[u32]],
+        rows: &[Vec<usize>],
+        plan: &[Vec<usize>],
+    ) -> Vec<MicroBatch<B>> {
         let hidden = self.spec().hidden_size;
         plan.iter()
             .map(|requests| {
@@ -324,7 +341,12 @@ impl<B: Backend> Engine<B> {
                     }
                 }
                 let tensor = to_device(&[requests.len(), seq, hidden], values, &self.device);
-                MicroBatch { requests: requests.clone(), seq, hidden: Some(tensor) }
+                let scored = requests
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(slot, &request)| rows[request].iter().map(move |&p| (slot * seq + p) as i64))
+                    .collect();
+                MicroBatch { requests: requests.clone(), seq, hidden: Some(tensor), scored }
             })
             .collect()
     }
@@ -338,19 +360,13 @@ impl<B: Backend> Engine<B> {
         output: HeadOutput,
         sink: &mut dyn FnMut(usize, &[f32]),
     ) -> Result<()> {
-        let flat_rows: Vec<i64> = batch
-            .requests
-            .iter()
-            .enumerate()
-            .flat_map(|(slot, &request)| rows[request].iter().map(move |&p| (slot * batch.seq + p) as i64))
-            .collect();
-        if flat_rows.is_empty() {
+        if batch.scored.is_empty() {
             return Ok(());
         }
+        // The last layer left only the scored rows, in order.
         let hidden = batch.hidden.expect("hidden state present");
-        let [b, seq, h] = hidden.dims();
-        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(flat_rows.clone(), [flat_rows.len()]), &self.device);
-        let selected = hidden.reshape([b * seq, h]).select(0, index);
+        let [_, rows_left, h] = hidden.dims();
+        let selected = hidden.reshape([rows_left, h]);
         let values = match output {
             HeadOutput::Logits => head.logits(selected),
             HeadOutput::LogProbs => head.log_probs(selected),

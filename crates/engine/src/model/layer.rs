@@ -89,13 +89,32 @@ impl<B: Backend> DecoderLayer<B> {
 
     /// Runs `x` `[batch, seq, hidden]` (right-padded, so every row starts at position 0).
     pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 3> {
-        let attended = self.attention(rms_norm(x.clone(), &self.attn_norm, self.eps), rope);
-        let x = x + attended;
+        let heads = self.attention(rms_norm(x.clone(), &self.attn_norm, self.eps), rope);
+        self.mlp(x + self.o_proj.forward(heads))
+    }
+
+    /// [`forward`](Self::forward) for the last layer when only some rows are read: keys and
+    /// values come from every row, but the output projection and the MLP run on `rows` (flat
+    /// indices into `batch x seq`) alone. Returns `[1, rows, hidden]`.
+    pub fn forward_rows(&self, x: Tensor<B, 3>, rope: &Rope<B>, rows: Tensor<B, 1, Int>) -> Tensor<B, 3> {
+        let [batch, seq, _] = x.dims();
+        let heads = self.attention(rms_norm(x.clone(), &self.attn_norm, self.eps), rope);
+        let pick = |t: Tensor<B, 3>| {
+            let width = t.dims()[2];
+            t.reshape([batch * seq, width]).select(0, rows.clone()).unsqueeze::<3>()
+        };
+        self.mlp(pick(x) + self.o_proj.forward(pick(heads)))
+    }
+
+    /// The residual SwiGLU block.
+    fn mlp(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let normed = rms_norm(x.clone(), &self.ffn_norm, self.eps);
         let gated = fused::silu_mul_halves(self.gate_up_proj.forward(normed));
         x + self.down_proj.forward(gated)
     }
 
+    /// Rotary embedding and attention of every head: `[batch, seq, hidden]` -> `[batch, seq,
+    /// heads * head_dim]`, before the output projection.
     fn attention(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 3> {
         let qkv = self.qkv_proj.forward(x);
         let heads = fused::Heads {
@@ -104,11 +123,10 @@ impl<B: Backend> DecoderLayer<B> {
             head_dim: self.head_dim,
             window: self.sliding_window,
         };
-        let out = match rope.host_tables() {
+        match rope.host_tables() {
             Some((cos, sin)) => fused::attention_host(qkv, heads, cos, sin, self.host_kernels),
             None => self.attention_ops(qkv, rope),
-        };
-        self.o_proj.forward(out)
+        }
     }
 
     /// Attention as burn ops, for device backends: `[batch, seq, q + 2 kv]` -> `[batch, seq, q]`.
