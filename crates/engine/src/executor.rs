@@ -13,7 +13,7 @@ use burn::prelude::*;
 
 use crate::backend::DefaultBackend;
 use crate::error::{EngineError, Result};
-use crate::model::{Compute, DecoderLayer, Head, Precision, Rope, on_host, to_device};
+use crate::model::{Compute, DecoderLayer, Head, Precision, Rope, to_device};
 use crate::spec::ModelSpec;
 use crate::store::{EMBED, LayerStore, Prefetcher};
 
@@ -68,6 +68,12 @@ pub struct EngineOptions {
     pub host_kernels: bool,
 }
 
+impl EngineOptions {
+    fn compute(&self) -> Compute {
+        Compute { precision: self.precision, host_kernels: self.host_kernels }
+    }
+}
+
 impl Default for EngineOptions {
     fn default() -> Self {
         Self {
@@ -119,8 +125,8 @@ impl Engine<DefaultBackend> {
 
 impl<B: Backend> Engine<B> {
     pub fn open_on(store: &Path, options: EngineOptions, device: B::Device) -> Result<Self> {
-        let bf16_runs = options.host_kernels && on_host::<B>() && Precision::Bf16.host_kernel_available();
-        if options.precision == Precision::Bf16 && !bf16_runs {
+        // bf16 exists only in the packed kernel: refuse it where that kernel would not run.
+        if options.precision == Precision::Bf16 && !options.compute().packed::<B>() {
             return Err(EngineError::Other(
                 "precision bf16 needs the host kernels on the cpu backend and a CPU with AVX512-BF16; use f32 here"
                     .into(),
@@ -243,7 +249,8 @@ impl<B: Backend> Engine<B> {
         }
         let mut prefetcher = Prefetcher::start(Arc::clone(&self.store), self.options.prefetch_depth);
         for index in 0..spec.num_layers {
-            let layer = DecoderLayer::<B>::from_host(spec, prefetcher.next_layer()?, self.compute(), &self.device)?;
+            let layer =
+                DecoderLayer::<B>::from_host(spec, prefetcher.next_layer()?, self.options.compute(), &self.device)?;
             run(&layer, index, batches);
             tracing::trace!(layer = index, "layer done");
             observer.layer_done(index + 1, spec.num_layers);
@@ -252,10 +259,6 @@ impl<B: Backend> Engine<B> {
             }
         }
         Ok(())
-    }
-
-    fn compute(&self) -> Compute {
-        Compute { precision: self.options.precision, host_kernels: self.options.host_kernels }
     }
 
     fn validate(&self, sequences: &[&[u32]], rows: &[Vec<usize>]) -> Result<()> {

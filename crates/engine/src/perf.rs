@@ -13,7 +13,7 @@ use burn::tensor::Distribution;
 
 #[cfg(target_arch = "x86_64")]
 use crate::model::gemm::PackedWeight;
-use crate::model::{Precision, on_host};
+use crate::model::{Compute, Precision};
 use crate::spec::ModelSpec;
 
 /// Multiply-adds count two FLOPs.
@@ -71,7 +71,7 @@ pub fn gemm_peak<B: Backend>(spec: &ModelSpec, rows: usize, precision: Precision
             consider("burn matmul", seconds_per_call(|| a.clone().matmul(weight.clone().transpose()).into_data()));
         }
         #[cfg(target_arch = "x86_64")]
-        if on_host::<B>() && precision.host_kernel_available() {
+        if (Compute { precision, host_kernels: true }).packed::<B>() {
             let a: Vec<f32> = (0..rows * k).map(|i| (i % 251) as f32 / 251.0 - 0.5).collect();
             let weight: Vec<f32> = (0..n * k).map(|i| (i % 241) as f32 / 241.0 - 0.5).collect();
             let packed = PackedWeight::pack(&weight, n, k, precision);

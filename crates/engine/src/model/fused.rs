@@ -66,8 +66,9 @@ pub fn silu_mul_halves<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
     Tensor::from_data(TensorData::new(out, [batch, seq, width]), &device)
 }
 
-/// Defines `$name`, which runs `$portable` compiled for AVX-512 where the CPU has it: the crate
-/// targets baseline x86-64, whose 4-wide SSE would halve these loops' speed.
+/// Defines `$name`, which runs `$portable` compiled for the widest SIMD the CPU has (AVX-512, else
+/// AVX2 with FMA): the crate targets baseline x86-64, whose 4-wide SSE would halve these loops'
+/// speed. `$portable` must be `#[inline(always)]` so that each copy gets its own code generation.
 macro_rules! widest_simd {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => $portable:ident) => {
         $(#[$doc])*
@@ -75,12 +76,20 @@ macro_rules! widest_simd {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
-                fn wide($($arg: $ty),*) {
+                fn avx512($($arg: $ty),*) {
+                    $portable($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) {
                     $portable($($arg),*)
                 }
                 if std::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU supports AVX-512F, checked just above.
-                    return unsafe { wide($($arg),*) };
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+                    return unsafe { avx2($($arg),*) };
                 }
             }
             $portable($($arg),*)
@@ -177,21 +186,10 @@ struct RowLayout {
     shape: Heads,
 }
 
-/// One query row, every head; compiled for AVX2 where the CPU has it (the crate itself targets
-/// baseline x86-64, whose 4-wide SSE would halve this loop's speed).
-fn attend_row(qkv: &[f32], keys_t: &[f32], layout: RowLayout, row: usize, out: &mut [f32], scores: &mut Vec<f32>) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { attend_row_avx2(qkv, keys_t, layout, row, out, scores) };
-    }
-    attend_row_portable(qkv, keys_t, layout, row, out, scores)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn attend_row_avx2(qkv: &[f32], keys_t: &[f32], layout: RowLayout, row: usize, out: &mut [f32], scores: &mut Vec<f32>) {
-    attend_row_portable(qkv, keys_t, layout, row, out, scores)
+widest_simd! {
+    /// One query row, every head.
+    fn attend_row(qkv: &[f32], keys_t: &[f32], layout: RowLayout, row: usize, out: &mut [f32], scores: &mut Vec<f32>)
+        => attend_row_portable
 }
 
 #[inline(always)]

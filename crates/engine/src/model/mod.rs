@@ -76,7 +76,7 @@ pub struct Compute {
 
 impl Compute {
     /// Whether the packed matmul runs for backend `B`.
-    fn packed<B: Backend>(self) -> bool {
+    pub(crate) fn packed<B: Backend>(self) -> bool {
         self.host_kernels && fused::on_host::<B>() && self.precision.host_kernel_available()
     }
 }
@@ -137,7 +137,6 @@ impl<B: Backend> Linear<B> {
     }
 }
 
-pub use fused::on_host;
 pub(crate) use fused::rms_norm;
 
 /// Builds a device tensor from host values.
