@@ -76,7 +76,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -88,6 +87,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
+
+from bench_common import check_vocab, cpu_name, load_requests, versions  # noqa: E402
+
+PACKAGES = ("airllm", "torch", "transformers", "accelerate", "safetensors", "numpy")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,28 +122,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.layers_dir is None:
         args.layers_dir = args.hf_dir.with_name(args.hf_dir.name + "-airllm-layers")
     return args
-
-
-def load_requests(path: Path) -> list[dict]:
-    """Reads and checks the requests: each has non-empty tokens and in-range scored positions."""
-    if not path.is_file():
-        raise SystemExit(f"{path}: not found (make it with `target/release/airllm-eval bench "
-                         f"jobs/mmlu.yaml --requests-out {path}`)")
-    requests = []
-    with path.open() as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            r = json.loads(line)
-            tokens, positions = r.get("tokens"), r.get("positions")
-            if not tokens or not positions:
-                raise SystemExit(f"{path}:{line_no}: needs non-empty 'tokens' and 'positions'")
-            if any(not 0 <= p < len(tokens) for p in positions):
-                raise SystemExit(f"{path}:{line_no}: a position is outside 0..{len(tokens) - 1}")
-            requests.append({"tokens": tokens, "positions": positions, "line": line_no})
-    if not requests:
-        raise SystemExit(f"{path}: no requests")
-    return requests
 
 
 def evenly_spaced(requests: list[dict], count: int) -> list[dict]:
@@ -201,26 +182,6 @@ def score(model, request: dict) -> torch.Tensor:
     return torch.log_softmax(logits[0].float(), dim=-1)
 
 
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("airllm", "torch", "transformers", "accelerate", "safetensors", "numpy"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -243,9 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     layer_bytes = sum(f.stat().st_size for f in layer_files)
 
     vocab = model.config.vocab_size
-    bad = [r["line"] for r in requests if max(r["tokens"]) >= vocab or min(r["tokens"]) < 0]
-    if bad:
-        raise SystemExit(f"{args.requests}:{bad[0]}: a token id is outside 0..{vocab - 1}")
+    check_vocab(requests, vocab, args.requests)
 
     lengths = [len(r["tokens"]) for r in requests]
     print(f"model      {args.hf_dir} ({converted} from {args.gguf.name} in {convert_s:.1f}s): "
@@ -260,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{sum(len(r['positions']) for r in requests)}")
     print(f"cpu        {cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.2f}")
-    print("versions   " + " ".join(f"{k}={v}" for k, v in versions().items()))
+    print("versions   " + " ".join(f"{k}={v}" for k, v in versions(PACKAGES).items()))
 
     with torch.inference_mode():
         # Sanity numbers, untimed: top-1 at the first request's first scored position.
@@ -316,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "requests_file": str(args.requests),
         "method": "AirLLM AutoModel(device=cpu) forward per request, logits_to_keep=positions, log_softmax",
         "load_seconds": load_s,
-        "versions": versions(),
+        "versions": versions(PACKAGES),
     }
     print(f"airllm {result['airllm_version']}: {len(requests)} requests, {tokens} tokens in "
           f"{seconds:.2f}s = {result['tokens_per_s']:.1f} tokens/s (batch 1, {args.threads} threads, "

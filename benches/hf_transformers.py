@@ -37,14 +37,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
+
+from bench_common import check_vocab, cpu_name, load_requests, versions
+
+PACKAGES = ("torch", "transformers", "gguf", "accelerate", "safetensors", "numpy")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,27 +71,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.limit is not None and args.limit < 1:
         p.error("--limit must be >= 1")
     return args
-
-
-def load_requests(path: Path, limit: int | None) -> list[dict]:
-    """Reads and checks the requests: each has non-empty tokens and in-range scored positions."""
-    requests = []
-    with path.open() as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if limit is not None and len(requests) >= limit:
-                break
-            r = json.loads(line)
-            tokens, positions = r.get("tokens"), r.get("positions")
-            if not tokens or not positions:
-                raise SystemExit(f"{path}:{line_no}: needs non-empty 'tokens' and 'positions'")
-            if any(not 0 <= p < len(tokens) for p in positions):
-                raise SystemExit(f"{path}:{line_no}: a position is outside 0..{len(tokens) - 1}")
-            requests.append({"tokens": tokens, "positions": positions})
-    if not requests:
-        raise SystemExit(f"{path}: no requests")
-    return requests
 
 
 def make_batches(requests: list[dict], batch_size: int) -> list[list[dict]]:
@@ -134,26 +115,6 @@ def run_pass(model, batches: list[list[dict]], pad_id: int) -> dict:
             "seconds": seconds, "cpu_seconds": cpu_seconds, "checksum_max_logprob_sum": checksum}
 
 
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "gguf", "accelerate", "safetensors", "numpy"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -168,9 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     load_s = time.perf_counter() - t0
 
     vocab = model.config.vocab_size
-    bad = [i for i, r in enumerate(requests) if max(r["tokens"]) >= vocab or min(r["tokens"]) < 0]
-    if bad:
-        raise SystemExit(f"request {bad[0]} has a token id outside 0..{vocab - 1}")
+    check_vocab(requests, vocab, args.requests)
     # Pad id: any valid id works (the mask hides it and its rows are never read); prefer the model's.
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
 
@@ -184,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{sum(len(r['positions']) for r in requests)}")
     print(f"cpu        {cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.2f}")
-    print(f"versions   " + " ".join(f"{k}={v}" for k, v in versions().items()))
+    print(f"versions   " + " ".join(f"{k}={v}" for k, v in versions(PACKAGES).items()))
 
     results = []
     print(f"\n{'batch':>5} {'requests':>8} {'tokens':>8} {'padded':>8} {'seconds':>8} "
@@ -207,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         report = {
             "system": "transformers",
-            "versions": versions(),
+            "versions": versions(PACKAGES),
             "threads": args.threads,
             "model": str(gguf),
             "dtype": args.dtype,

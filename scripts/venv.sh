@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# The project's one Python environment, for the fixture generators and the transformers baseline:
-# creates (once) .cache/venv (git-ignored) with pinned versions and prints its python's path.
+# The project's Python environments, for the fixture generators and the benchmark baselines:
+# creates (once) a git-ignored venv under .cache with pinned versions and prints its python's path.
 #
-#   py=$(scripts/venv.sh) && "$py" tests/fixtures/make_tiny_models.py
+#   py=$(scripts/venv.sh) && "$py" tests/fixtures/make_tiny_models.py      # .cache/venv
+#   py=$(scripts/venv.sh venv-airllm airllm==4.0.0 ...)                     # .cache/venv-airllm:
+#                                                                            # the pins below + these
 #
-# The first run downloads torch from PyPI (CUDA wheels included, a few GB). The venv is rebuilt when
-# the pinned list below changes or an earlier install did not finish.
+# A named venv keeps a tool whose dependencies could disturb the project's pins apart from them.
+# The first run downloads torch from PyPI (CUDA wheels included, a few GB). A venv is rebuilt when
+# its pinned list changes or an earlier install did not finish.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-venv="$root/.cache/venv"
-reqs=(torch==2.15.0 transformers==5.24.0 safetensors==0.8.0 tokenizers==0.23.3 numpy==2.4.6 gguf==0.19.0 accelerate==1.15.0)
+venv="$root/.cache/${1:-venv}"
+shift || true
+reqs=(torch==2.15.0 transformers==5.24.0 safetensors==0.8.0 tokenizers==0.23.3 numpy==2.4.6 gguf==0.19.0 accelerate==1.15.0 "$@")
 stamp="$venv/.requirements" # written only after a successful install
 
 if [ ! -x "$venv/bin/python" ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "${reqs[*]}" ]; then
