@@ -24,6 +24,14 @@ pub struct ScoreTarget {
     pub token: u32,
 }
 
+/// What the model says of one [`ScoreTarget`]: its log-probability, and whether it is the most
+/// likely token there (the first maximum, as an argmax picks it: lm-eval's `is_greedy`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TargetScore {
+    pub logprob: f32,
+    pub greedy: bool,
+}
+
 /// One sequence of a wave: its tokens and the targets to score in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScoreRequest {
@@ -164,8 +172,12 @@ impl<B: Backend> Engine<B> {
         EngineStats { store_bytes_read: self.store.bytes_read(), tokens: self.tokens, waves: self.waves }
     }
 
-    /// Runs one wave. Returns, for each request, the log-probabilities of its targets in order.
-    pub fn score_wave(&mut self, requests: &[ScoreRequest], observer: &dyn WaveObserver) -> Result<Vec<Vec<f32>>> {
+    /// Runs one wave. Returns, for each request, the scores of its targets in order.
+    pub fn score_wave(
+        &mut self,
+        requests: &[ScoreRequest],
+        observer: &dyn WaveObserver,
+    ) -> Result<Vec<Vec<TargetScore>>> {
         let sequences: Vec<&[u32]> = requests.iter().map(|r| r.tokens.as_slice()).collect();
         let rows: Vec<Vec<usize>> = requests.iter().map(|r| r.targets.iter().map(|t| t.position).collect()).collect();
         let vocab = self.spec().vocab_size;
@@ -175,7 +187,10 @@ impl<B: Backend> Engine<B> {
                 .targets
                 .iter()
                 .enumerate()
-                .map(|(row, target)| values[row * vocab + target.token as usize])
+                .map(|(row, target)| {
+                    let row = &values[row * vocab..(row + 1) * vocab];
+                    TargetScore { logprob: row[target.token as usize], greedy: first_argmax(row) == target.token as usize }
+                })
                 .collect();
         })?;
         Ok(scores)
@@ -388,6 +403,17 @@ impl<B: Backend> Engine<B> {
         }
         Ok(())
     }
+}
+
+/// Index of the first largest value (NaN never wins).
+fn first_argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best
 }
 
 /// Splits requests (by index) into waves whose hidden states fit `activation_budget_bytes`.

@@ -10,11 +10,14 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use airllm_engine::model::Precision;
+
 use airllm_engine::store::{Compression, SplitOptions};
 use anyhow::{Context, Result, bail};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::task::custom::DefinitionSource;
 
 /// A parsed job file, with paths resolved.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,16 +29,61 @@ pub struct JobSpec {
     /// Inline settings, or the name of a preset in configs/memory/.
     #[serde(default, deserialize_with = "memory_or_preset")]
     pub memory: MemoryConfig,
-    pub task: Task,
-    pub dataset: DatasetConfig,
-    /// Solved examples placed before each question (lm-eval's MMLU default is 5).
+    /// The tasks to score, together, in one pass over the weights per wave.
     #[serde(default)]
-    pub num_fewshot: usize,
-    /// Folder of items.csv, summary.csv and run.json.
+    pub tasks: Vec<TaskEntry>,
+    /// The single-task form: `task: mmlu` with `dataset:`; read as a one-entry `tasks:`.
+    #[serde(default, skip_serializing)]
+    pub task: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub dataset: Option<DatasetConfig>,
+    /// Few-shot examples for every task that sets none (lm-eval's default is 0).
+    #[serde(default, skip_serializing)]
+    pub num_fewshot: Option<usize>,
+    /// Folder of the result files.
     pub output: PathBuf,
-    /// Skip items an earlier run of the same job finished.
+    /// Skip documents an earlier run of the same job finished.
     #[serde(default = "yes")]
     pub resume: bool,
+}
+
+/// One entry of `tasks:`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskEntry {
+    /// A built-in task's name, or a custom task's (with `define:`).
+    pub name: String,
+    /// The task's data file (folder, for mmlu); default: the project's copy.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// The first N documents of the file.
+    #[serde(default)]
+    pub limit: Option<usize>,
+    #[serde(default)]
+    pub num_fewshot: Option<usize>,
+    /// mmlu: `all` or a list of subjects.
+    #[serde(default)]
+    pub subjects: Subjects,
+    /// Rolling tasks: tokens per window (default: the model's context length).
+    #[serde(default)]
+    pub max_length: Option<usize>,
+    /// A custom task's definition: a YAML file's path or the fields themselves.
+    #[serde(default)]
+    pub define: Option<DefinitionSource>,
+}
+
+impl TaskEntry {
+    pub fn named(name: &str) -> Self {
+        TaskEntry {
+            name: name.to_string(),
+            path: None,
+            limit: None,
+            num_fewshot: None,
+            subjects: Subjects::All,
+            max_length: None,
+            define: None,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -161,20 +209,15 @@ fn memory_or_preset<'de, D: Deserializer<'de>>(deserializer: D) -> std::result::
     deserializer.deserialize_any(MemoryVisitor)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Task {
-    Mmlu,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetConfig {
-    /// Folder holding `dev/` and `test/` CSVs.
-    pub path: PathBuf,
+    /// The task's data (for mmlu, the folder holding `dev/` and `test/` CSVs).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
     #[serde(default)]
     pub subjects: Subjects,
-    /// First N questions of each subject's test set.
+    /// First N documents (of each subject, for mmlu).
     #[serde(default)]
     pub limit: Option<usize>,
 }
@@ -285,6 +328,8 @@ impl<'de> Deserialize<'de> for ByteSize {
 /// Command-line settings that take precedence over the job file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
+    /// Only these tasks: entries of the job's list, or built-in tasks added with their defaults.
+    pub tasks: Option<Vec<String>>,
     pub subjects: Option<Vec<String>>,
     pub limit: Option<usize>,
     pub num_fewshot: Option<usize>,
@@ -305,24 +350,46 @@ impl Job {
     /// Reads and parses a job file; relative paths in it become relative to its folder.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading job file {}", path.display()))?;
-        let mut spec = parse_spec(&text).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        spec.resolve_paths(base);
-        let job = Job { path: path.to_path_buf(), text, spec };
+        let mut spec: JobSpec = parse_yaml(&text).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let mut job = Job { path: path.to_path_buf(), text, spec: spec.clone() };
+        spec.normalize_tasks().map_err(|e| anyhow::anyhow!("{}: {e}", job.locate("task")))?;
+        spec.resolve_paths(&base);
+        job.spec = spec;
         job.validate()?;
         Ok(job)
     }
 
-    pub fn apply(&mut self, overrides: &Overrides) {
+    /// Applies command-line settings; they are checked as the job file's own are.
+    pub fn apply(&mut self, overrides: &Overrides) -> Result<()> {
         let spec = &mut self.spec;
-        if let Some(subjects) = &overrides.subjects {
-            spec.dataset.subjects = Subjects::List(subjects.clone());
+        if let Some(names) = &overrides.tasks {
+            if names.is_empty() {
+                bail!("--tasks names no task");
+            }
+            spec.tasks = names
+                .iter()
+                .map(|name| spec.tasks.iter().find(|t| t.name == *name).cloned().unwrap_or_else(|| TaskEntry::named(name)))
+                .collect();
         }
-        if let Some(limit) = overrides.limit {
-            spec.dataset.limit = Some(limit);
+        for entry in &mut spec.tasks {
+            if let Some(subjects) = &overrides.subjects
+                && entry.name == "mmlu"
+            {
+                entry.subjects = Subjects::List(subjects.clone());
+            }
+            if let Some(limit) = overrides.limit {
+                entry.limit = Some(limit);
+            }
+            if let Some(k) = overrides.num_fewshot {
+                entry.num_fewshot = Some(k);
+            }
         }
-        if let Some(k) = overrides.num_fewshot {
-            spec.num_fewshot = k;
+        if overrides.subjects.is_some() && !spec.tasks.iter().any(|t| t.name == "mmlu") {
+            bail!("--subjects applies to mmlu, which this job does not run");
+        }
+        if overrides.limit == Some(0) {
+            bail!("--limit must be at least 1");
         }
         if let Some(out) = &overrides.output {
             spec.output = out.clone();
@@ -330,6 +397,7 @@ impl Job {
         if overrides.no_resume {
             spec.resume = false;
         }
+        Ok(())
     }
 
     /// `file:line: ` for the first line that mentions `needle`, or `file: ` when none does.
@@ -363,15 +431,18 @@ impl Job {
         if self.spec.memory.micro_batch_tokens == 0 {
             bail!("{}: memory.micro_batch_tokens must be at least 1", self.locate("micro_batch_tokens"));
         }
-        if self.spec.dataset.limit == Some(0) {
-            bail!("{}: dataset.limit must be at least 1", self.locate("limit"));
+        if self.spec.tasks.iter().any(|t| t.limit == Some(0)) {
+            bail!("{}: limit must be at least 1", self.locate("limit"));
+        }
+        if let Some(t) = self.spec.tasks.iter().find(|t| t.max_length == Some(0)) {
+            bail!("{}: task `{}`: max_length must be at least 1", self.locate("max_length"), t.name);
         }
         Ok(())
     }
 }
 
-/// Parses YAML into a spec; the error reads `LINE:COLUMN: field: problem`.
-pub fn parse_spec(text: &str) -> std::result::Result<JobSpec, String> {
+/// Parses YAML (a job or a task definition); the error reads `LINE:COLUMN: field: problem`.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> std::result::Result<T, String> {
     serde_yaml::from_str(text).map_err(|e| {
         let message = e.to_string();
         // serde_yaml appends " at line L column C"; we lead with it instead, compiler style.
@@ -383,10 +454,41 @@ pub fn parse_spec(text: &str) -> std::result::Result<JobSpec, String> {
     })
 }
 
+/// Parses a job's YAML.
+pub fn parse_spec(text: &str) -> std::result::Result<JobSpec, String> {
+    parse_yaml(text)
+}
+
 impl JobSpec {
+    /// Turns the single-task form into `tasks:`, and gives every task the job's `num_fewshot`
+    /// where it sets none.
+    fn normalize_tasks(&mut self) -> std::result::Result<(), String> {
+        match (self.task.take(), self.dataset.take()) {
+            (Some(_), _) if !self.tasks.is_empty() => return Err("give either `tasks:` or `task:`, not both".into()),
+            (Some(name), dataset) => {
+                let dataset = dataset.unwrap_or_default();
+                self.tasks = vec![TaskEntry {
+                    path: dataset.path,
+                    limit: dataset.limit,
+                    subjects: dataset.subjects,
+                    ..TaskEntry::named(&name)
+                }];
+            }
+            (None, Some(_)) => return Err("`dataset:` goes with `task:`; in `tasks:` each task takes a `path:`".into()),
+            (None, None) if self.tasks.is_empty() => return Err("the job names no task: give `tasks:`".into()),
+            (None, None) => {}
+        }
+        for entry in &mut self.tasks {
+            entry.num_fewshot = entry.num_fewshot.or(self.num_fewshot);
+        }
+        Ok(())
+    }
+
     fn resolve_paths(&mut self, base: &Path) {
         let join = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
-        self.dataset.path = join(&self.dataset.path);
+        for entry in &mut self.tasks {
+            entry.path = entry.path.as_deref().map(join);
+        }
         self.output = join(&self.output);
         if let Some(store) = &self.model.store {
             self.model.store = Some(join(store));
@@ -394,20 +496,16 @@ impl JobSpec {
     }
 
     /// Identity of the results: everything that changes a score, and nothing that doesn't
-    /// (output folder, memory budgets, resume). `dataset_digest` covers the CSV contents.
-    pub fn hash(&self, subjects: &[String], dataset_digest: &str) -> String {
+    /// (output folder, memory budgets, resume). `tasks_digest` covers every document asked.
+    pub fn hash(&self, tasks_digest: &str) -> String {
         let identity = serde_json::json!({
-            "scoring": "airllm-eval/mmlu/1",
+            "scoring": "airllm-eval/tasks/1",
             "model": self.model.source,
             "sha256": self.model.sha256,
             "compress": self.model.compress,
             "quantize_embed_head": self.model.quantize_embed_head,
             "precision": self.backend.precision,
-            "task": self.task,
-            "subjects": subjects,
-            "limit": self.dataset.limit,
-            "num_fewshot": self.num_fewshot,
-            "dataset": dataset_digest,
+            "tasks": tasks_digest,
         });
         let digest = Sha256::digest(identity.to_string().as_bytes());
         digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
@@ -420,13 +518,35 @@ mod tests {
 
     const MINIMAL: &str = "model:\n  source: m.gguf\ntask: mmlu\ndataset:\n  path: data\noutput: out\n";
 
+    fn normalized(text: &str) -> std::result::Result<JobSpec, String> {
+        let mut spec = parse_spec(text)?;
+        spec.normalize_tasks()?;
+        Ok(spec)
+    }
+
     #[test]
     fn defaults_fill_in() {
-        let spec = parse_spec(MINIMAL).unwrap();
+        let spec = normalized(MINIMAL).unwrap();
         assert!(spec.resume);
-        assert_eq!(spec.num_fewshot, 0);
-        assert_eq!(spec.dataset.subjects, Subjects::All);
+        assert_eq!(spec.tasks.len(), 1);
+        assert_eq!((spec.tasks[0].name.as_str(), spec.tasks[0].num_fewshot), ("mmlu", None));
+        assert_eq!(spec.tasks[0].subjects, Subjects::All);
+        assert_eq!(spec.tasks[0].path, Some(PathBuf::from("data")));
         assert_eq!(spec.memory.activation_budget, ByteSize(2 << 30));
+    }
+
+    #[test]
+    fn task_lists_and_the_single_task_form() {
+        let text = "model:\n  source: m.gguf\nnum_fewshot: 2\noutput: out\ntasks:\n  - name: arc_easy\n    limit: 4\n  - name: mmlu\n    num_fewshot: 5\n    subjects: [anatomy]\n";
+        let spec = normalized(text).unwrap();
+        let names: Vec<_> = spec.tasks.iter().map(|t| (t.name.as_str(), t.limit, t.num_fewshot)).collect();
+        assert_eq!(names, [("arc_easy", Some(4), Some(2)), ("mmlu", None, Some(5))]);
+        let both = format!("{MINIMAL}tasks:\n  - name: wikitext\n");
+        assert!(normalized(&both).unwrap_err().contains("not both"));
+        let none = "model:\n  source: m.gguf\noutput: out\n";
+        assert!(normalized(none).unwrap_err().contains("names no task"));
+        let err = parse_spec(&format!("{text}    colour: red\n")).unwrap_err();
+        assert!(err.contains("tasks[1]") && err.contains("unknown field `colour`") && err.contains("max_length"), "{err}");
     }
 
     #[test]
@@ -456,8 +576,8 @@ mod tests {
     #[test]
     fn subjects_all_or_list() {
         let text = MINIMAL.replace("  path: data\n", "  path: data\n  subjects: [anatomy, virology]\n");
-        let spec = parse_spec(&text).unwrap();
-        assert_eq!(spec.dataset.subjects, Subjects::List(vec!["anatomy".into(), "virology".into()]));
+        let spec = normalized(&text).unwrap();
+        assert_eq!(spec.tasks[0].subjects, Subjects::List(vec!["anatomy".into(), "virology".into()]));
         let text = MINIMAL.replace("  path: data\n", "  path: data\n  subjects: some\n");
         assert!(parse_spec(&text).unwrap_err().contains("`all` or a list"));
     }

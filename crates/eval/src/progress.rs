@@ -1,6 +1,6 @@
-//! Progress bars for long runs: tokens (with the ETA), the current wave's layers, items done.
+//! Progress bars for long runs: tokens (with the ETA), the current wave's layers, documents done.
 //!
-//! The ETA counts tokens rather than items because items finish a whole wave at a time, while
+//! The ETA counts tokens rather than documents because documents finish a whole wave at a time, while
 //! tokens advance with every layer. Bars draw only on a terminal; logs go through tracing.
 
 use std::sync::Mutex;
@@ -46,18 +46,18 @@ impl Progress {
         }
     }
 
-    pub fn start_wave(&self, wave: usize, waves: usize, wave_tokens: u64, items_done: usize, items: usize) {
+    pub fn start_wave(&self, wave: usize, waves: usize, wave_tokens: u64, docs_done: usize, docs: usize) {
         self.wave_tokens.store(wave_tokens, Ordering::Relaxed);
         self.layers.set_position(0);
         self.layers.set_message(format!("wave {wave}/{waves}"));
-        self.tokens.set_message(format!("wave {wave}/{waves}, {items_done}/{items} items"));
+        self.tokens.set_message(format!("wave {wave}/{waves}, {docs_done}/{docs} documents"));
     }
 
-    pub fn finish_wave(&self, items_done: usize, items: usize) {
+    pub fn finish_wave(&self, docs_done: usize, docs: usize) {
         let done = self.tokens_before_wave.fetch_add(self.wave_tokens.load(Ordering::Relaxed), Ordering::Relaxed)
             + self.wave_tokens.load(Ordering::Relaxed);
         self.tokens.set_position(done);
-        self.tokens.set_message(format!("{items_done}/{items} items"));
+        self.tokens.set_message(format!("{docs_done}/{docs} documents"));
     }
 
     pub fn finish(&self) {

@@ -11,9 +11,9 @@
 use std::collections::HashMap;
 
 use airllm_engine::ModelSpec;
-use airllm_engine::executor::{ScoreRequest, ScoreTarget, plan_waves};
+use airllm_engine::executor::{ScoreRequest, ScoreTarget, TargetScore, plan_waves};
 
-use crate::task::Request;
+use crate::task::{Request, Response};
 
 /// One engine sequence and the requests it answers.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,10 +73,24 @@ pub fn waves(spec: &ModelSpec, sequences: &[Sequence], budget_bytes: u64) -> Vec
     plan_waves(spec, &lengths, budget_bytes)
 }
 
-/// Spreads a wave's scores back onto requests: `out[request] = sum of its targets`.
-pub fn request_scores(sequence: &Sequence, scores: &[f32], out: &mut [Option<f32>]) {
+/// One target's score as a response.
+pub fn response(score: &TargetScore) -> Response {
+    Response { loglikelihood: score.logprob as f64, is_greedy: score.greedy }
+}
+
+/// Responses added up: log-likelihoods summed (in f64, so a long text's windows lose nothing),
+/// greedy only if every part is.
+pub fn combine(parts: impl IntoIterator<Item = Response>) -> Response {
+    parts.into_iter().fold(Response { loglikelihood: 0.0, is_greedy: true }, |sum, r| Response {
+        loglikelihood: sum.loglikelihood + r.loglikelihood,
+        is_greedy: sum.is_greedy && r.is_greedy,
+    })
+}
+
+/// Spreads a wave's scores back onto requests: `out[request]` = its targets combined.
+pub fn request_responses(sequence: &Sequence, scores: &[TargetScore], out: &mut [Option<Response>]) {
     for (request, targets) in &sequence.parts {
-        out[*request] = Some(targets.iter().map(|&t| scores[t]).sum());
+        out[*request] = Some(combine(targets.iter().map(|&t| response(&scores[t]))));
     }
 }
 
@@ -84,8 +98,8 @@ pub fn request_scores(sequence: &Sequence, scores: &[f32], out: &mut [Option<f32
 mod tests {
     use super::*;
 
-    fn request(item: usize, choice: usize, context: &[u32], continuation: &[u32]) -> Request {
-        Request { item, choice, context: context.to_vec(), continuation: continuation.to_vec() }
+    fn request(doc: usize, part: usize, context: &[u32], continuation: &[u32]) -> Request {
+        Request { doc, part, context: context.to_vec(), continuation: continuation.to_vec() }
     }
 
     #[test]
@@ -108,8 +122,9 @@ mod tests {
         let targets: Vec<_> = seqs[0].request.targets.iter().map(|t| (t.position, t.token)).collect();
         assert_eq!(targets, vec![(1, 1), (2, 2)]);
         let mut scores = vec![None; 2];
-        request_scores(&seqs[0], &[-1.0, -2.0], &mut scores);
-        assert_eq!(scores[0], Some(-3.0));
+        let targets = [TargetScore { logprob: -1.0, greedy: true }, TargetScore { logprob: -2.0, greedy: false }];
+        request_responses(&seqs[0], &targets, &mut scores);
+        assert_eq!(scores[0], Some(Response { loglikelihood: -3.0, is_greedy: false }));
     }
 
     #[test]

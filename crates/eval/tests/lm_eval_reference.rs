@@ -1,12 +1,22 @@
-//! Our MMLU against lm-evaluation-harness itself (tests/fixtures/mmlu/lm_eval_reference.json,
+//! Our tasks against lm-evaluation-harness itself.
+//!
+//! MMLU (tests/fixtures/mmlu/lm_eval_reference.json,
 //! written by tests/fixtures/make_mmlu_reference.py with lm-eval's own task config, prompt
 //! construction, `_encode_pair` and `HFLM.loglikelihood` on SmolLM2-135M-Instruct Q4_1):
 //! for every fixture item, 0-shot and 5-shot,
-//!   * our prompt text (our CSV loading + `task::mmlu::prompt`) equals lm-eval's context exactly;
-//!   * our requests (`task::mmlu::requests`, i.e. `encode_pair` with the store's tokenizer) carry
-//!     exactly lm-eval's context and continuation token ids;
+//!   * our document (`task::mmlu::subject_task`: CSV loading and prompt) has lm-eval's context;
+//!   * our requests (`commands::run::build_requests`, i.e. `encode_pair` with the store's
+//!     tokenizer) carry exactly lm-eval's context and continuation token ids;
 //!   * the engine's log-likelihoods (through `schedule::sequences` and `score_wave`, as the runner
 //!     scores) are within 1e-3 of lm-eval's, and the predicted choice is the same.
+//!
+//! ARC, HellaSwag, TruthfulQA and WikiText (tests/fixtures/tasks/lm_eval_reference.json, written
+//! by tests/fixtures/make_tasks_reference.py with lm-eval's registered task configs,
+//! `build_all_requests`, `HFLM.loglikelihood` and `loglikelihood_rolling`): our tasks, loaded from
+//! a job's task list, give the same prompt strings and choices, the same context/continuation
+//! token ids (for wikitext: the same token list, windows, and word and byte counts), per-request
+//! log-likelihoods within 2e-3, the same is_greedy flags and predictions, the same per-document
+//! metrics, and word perplexities within 1e-4 relative.
 
 #[path = "../../engine/tests/common.rs"]
 mod common;
@@ -14,12 +24,16 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use airllm_engine::executor::{EngineOptions, Quiet};
-use airllm_eval::dataset::mmlu::{LETTERS, load_subject};
+use airllm_engine::executor::{Engine, EngineOptions, Quiet};
+use airllm_eval::commands::run::build_requests;
+use airllm_eval::dataset::mmlu::LETTERS;
 use airllm_eval::schedule;
-use airllm_eval::task::mmlu::{predict, prompt, requests};
+use airllm_eval::task::metrics::first_argmax;
+use airllm_eval::task::{Doc, Request, Response, mmlu};
+use airllm_eval::job::Job;
+use airllm_eval::task::metrics::Sample;
+use airllm_eval::task::{Task, registry};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 const TOLERANCE: f64 = 1e-3;
 
@@ -114,15 +128,19 @@ fn ids_diff(expected: &[u32], actual: &[u32]) -> String {
     )
 }
 
-/// lm-eval's prediction: numpy's argmax, the first maximum.
-fn argmax(values: &[f64]) -> usize {
-    let mut best = 0;
-    for (i, v) in values.iter().enumerate() {
-        if *v > values[best] {
-            best = i;
+/// Scores requests as the runner does: deduplicated sequences, waves, one `score_wave` a wave.
+fn score(engine: &mut Engine, requests: &[Request]) -> (Vec<Response>, usize, usize) {
+    let sequences = schedule::sequences(requests, engine.spec().max_position_embeddings);
+    let waves = schedule::waves(engine.spec(), &sequences, 1 << 31);
+    let mut out = vec![None; requests.len()];
+    for wave in &waves {
+        let batch: Vec<_> = wave.iter().map(|&s| sequences[s].request.clone()).collect();
+        let scores = engine.score_wave(&batch, &Quiet).unwrap();
+        for (&s, values) in wave.iter().zip(&scores) {
+            schedule::request_responses(&sequences[s], values, &mut out);
         }
     }
-    best
+    (out.into_iter().map(|r| r.expect("request left unscored")).collect(), sequences.len(), waves.len())
 }
 
 #[test]
@@ -136,7 +154,7 @@ fn mmlu_prompts_tokens_and_loglikelihoods_match_lm_eval() {
 
     let (_store, mut engine) = common::engine_for(&common::smollm2_gguf(), EngineOptions::default());
 
-    let mmlu = root().join("datasets/mmlu");
+    let mmlu_root = root().join("datasets/mmlu");
     let mut failures: Vec<String> = Vec::new();
     // Group items by (subject, shots) to load each subject once, as the runner does.
     let mut groups: BTreeMap<(usize, String), Vec<&Item>> = BTreeMap::new();
@@ -149,21 +167,20 @@ fn mmlu_prompts_tokens_and_loglikelihoods_match_lm_eval() {
     let mut item_requests: Vec<(&Item, [usize; 4])> = Vec::new();
     for ((shots, name), group) in &groups {
         let limit = group.iter().map(|i| i.index).max().unwrap() + 1;
-        let subject = load_subject(&mmlu, name, *shots, Some(limit), &mut Sha256::new()).unwrap();
-        let built = requests(std::slice::from_ref(&subject), engine.tokenizer()).unwrap();
+        let task = mmlu::subject_task(&mmlu_root, name, *shots, Some(limit), 0).unwrap();
+        let built = build_requests(std::slice::from_ref(&task), engine.tokenizer(), engine.spec()).unwrap();
         for item in group {
             let label = format!("{} row {} {}-shot", item.subject, item.index, item.num_fewshot);
-            let question = &subject.test[item.index];
-            if question.answer != item.gold {
-                failures.push(format!("{label}: gold {} but lm-eval's doc says {}", question.answer, item.gold));
+            let Doc::Choice(doc) = &task.docs[item.index].doc else { panic!("mmlu documents are choices") };
+            if doc.gold != item.gold {
+                failures.push(format!("{label}: gold {} but lm-eval's doc says {}", doc.gold, item.gold));
             }
-            let text = prompt(&subject.name, &subject.fewshot, question);
-            if text != item.context {
-                failures.push(format!("{label}: prompt text differs, {}", string_diff(&item.context, &text)));
+            if doc.context != item.context {
+                failures.push(format!("{label}: prompt text differs, {}", string_diff(&item.context, &doc.context)));
             }
             let mut indices = [0; 4];
             for (choice, (continuation, continuation_ids, _, _)) in item.choices.iter().enumerate() {
-                let at = built.iter().position(|r| r.item == item.index && r.choice == choice).unwrap();
+                let at = built.iter().position(|r| r.doc == item.index && r.part == choice).unwrap();
                 let request = &built[at];
                 if continuation != &format!(" {}", LETTERS[choice]) {
                     failures.push(format!("{label}: lm-eval's continuation is {continuation:?}"));
@@ -188,26 +205,15 @@ fn mmlu_prompts_tokens_and_loglikelihoods_match_lm_eval() {
         }
     }
 
-    // Score as the runner does: deduplicated sequences, waves, one score_wave per wave.
-    let sequences = schedule::sequences(&ours, engine.spec().max_position_embeddings);
-    let waves = schedule::waves(engine.spec(), &sequences, 1 << 31);
-    let mut scores = vec![None; ours.len()];
-    for wave in &waves {
-        let batch: Vec<_> = wave.iter().map(|&s| sequences[s].request.clone()).collect();
-        let out = engine.score_wave(&batch, &Quiet).unwrap();
-        for (&s, values) in wave.iter().zip(&out) {
-            schedule::request_scores(&sequences[s], values, &mut scores);
-        }
-    }
-
+    let (scores, sequences, waves) = score(&mut engine, &ours);
     let mut max_diff = 0f64;
     let mut worst = String::new();
     for (item, indices) in &item_requests {
         let label = format!("{} row {} {}-shot", item.subject, item.index, item.num_fewshot);
-        let ours: [f32; 4] = indices.map(|i| scores[i].expect("request left unscored"));
+        let ours: [f64; 4] = indices.map(|i| scores[i].loglikelihood);
         let theirs: Vec<f64> = item.choices.iter().map(|c| c.2).collect();
         for (choice, (a, b)) in ours.iter().zip(&theirs).enumerate() {
-            let diff = (*a as f64 - b).abs();
+            let diff = (a - b).abs();
             if diff > max_diff {
                 max_diff = diff;
                 worst = format!("{label} {}: ours {a} lm-eval {b}", LETTERS[choice]);
@@ -219,7 +225,7 @@ fn mmlu_prompts_tokens_and_loglikelihoods_match_lm_eval() {
                 ));
             }
         }
-        let (pred, reference) = (predict(&ours), argmax(&theirs));
+        let (pred, reference) = (first_argmax(&ours), first_argmax(&theirs));
         if pred != reference {
             failures.push(format!("{label}: we predict {} but lm-eval {}", LETTERS[pred], LETTERS[reference]));
         }
@@ -233,8 +239,169 @@ fn mmlu_prompts_tokens_and_loglikelihoods_match_lm_eval() {
     eprintln!(
         "{} requests in {} sequences, {} waves; max |loglikelihood difference| {max_diff:.3e} ({worst})",
         ours.len(),
-        sequences.len(),
-        waves.len()
+        sequences,
+        waves
     );
+    assert!(failures.is_empty(), "{} mismatches with lm-eval:\n{}", failures.len(), failures.join("\n"));
+}
+
+const TASK_TOLERANCE: f64 = 2e-3;
+
+/// Our task for a fixture key (`wikitext@max_length=128` sets the window length), loaded through
+/// a job's task list as the runner loads it, with enough documents to reach every fixture row.
+fn load_task(key: &str, rows: usize) -> Task {
+    let (name, max_length) = match key.split_once("@max_length=") {
+        Some((name, length)) => (name, format!("\n    max_length: {length}")),
+        None => (key, String::new()),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("job.yaml");
+    let text = format!("model:\n  source: unused.gguf\noutput: out\ntasks:\n  - name: {name}\n    limit: {rows}{max_length}\n");
+    std::fs::write(&path, text).unwrap();
+    let mut tasks = registry::load(&Job::load(&path).unwrap()).unwrap();
+    assert_eq!(tasks.len(), 1);
+    tasks.pop().unwrap()
+}
+
+fn f64s(value: &Value) -> f64 {
+    value.as_f64().unwrap_or_else(|| panic!("not a number: {value}"))
+}
+
+/// Compares one task's documents, requests and scores with the fixture's; returns the requests
+/// (in fixture order) to score and, per fixture document, the range of them it owns.
+fn compare_task(
+    key: &str,
+    reference: &Value,
+    engine: &mut Engine,
+    failures: &mut Vec<String>,
+) -> (Task, Vec<usize>, Vec<Request>) {
+    let docs = reference["docs"].as_array().unwrap();
+    let rows: Vec<usize> = docs.iter().map(|d| d["doc"].as_u64().unwrap() as usize).collect();
+    let task = load_task(key, rows.iter().max().unwrap() + 1);
+    let subset = Task { docs: rows.iter().map(|&r| task.docs[r].clone()).collect(), ..task.clone() };
+    let requests = build_requests(std::slice::from_ref(&subset), engine.tokenizer(), engine.spec()).unwrap();
+    for (i, (doc, theirs)) in subset.docs.iter().zip(docs).enumerate() {
+        let label = format!("{key} doc {}", doc.row);
+        let mine: Vec<&Request> = requests.iter().filter(|r| r.doc == i).collect();
+        match &doc.doc {
+            Doc::Choice(c) => {
+                let context = theirs["context"].as_str().unwrap();
+                if c.context != context {
+                    failures.push(format!("{label}: context differs, {}", string_diff(context, &c.context)));
+                }
+                let choices: Vec<&str> = theirs["choices"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+                if c.choices != choices {
+                    failures.push(format!("{label}: choices {:?}, lm-eval {choices:?}", c.choices));
+                }
+                if c.gold as u64 != theirs["gold"].as_u64().unwrap() {
+                    failures.push(format!("{label}: gold {} but lm-eval {}", c.gold, theirs["gold"]));
+                }
+                for (request, r) in mine.iter().zip(theirs["requests"].as_array().unwrap()) {
+                    let (context_ids, continuation_ids) = (ids(&r["context_ids"]), ids(&r["continuation_ids"]));
+                    if request.context != context_ids {
+                        failures.push(format!("{label} choice {}: context ids, {}", request.part, ids_diff(&context_ids, &request.context)));
+                    }
+                    if request.continuation != continuation_ids {
+                        failures.push(format!("{label} choice {}: continuation ids {:?}, lm-eval {continuation_ids:?}", request.part, request.continuation));
+                    }
+                }
+            }
+            Doc::Rolling(r) => {
+                if r.text != theirs["target"].as_str().unwrap() {
+                    failures.push(format!("{label}: text differs, {}", string_diff(theirs["target"].as_str().unwrap(), &r.text)));
+                }
+                if (r.words as u64, r.bytes as u64) != (theirs["words"].as_u64().unwrap(), theirs["bytes"].as_u64().unwrap()) {
+                    failures.push(format!("{label}: {} words {} bytes, lm-eval {} {}", r.words, r.bytes, theirs["words"], theirs["bytes"]));
+                }
+                let tokens: Vec<u32> = mine.iter().flat_map(|w| w.continuation.clone()).collect();
+                if tokens != ids(&theirs["token_ids"]) {
+                    failures.push(format!("{label}: tokens, {}", ids_diff(&ids(&theirs["token_ids"]), &tokens)));
+                }
+                let windows: Vec<(Vec<u32>, Vec<u32>)> = theirs["windows"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|w| (ids(&w["context_ids"]), ids(&w["continuation_ids"])))
+                    .collect();
+                let ours: Vec<(Vec<u32>, Vec<u32>)> = mine.iter().map(|w| (w.context.clone(), w.continuation.clone())).collect();
+                if ours != windows {
+                    failures.push(format!("{label}: {} windows, lm-eval {}, or their ids differ", ours.len(), windows.len()));
+                }
+            }
+        }
+    }
+    (subset, rows, requests)
+}
+
+#[test]
+fn tasks_match_lm_eval() {
+    let path = root().join("tests/fixtures/tasks/lm_eval_reference.json");
+    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    eprintln!("fixture versions {}", fixture["versions"]);
+    let (_store, mut engine) = common::engine_for(&common::smollm2_gguf(), EngineOptions::default());
+    assert_eq!(engine.spec().bos_token_id, fixture["prefix_token_id"].as_u64().map(|v| v as u32), "HFLM's prefix token");
+    assert_eq!(engine.spec().max_position_embeddings as u64, fixture["max_length"].as_u64().unwrap());
+    let mut failures = Vec::new();
+    let mut max_diff = (0f64, String::new());
+    for (key, reference) in fixture["tasks"].as_object().unwrap() {
+        let (task, rows, requests) = compare_task(key, reference, &mut engine, &mut failures);
+        let (responses, _, _) = score(&mut engine, &requests);
+        let docs = reference["docs"].as_array().unwrap();
+        let mut samples: Vec<Vec<Sample>> = Vec::new();
+        for (i, (doc, theirs)) in task.docs.iter().zip(docs).enumerate() {
+            let label = format!("{key} doc {}", rows[i]);
+            let mine: Vec<(usize, Response)> =
+                requests.iter().zip(&responses).enumerate().filter(|(_, (r, _))| r.doc == i).map(|(k, (_, s))| (k, *s)).collect();
+            let doc_responses: Vec<Response> = match &doc.doc {
+                Doc::Choice(_) => {
+                    for ((_, ours), r) in mine.iter().zip(theirs["requests"].as_array().unwrap()) {
+                        let diff = (ours.loglikelihood - f64s(&r["loglikelihood"])).abs();
+                        if diff > max_diff.0 {
+                            max_diff = (diff, label.clone());
+                        }
+                        if diff > TASK_TOLERANCE {
+                            failures.push(format!("{label}: loglikelihood {} vs lm-eval {} (|diff| {diff:.2e})", ours.loglikelihood, r["loglikelihood"]));
+                        }
+                        if ours.is_greedy != r["is_greedy"].as_bool().unwrap() {
+                            failures.push(format!("{label}: is_greedy {} vs lm-eval {}", ours.is_greedy, r["is_greedy"]));
+                        }
+                    }
+                    mine.iter().map(|(_, r)| *r).collect()
+                }
+                Doc::Rolling(_) => {
+                    let total = schedule::combine(mine.iter().map(|(_, r)| *r));
+                    let theirs_ll = f64s(&theirs["loglikelihood"]);
+                    eprintln!("{label}: loglikelihood ours {} lm-eval {theirs_ll}", total.loglikelihood);
+                    vec![total]
+                }
+            };
+            let doc_samples: Vec<Sample> = task.metrics.iter().map(|m| m.sample(&doc.doc, &doc_responses)).collect();
+            for (metric, sample) in task.metrics.iter().zip(&doc_samples) {
+                let (Sample::Value(ours), Some(theirs)) = (sample, theirs["metrics"][metric.name()].as_f64()) else { continue };
+                if (ours - theirs).abs() > TASK_TOLERANCE {
+                    failures.push(format!("{label}: {} {ours} vs lm-eval {theirs}", metric.name()));
+                }
+            }
+            samples.push(doc_samples);
+        }
+        for (m, metric) in task.metrics.iter().enumerate() {
+            let ours = metric.aggregate(&samples.iter().map(|s| s[m]).collect::<Vec<_>>());
+            let theirs = &reference["aggregate"][metric.name()];
+            let value = f64s(&theirs["value"]);
+            let close = match metric.is_mean() {
+                true => (ours.value - value).abs() <= TASK_TOLERANCE,
+                false => ((ours.value - value) / value).abs() <= 1e-4,
+            };
+            let stderr_ok = match (ours.stderr, theirs["stderr"].as_f64()) {
+                (Some(a), Some(b)) => (a - b).abs() <= TASK_TOLERANCE,
+                (a, b) => a.is_none() && b.is_none(),
+            };
+            eprintln!("{key} {}: ours {} ± {:?}, lm-eval {value} ± {}", metric.name(), ours.value, ours.stderr, theirs["stderr"]);
+            if !close || !stderr_ok {
+                failures.push(format!("{key} {}: ours {} ± {:?}, lm-eval {value} ± {}", metric.name(), ours.value, ours.stderr, theirs["stderr"]));
+            }
+        }
+    }
+    eprintln!("max |loglikelihood difference| of a choice request: {:.3e} ({})", max_diff.0, max_diff.1);
     assert!(failures.is_empty(), "{} mismatches with lm-eval:\n{}", failures.len(), failures.join("\n"));
 }

@@ -1,4 +1,4 @@
-//! `airllm-eval bench JOB.yaml`: scores the job's MMLU requests three ways and prints one table.
+//! `airllm-eval bench JOB.yaml`: scores the job's requests (every task's) three ways and prints one table.
 //!
 //! - **resident**: every layer kept on the device after a warm-up read (the model fits in memory);
 //! - **per-prompt**: AirLLM's way, every layer read again for each prompt;
@@ -32,14 +32,14 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use super::run::{Selection, engine_options, load_dataset, prepare_model};
+use super::run::{Selection, build_requests, engine_options, prepare_model};
 use crate::job::Job;
 use crate::outputs::peak_rss_bytes;
 use crate::schedule::{self, Sequence};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// The job whose model and MMLU requests are scored.
+    /// The job whose model and requests are scored.
     pub job: PathBuf,
     #[command(flatten)]
     pub selection: Selection,
@@ -137,16 +137,16 @@ struct Workload {
 
 fn load(args: &BenchArgs) -> Result<Workload> {
     let mut job = Job::load(&args.job)?;
-    job.apply(&args.selection.overrides());
+    job.apply(&args.selection.overrides())?;
     if args.store_kind != Compression::None {
         let model = &mut job.spec.model;
         model.compress = args.store_kind;
         model.store = model.store.take().map(|dir| suffixed(&dir, args.store_kind));
     }
-    let (subjects, _) = load_dataset(&job)?;
+    let tasks = crate::task::registry::load(&job)?;
     let store = prepare_model(&job)?;
     let engine = Engine::open(&store, EngineOptions::default())?;
-    let requests = crate::task::mmlu::requests(&subjects, engine.tokenizer())?;
+    let requests = build_requests(&tasks, engine.tokenizer(), engine.spec())?;
     let sequences = schedule::sequences(&requests, engine.spec().max_position_embeddings);
     let waves = schedule::waves(engine.spec(), &sequences, job.spec.memory.activation_budget.0);
     let (store_size, spec) = (engine.store_size(), engine.spec().clone());

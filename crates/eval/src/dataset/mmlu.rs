@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use sha2::{Digest, Sha256};
 
 /// One multiple-choice question.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,16 +15,6 @@ pub struct Question {
     pub choices: [String; 4],
     /// Index of the right choice (0 = A).
     pub answer: usize,
-}
-
-/// The questions of one subject that a job uses.
-#[derive(Debug, Clone)]
-pub struct Subject {
-    pub name: String,
-    /// The first `num_fewshot` dev rows, in file order.
-    pub fewshot: Vec<Question>,
-    /// The first `limit` test rows, in file order (row i is item index i).
-    pub test: Vec<Question>,
 }
 
 pub const LETTERS: [&str; 4] = ["A", "B", "C", "D"];
@@ -56,33 +45,9 @@ pub fn dev_file(root: &Path, subject: &str) -> PathBuf {
     root.join("dev").join(format!("{subject}_dev.csv"))
 }
 
-/// Loads one subject; `digest` receives the bytes of every file read, for the job hash.
-pub fn load_subject(
-    root: &Path,
-    name: &str,
-    num_fewshot: usize,
-    limit: Option<usize>,
-    digest: &mut Sha256,
-) -> Result<Subject> {
-    let test = read_questions(&test_file(root, name), limit, digest)?;
-    let fewshot = if num_fewshot == 0 {
-        Vec::new()
-    } else {
-        let path = dev_file(root, name);
-        let dev = read_questions(&path, Some(num_fewshot), digest)?;
-        if dev.len() < num_fewshot {
-            bail!("{}: {num_fewshot}-shot asked but the file has only {} rows", path.display(), dev.len());
-        }
-        dev
-    };
-    Ok(Subject { name: name.to_string(), fewshot, test })
-}
-
 /// Reads the first `limit` rows (all when `None`) of a question CSV.
-pub fn read_questions(path: &Path, limit: Option<usize>, digest: &mut Sha256) -> Result<Vec<Question>> {
+pub fn read_questions(path: &Path, limit: Option<usize>) -> Result<Vec<Question>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    digest.update(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
-    digest.update(&bytes);
     let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(bytes.as_slice());
     let mut questions = Vec::new();
     for record in reader.records() {
@@ -121,7 +86,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x_test.csv");
         std::fs::write(&path, text).unwrap();
-        read_questions(&path, None, &mut Sha256::new())
+        read_questions(&path, None)
     }
 
     #[test]
@@ -150,11 +115,10 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/mmlu");
         let subjects = available_subjects(&root).unwrap();
         assert_eq!(subjects.len(), 57);
-        let mut digest = Sha256::new();
         let (mut dev, mut test) = (0, 0);
         for name in &subjects {
-            test += read_questions(&test_file(&root, name), None, &mut digest).unwrap().len();
-            dev += read_questions(&dev_file(&root, name), None, &mut digest).unwrap().len();
+            test += read_questions(&test_file(&root, name), None).unwrap().len();
+            dev += read_questions(&dev_file(&root, name), None).unwrap().len();
         }
         assert_eq!((dev, test), (285, 14_042));
     }

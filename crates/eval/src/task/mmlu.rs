@@ -1,43 +1,86 @@
-//! MMLU exactly as lm-evaluation-harness's `mmlu` task (default template) asks it.
+//! MMLU exactly as lm-evaluation-harness's `mmlu` group (default template) asks it: one task
+//! `mmlu_<subject>` per subject, in the groups `mmlu` and `mmlu_<category>`.
 //!
 //! ```text
 //! The following are multiple choice questions (with answers) about {subject}.\n\n
 //! {dev question.strip()}\nA. {A}\nB. {B}\nC. {C}\nD. {D}\nAnswer: {letter}\n\n   (k times)
 //! {test question.strip()}\nA. {A}\nB. {B}\nC. {C}\nD. {D}\nAnswer:
 //! ```
-//! scored against the continuations ` A`, ` B`, ` C`, ` D`; the prediction is the most likely one.
-//! Following lm-eval keeps our accuracy comparable with published numbers.
+//! scored against the continuations ` A`, ` B`, ` C`, ` D` with `acc`. Few-shot examples are the
+//! first k dev rows (lm-eval's `first_n` sampler).
 
-use anyhow::Result;
-use rayon::prelude::*;
-use tokenizers::Tokenizer;
+use std::path::Path;
 
-use super::{Request, encode_pair, python_strip};
-use crate::dataset::mmlu::{LETTERS, Question, Subject};
+use anyhow::{Result, bail};
 
-/// One scored question: which subject, which test row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Item {
-    pub subject: String,
-    /// 0-based row in the subject's test CSV.
-    pub index: usize,
-    pub gold: usize,
-}
+use super::metrics::Metric;
+use super::{ChoiceDoc, Doc, Document, Task, fewshot_context, python_strip};
+use crate::dataset::mmlu::{self as data, LETTERS, Question};
 
-/// An item's outcome: the log-probability of each choice and the argmax.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ItemResult {
-    pub subject: String,
-    pub index: usize,
-    pub gold: usize,
-    pub pred: usize,
-    pub logprobs: [f32; 4],
-}
+/// lm-eval's `_generate_configs.py` SUBJECTS: each subject's category group.
+const CATEGORIES: [(&str, &str); 57] = [
+    ("abstract_algebra", "stem"),
+    ("anatomy", "stem"),
+    ("astronomy", "stem"),
+    ("business_ethics", "other"),
+    ("clinical_knowledge", "other"),
+    ("college_biology", "stem"),
+    ("college_chemistry", "stem"),
+    ("college_computer_science", "stem"),
+    ("college_mathematics", "stem"),
+    ("college_medicine", "other"),
+    ("college_physics", "stem"),
+    ("computer_security", "stem"),
+    ("conceptual_physics", "stem"),
+    ("econometrics", "social_sciences"),
+    ("electrical_engineering", "stem"),
+    ("elementary_mathematics", "stem"),
+    ("formal_logic", "humanities"),
+    ("global_facts", "other"),
+    ("high_school_biology", "stem"),
+    ("high_school_chemistry", "stem"),
+    ("high_school_computer_science", "stem"),
+    ("high_school_european_history", "humanities"),
+    ("high_school_geography", "social_sciences"),
+    ("high_school_government_and_politics", "social_sciences"),
+    ("high_school_macroeconomics", "social_sciences"),
+    ("high_school_mathematics", "stem"),
+    ("high_school_microeconomics", "social_sciences"),
+    ("high_school_physics", "stem"),
+    ("high_school_psychology", "social_sciences"),
+    ("high_school_statistics", "stem"),
+    ("high_school_us_history", "humanities"),
+    ("high_school_world_history", "humanities"),
+    ("human_aging", "other"),
+    ("human_sexuality", "social_sciences"),
+    ("international_law", "humanities"),
+    ("jurisprudence", "humanities"),
+    ("logical_fallacies", "humanities"),
+    ("machine_learning", "stem"),
+    ("management", "other"),
+    ("marketing", "other"),
+    ("medical_genetics", "other"),
+    ("miscellaneous", "other"),
+    ("moral_disputes", "humanities"),
+    ("moral_scenarios", "humanities"),
+    ("nutrition", "other"),
+    ("philosophy", "humanities"),
+    ("prehistory", "humanities"),
+    ("professional_accounting", "other"),
+    ("professional_law", "humanities"),
+    ("professional_medicine", "other"),
+    ("professional_psychology", "social_sciences"),
+    ("public_relations", "social_sciences"),
+    ("security_studies", "social_sciences"),
+    ("sociology", "social_sciences"),
+    ("us_foreign_policy", "social_sciences"),
+    ("virology", "other"),
+    ("world_religions", "humanities"),
+];
 
-impl ItemResult {
-    pub fn correct(&self) -> bool {
-        self.gold == self.pred
-    }
+/// The category of a subject (`other` for a subject lm-eval does not list).
+pub fn category(subject: &str) -> &'static str {
+    CATEGORIES.iter().find(|(s, _)| *s == subject).map_or("other", |(_, c)| c)
 }
 
 pub fn description(subject: &str) -> String {
@@ -58,79 +101,53 @@ pub fn question_text(q: &Question) -> String {
 
 /// The full context of one test question: description, few-shot examples, question.
 pub fn prompt(subject: &str, fewshot: &[Question], question: &Question) -> String {
-    let mut text = description(subject);
-    for example in fewshot {
-        // target_delimiter " ", then the answer letter, then fewshot_delimiter "\n\n".
-        text.push_str(&question_text(example));
-        text.push(' ');
-        text.push_str(LETTERS[example.answer]);
-        text.push_str("\n\n");
-    }
-    text.push_str(&question_text(question));
-    text
+    let shots: Vec<(String, String)> =
+        fewshot.iter().map(|q| (question_text(q), LETTERS[q.answer].to_string())).collect();
+    fewshot_context(&description(subject), &shots, &question_text(question), " ", "\n\n")
 }
 
-/// The items of the loaded subjects, in subject order then row order.
-pub fn items(subjects: &[Subject]) -> Vec<Item> {
-    subjects
-        .iter()
-        .flat_map(|s| {
-            s.test.iter().enumerate().map(|(index, q)| Item { subject: s.name.clone(), index, gold: q.answer })
-        })
-        .collect()
-}
-
-/// Four requests per item (continuations ` A` .. ` D`), tokenized in parallel.
-pub fn requests(subjects: &[Subject], tokenizer: &Tokenizer) -> Result<Vec<Request>> {
-    let questions: Vec<(&Subject, &Question)> =
-        subjects.iter().flat_map(|s| s.test.iter().map(move |q| (s, q))).collect();
-    let per_item: Vec<Vec<Request>> = questions
-        .par_iter()
-        .enumerate()
-        .map(|(item, (subject, question))| {
-            let context = prompt(&subject.name, &subject.fewshot, question);
-            LETTERS
-                .iter()
-                .enumerate()
-                .map(|(choice, letter)| {
-                    let (context, continuation) = encode_pair(tokenizer, &context, &format!(" {letter}"))?;
-                    Ok(Request { item, choice, context, continuation })
-                })
-                .collect::<Result<Vec<_>>>()
-        })
-        .collect::<Result<_>>()?;
-    Ok(per_item.into_iter().flatten().collect())
-}
-
-/// lm-eval's `acc`: argmax of the choices' log-likelihoods, the first on a tie.
-pub fn predict(logprobs: &[f32; 4]) -> usize {
-    let mut best = 0;
-    for (i, lp) in logprobs.iter().enumerate() {
-        if *lp > logprobs[best] {
-            best = i;
+/// The task `mmlu_<subject>`: the first `limit` test rows, each with `num_fewshot` dev examples.
+pub fn subject_task(root: &Path, subject: &str, num_fewshot: usize, limit: Option<usize>, entry: usize) -> Result<Task> {
+    let test_file = data::test_file(root, subject);
+    let test = data::read_questions(&test_file, None)?;
+    let fewshot = if num_fewshot == 0 {
+        Vec::new()
+    } else {
+        let path = data::dev_file(root, subject);
+        let dev = data::read_questions(&path, Some(num_fewshot))?;
+        if dev.len() < num_fewshot {
+            bail!("{}: {num_fewshot}-shot asked but the file has only {} rows", path.display(), dev.len());
         }
-    }
-    best
-}
-
-/// Accuracy over a set of items.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Accuracy {
-    pub n: usize,
-    pub accuracy: f64,
-    /// lm-eval's sample standard error of the mean: sqrt(p(1-p)/(n-1)); `None` below two items.
-    pub stderr: Option<f64>,
-}
-
-pub fn accuracy<'a>(results: impl IntoIterator<Item = &'a ItemResult>) -> Accuracy {
-    let (mut n, mut correct) = (0usize, 0usize);
-    for r in results {
-        n += 1;
-        correct += r.correct() as usize;
-    }
-    let p = if n == 0 { 0.0 } else { correct as f64 / n as f64 };
-    let stderr = (n > 1).then(|| (p * (1.0 - p) / (n - 1) as f64).sqrt());
-    Accuracy { n, accuracy: p, stderr }
+        dev
+    };
+    let available = test.len();
+    let docs = test
+        .iter()
+        .take(limit.unwrap_or(usize::MAX))
+        .enumerate()
+        .map(|(row, q)| Document {
+            row,
+            doc: Doc::Choice(ChoiceDoc {
+                context: prompt(subject, &fewshot, q),
+                choices: LETTERS.iter().map(|l| l.to_string()).collect(),
+                gold: q.answer,
+                labels: Vec::new(),
+            }),
+        })
+        .collect();
+    Ok(Task {
+        name: format!("mmlu_{subject}"),
+        version: "1.0".into(),
+        num_fewshot,
+        target_delimiter: " ".into(),
+        metrics: vec![Metric::Acc],
+        groups: vec!["mmlu".into(), format!("mmlu_{}", category(subject))],
+        entry,
+        max_length: None,
+        source: test_file,
+        available,
+        docs,
+    })
 }
 
 #[cfg(test)]
@@ -165,8 +182,10 @@ mod tests {
     }
 
     #[test]
-    fn prediction_takes_the_first_best() {
-        assert_eq!(predict(&[-2.0, -1.0, -1.0, -3.0]), 1);
-        assert_eq!(predict(&[-1.0, -1.0, -1.0, -1.0]), 0);
+    fn every_shipped_subject_has_a_category() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/mmlu");
+        for subject in data::available_subjects(&root).unwrap() {
+            assert!(CATEGORIES.iter().any(|(s, _)| *s == subject), "{subject}");
+        }
     }
 }

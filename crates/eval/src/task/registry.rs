@@ -1,0 +1,193 @@
+//! The built-in tasks, and the job's task list turned into loaded [`Task`]s.
+//!
+//! | name | request | metrics | data (under `datasets/`) |
+//! |---|---|---|---|
+//! | `mmlu`, `mmlu_<subject>` | loglikelihood | acc (groups: mmlu, mmlu_<category>) | `mmlu/` |
+//! | `arc_easy`, `arc_challenge` | loglikelihood | acc, acc_norm | `arc/ARC-*/ARC-*-Test.jsonl` |
+//! | `hellaswag` | loglikelihood | acc, acc_norm | `hellaswag/hellaswag_val_full.txt` |
+//! | `truthfulqa_mc1`, `truthfulqa_mc2` | loglikelihood | acc | `truthfulqa/data/v0/mc_task.json` |
+//! | `wikitext` | loglikelihood_rolling | word_perplexity, byte_perplexity, bits_per_byte | `wikitext-2/wiki.test.raw` |
+//!
+//! Any other name is a custom task and needs `define:` ([`super::custom`]).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use super::truthfulqa::Variant;
+use super::{Doc, Task, arc, custom, hellaswag, metrics::Metric, mmlu, truthfulqa, wikitext};
+use crate::dataset::mmlu as mmlu_data;
+use crate::job::{Job, Subjects, TaskEntry};
+
+/// Built-in task names and their default data, relative to the datasets folder.
+pub const BUILT_IN: [(&str, &str); 8] = [
+    ("mmlu", "mmlu"),
+    ("arc_easy", "arc/ARC-Easy/ARC-Easy-Test.jsonl"),
+    ("arc_challenge", "arc/ARC-Challenge/ARC-Challenge-Test.jsonl"),
+    ("hellaswag", "hellaswag/hellaswag_val_full.txt"),
+    ("truthfulqa_mc1", "truthfulqa/data/v0/mc_task.json"),
+    ("truthfulqa_mc2", "truthfulqa/data/v0/mc_task.json"),
+    ("wikitext", "wikitext-2/wiki.test.raw"),
+    ("mmlu_<subject>", "mmlu"),
+];
+
+/// The project's datasets folder (`$AIRLLM_DATASETS` moves it).
+pub fn datasets_root() -> PathBuf {
+    std::env::var_os("AIRLLM_DATASETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets"))
+}
+
+fn built_in_names() -> String {
+    BUILT_IN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+}
+
+/// Loads every task the job lists, in order, checking each document.
+pub fn load(job: &Job) -> Result<Vec<Task>> {
+    let mut tasks = Vec::new();
+    for (entry_index, entry) in job.spec.tasks.iter().enumerate() {
+        let at = job.locate(&format!("name: {}", entry.name));
+        let loaded = load_entry(job, entry, entry_index).with_context(|| format!("{at}: task `{}`", entry.name))?;
+        tasks.extend(loaded);
+    }
+    let mut seen = HashSet::new();
+    for task in &tasks {
+        if !seen.insert(task.name.as_str()) {
+            bail!("{}: task `{}` is listed twice", job.locate(&task.name), task.name);
+        }
+        check(task)?;
+    }
+    Ok(tasks)
+}
+
+fn load_entry(job: &Job, entry: &TaskEntry, index: usize) -> Result<Vec<Task>> {
+    let name = entry.name.as_str();
+    let shots = entry.num_fewshot.unwrap_or(0);
+    let default = |relative: &str| default_data(name, relative);
+    let data = |relative: &str| entry.path.clone().map_or_else(|| default(relative), Ok);
+    if entry.define.is_none() && shots > 0 && !name.starts_with("mmlu") {
+        bail!(
+            "num_fewshot {shots}: lm-eval draws this task's examples at random from a training split, which \
+             is not reproduced here; only mmlu and custom tasks take few-shot examples"
+        );
+    }
+    let with_max_length_checked = |task: Task| {
+        if entry.max_length.is_some() && !task.docs.iter().all(|d| matches!(d.doc, Doc::Rolling(_))) {
+            bail!("max_length applies to rolling tasks only");
+        }
+        Ok(vec![task])
+    };
+    if let Some(source) = &entry.define {
+        check_custom_name(name)?;
+        let (definition, base) = source.load(job.path.parent().unwrap_or(Path::new(".")))?;
+        let use_ = custom::Use { name, data: entry.path.clone(), limit: entry.limit, num_fewshot: shots, entry: index };
+        let mut task = custom::task(&definition, &base, use_)?;
+        task.max_length = entry.max_length;
+        return with_max_length_checked(task);
+    }
+    if entry.subjects != Subjects::All && name != "mmlu" {
+        bail!("subjects applies to mmlu only");
+    }
+    match name {
+        "mmlu" => mmlu_tasks(entry, &data("mmlu")?, index),
+        "arc_easy" | "arc_challenge" => {
+            let relative = if name == "arc_easy" { BUILT_IN[1].1 } else { BUILT_IN[2].1 };
+            with_max_length_checked(arc::task(name, &data(relative)?, entry.limit, index)?)
+        }
+        "hellaswag" => with_max_length_checked(hellaswag::task(&data(BUILT_IN[3].1)?, entry.limit, index)?),
+        "truthfulqa_mc1" => with_max_length_checked(truthfulqa::task(Variant::Mc1, &data(BUILT_IN[4].1)?, entry.limit, index)?),
+        "truthfulqa_mc2" => with_max_length_checked(truthfulqa::task(Variant::Mc2, &data(BUILT_IN[5].1)?, entry.limit, index)?),
+        "wikitext" => Ok(vec![wikitext::task(&data(BUILT_IN[6].1)?, entry.limit, entry.max_length, index)?]),
+        _ if name.starts_with("mmlu_") => {
+            let root = data("mmlu")?;
+            let subject = &name["mmlu_".len()..];
+            let available = mmlu_data::available_subjects(&root)?;
+            if !available.iter().any(|s| s == subject) {
+                bail!("no MMLU subject `{subject}` in {}; subjects: {}", root.display(), available.join(", "));
+            }
+            with_max_length_checked(mmlu::subject_task(&root, subject, shots, entry.limit, index)?)
+        }
+        _ => bail!("unknown task; built-in tasks: {}; or define a custom task with `define:`", built_in_names()),
+    }
+}
+
+fn default_data(name: &str, relative: &str) -> Result<PathBuf> {
+    let path = datasets_root().join(relative);
+    if !path.exists() {
+        bail!("the project's data for `{name}` is not at {}; give the task a `path:`", path.display());
+    }
+    Ok(path)
+}
+
+fn mmlu_tasks(entry: &TaskEntry, root: &Path, index: usize) -> Result<Vec<Task>> {
+    let available = mmlu_data::available_subjects(root)?;
+    let subjects = match &entry.subjects {
+        Subjects::All => available,
+        Subjects::List(list) => {
+            check_subjects(list, &available)?;
+            list.clone()
+        }
+    };
+    let shots = entry.num_fewshot.unwrap_or(0);
+    let mut tasks: Vec<Task> =
+        subjects.iter().map(|s| mmlu::subject_task(root, s, shots, entry.limit, index)).collect::<Result<_>>()?;
+    tasks.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(tasks)
+}
+
+fn check_subjects(list: &[String], available: &[String]) -> Result<()> {
+    if list.is_empty() {
+        bail!("subjects is empty; give `all` or at least one subject");
+    }
+    let mut seen = HashSet::new();
+    for name in list {
+        if !available.contains(name) {
+            bail!("unknown subject `{name}` in subjects; allowed: all, or any of {}", available.join(", "));
+        }
+        if !seen.insert(name) {
+            bail!("subject `{name}` is listed twice");
+        }
+    }
+    Ok(())
+}
+
+fn check_custom_name(name: &str) -> Result<()> {
+    if BUILT_IN.iter().any(|(n, _)| *n == name) || name.starts_with("mmlu_") {
+        bail!("a custom task cannot take a built-in task's name");
+    }
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+        bail!("a task name may hold letters, digits, `_`, `-` and `.` only");
+    }
+    Ok(())
+}
+
+/// Every document must be askable and scorable: choices to pick from, a gold among them,
+/// no empty choice where lengths divide, some text to roll over.
+fn check(task: &Task) -> Result<()> {
+    for document in &task.docs {
+        let at = || format!("{}: task `{}`, document {}", task.source.display(), task.name, document.row);
+        match &document.doc {
+            Doc::Choice(c) => {
+                if c.choices.is_empty() {
+                    bail!("{}: the list of choices is empty", at());
+                }
+                if c.gold >= c.choices.len() {
+                    bail!("{}: gold index {} is out of range for {} choices", at(), c.gold, c.choices.len());
+                }
+                if task.metrics.contains(&Metric::AccNorm) && c.choices.iter().any(String::is_empty) {
+                    bail!("{}: a choice is empty, and acc_norm divides by its length", at());
+                }
+            }
+            Doc::Rolling(r) => {
+                if r.text.trim().is_empty() {
+                    bail!("{}: the document is empty; a rolling task needs text to score", at());
+                }
+            }
+        }
+    }
+    if task.docs.is_empty() {
+        bail!("{}: task `{}` has no documents", task.source.display(), task.name);
+    }
+    Ok(())
+}
