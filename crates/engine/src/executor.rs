@@ -189,7 +189,10 @@ impl<B: Backend> Engine<B> {
                 .enumerate()
                 .map(|(row, target)| {
                     let row = &values[row * vocab..(row + 1) * vocab];
-                    TargetScore { logprob: row[target.token as usize], greedy: first_argmax(row) == target.token as usize }
+                    TargetScore {
+                        logprob: row[target.token as usize],
+                        greedy: first_argmax(row) == target.token as usize,
+                    }
                 })
                 .collect();
         })?;

@@ -369,7 +369,9 @@ impl Job {
             }
             spec.tasks = names
                 .iter()
-                .map(|name| spec.tasks.iter().find(|t| t.name == *name).cloned().unwrap_or_else(|| TaskEntry::named(name)))
+                .map(|name| {
+                    spec.tasks.iter().find(|t| t.name == *name).cloned().unwrap_or_else(|| TaskEntry::named(name))
+                })
                 .collect();
         }
         for entry in &mut spec.tasks {
@@ -402,7 +404,13 @@ impl Job {
 
     /// `file:line: ` for the first line that mentions `needle`, or `file: ` when none does.
     pub fn locate(&self, needle: &str) -> String {
-        match self.text.lines().position(|line| line.contains(needle)) {
+        self.locate_first(&[needle])
+    }
+
+    /// `file:line` of the first line mentioning the first of `needles` that any line mentions.
+    pub fn locate_first(&self, needles: &[&str]) -> String {
+        let line = needles.iter().find_map(|needle| self.text.lines().position(|line| line.contains(needle)));
+        match line {
             Some(i) => format!("{}:{}", self.path.display(), i + 1),
             None => self.path.display().to_string(),
         }
@@ -546,7 +554,10 @@ mod tests {
         let none = "model:\n  source: m.gguf\noutput: out\n";
         assert!(normalized(none).unwrap_err().contains("names no task"));
         let err = parse_spec(&format!("{text}    colour: red\n")).unwrap_err();
-        assert!(err.contains("tasks[1]") && err.contains("unknown field `colour`") && err.contains("max_length"), "{err}");
+        assert!(
+            err.contains("tasks[1]") && err.contains("unknown field `colour`") && err.contains("max_length"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -70,7 +70,10 @@ fn requests_csv(tasks: &[Task], scores: &Scores) -> String {
             if let Doc::Choice(_) = document.doc {
                 for (choice, r) in responses.iter().enumerate() {
                     let name = csv_field(&task.name);
-                    text.push_str(&format!("{name},{},{choice},{},{}\n", document.row, r.loglikelihood, r.is_greedy as u8));
+                    text.push_str(&format!(
+                        "{name},{},{choice},{},{}\n",
+                        document.row, r.loglikelihood, r.is_greedy as u8
+                    ));
                 }
             }
         }
@@ -85,7 +88,13 @@ fn rolling_csv(tasks: &[Task], scores: &Scores) -> String {
             if let Doc::Rolling(r) = &document.doc {
                 let ll = scores.responses[t][d][0].loglikelihood;
                 let tokens = scores.tokens[t][d];
-                text.push_str(&format!("{},{},{ll},{tokens},{},{}\n", csv_field(&task.name), document.row, r.words, r.bytes));
+                text.push_str(&format!(
+                    "{},{},{ll},{tokens},{},{}\n",
+                    csv_field(&task.name),
+                    document.row,
+                    r.words,
+                    r.bytes
+                ));
             }
         }
     }
@@ -224,10 +233,8 @@ fn results_json(tasks: &[Task], summary: &[SummaryRow], identity: Value) -> Valu
     }
     let versions: BTreeMap<&str, &str> = tasks.iter().map(|t| (t.name.as_str(), t.version.as_str())).collect();
     let shots: BTreeMap<&str, usize> = tasks.iter().map(|t| (t.name.as_str(), t.num_fewshot)).collect();
-    let samples: BTreeMap<&str, Value> = tasks
-        .iter()
-        .map(|t| (t.name.as_str(), json!({"original": t.available, "effective": t.docs.len()})))
-        .collect();
+    let samples: BTreeMap<&str, Value> =
+        tasks.iter().map(|t| (t.name.as_str(), json!({"original": t.available, "effective": t.docs.len()}))).collect();
     json!({
         "results": results,
         "groups": groups,

@@ -1,7 +1,7 @@
 //! The `airllm-eval` binary end to end: the logits command, job errors, and kill-and-resume.
 //!
 //! Jobs here run the real SmolLM2 GGUF (fetched by `scripts/fetch-smollm2.sh`) from a local path
-//! with a private cache folder, on a few MMLU questions from the shipped dataset.
+//! with a private cache folder, on a few documents of the shipped datasets.
 
 #[path = "../../engine/tests/common.rs"]
 mod common;
@@ -127,7 +127,11 @@ fn bad_job_files_fail_clearly_and_write_nothing() {
 
     let text = std::fs::read_to_string(write_job(dir.path(), &model, "")).unwrap();
     std::fs::write(&job, text.replace("marketing", "astrology")).unwrap();
-    assert_job_fails(dir.path(), &job, &["job.yaml:7:", "unknown subject `astrology`", "anatomy"]);
+    assert_job_fails(
+        dir.path(),
+        &job,
+        &["job.yaml:4: task `mmlu`", "unknown subject `astrology`", "job.yaml:7", "anatomy"],
+    );
 
     let job = write_job(dir.path(), &dir.path().join("nowhere.gguf"), "");
     assert_job_fails(dir.path(), &job, &["model not found", "nowhere.gguf"]);
@@ -153,10 +157,64 @@ fn malformed_csv_row_is_named_by_file_and_line() {
     assert_job_fails(dir.path(), &job, &["anatomy_test.csv:5: expected 6 fields"]);
 }
 
-/// Reads the final CSVs of an output folder.
-fn results(out: &Path) -> (String, String) {
-    let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-    (read("items.csv"), read("summary.csv"))
+/// A job running several tasks over the shipped data; `tasks` is the YAML list, `extra` lines follow.
+fn write_tasks_job(dir: &Path, tasks: &str, extra: &str) -> PathBuf {
+    let text = format!(
+        "model:\n  source: {}\n  store: store\noutput: out\ntasks:\n{tasks}{extra}",
+        common::smollm2_gguf().display()
+    );
+    let path = dir.join("job.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn bad_tasks_fail_clearly_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let job = write_tasks_job(d, "  - name: arc_easy\n    limit: 2\n  - name: arc_hard\n", "");
+    assert_job_fails(d, &job, &["job.yaml:8: task `arc_hard`: unknown task", "arc_challenge", "define:"]);
+
+    let data = d.join("rows.jsonl");
+    let custom = |text: &str, define: &str| {
+        std::fs::write(&data, text).unwrap();
+        let entry = format!("  - name: mine\n    path: {}\n    define:\n{define}", data.display());
+        write_tasks_job(d, &entry, "")
+    };
+    let mc = "      doc_to_text: \"{{q}}\"\n      doc_to_choice: \"{{c}}\"\n      doc_to_target: \"{{a}}\"\n";
+    let good = "{\"q\": \"x\", \"c\": [\"a\", \"b\"], \"a\": 1}\n";
+    let job = custom(&format!("{good}{}", good.replace("\"q\"", "\"question\"")), mc);
+    assert_job_fails(d, &job, &["rows.jsonl:2: task `mine`: doc_to_text:", "the row's fields: a, c, question"]);
+    let job = custom(&format!("{good}{{oops\n"), mc);
+    assert_job_fails(d, &job, &["rows.jsonl:2: not a JSON line"]);
+    let job = custom(&good.replace("[\"a\", \"b\"]", "[]"), mc);
+    assert_job_fails(d, &job, &["rows.jsonl:1: task `mine`: doc_to_choice gave an empty list of choices"]);
+    let job = custom(&good.replace("\"a\": 1", "\"a\": 7"), mc);
+    assert_job_fails(d, &job, &["rows.jsonl:1: task `mine`: doc_to_target gave choice 7, but there are 2 choices"]);
+    let rolling = "      output_type: loglikelihood_rolling\n      doc_to_target: \"{{text}}\"\n";
+    let job = custom("{\"text\": \"some words\"}\n{\"text\": \"  \"}\n", rolling);
+    assert_job_fails(d, &job, &["rows.jsonl: task `mine`, document 1: the document is empty"]);
+
+    let arc = d.join("arc.jsonl");
+    std::fs::write(&arc, r#"{"question":{"stem":"Q","choices":[{"text":"a","label":"A"}]},"answerKey":"B"}"#).unwrap();
+    let job = write_tasks_job(d, &format!("  - name: arc_easy\n    path: {}\n", arc.display()), "");
+    assert_job_fails(d, &job, &["arc.jsonl:1: answerKey `B` is not one of the choice labels A"]);
+
+    let job = write_tasks_job(d, "  - name: hellaswag\n    num_fewshot: 3\n", "");
+    assert_job_fails(d, &job, &["task `hellaswag`: num_fewshot 3", "only mmlu and custom tasks"]);
+    let output = run(airllm(d).arg(write_tasks_job(d, "  - name: wikitext\n", "")).args(["--limit", "0"]));
+    assert!(!output.status.success() && stderr(&output).contains("--limit must be at least 1"), "{}", stderr(&output));
+}
+
+/// The final files of an output folder, by name.
+fn results(out: &Path) -> Vec<(String, String)> {
+    ["requests.csv", "rolling.csv", "docs.csv", "summary.csv", "results.json"]
+        .iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(out.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            (name.to_string(), text)
+        })
+        .collect()
 }
 
 fn run_record(out: &Path) -> serde_json::Value {
@@ -164,24 +222,31 @@ fn run_record(out: &Path) -> serde_json::Value {
 }
 
 fn journal_rows(out: &Path) -> usize {
-    std::fs::read_to_string(out.join("items.partial.csv")).map_or(0, |t| t.lines().count().saturating_sub(1))
+    std::fs::read_to_string(out.join("responses.partial.csv")).map_or(0, |t| t.lines().count().saturating_sub(1))
 }
 
 #[test]
-fn a_killed_job_resumes_without_redoing_items_and_ends_with_the_same_csvs() {
+fn a_killed_suite_resumes_without_redoing_documents_and_ends_with_the_same_files() {
     let dir = tempfile::tempdir().unwrap();
-    // A tiny activation budget: one or two questions per wave, so the job has many waves to kill.
-    let job = write_job(dir.path(), &common::smollm2_gguf(), "memory:\n  activation_budget: 300KiB\n");
+    // A tiny activation budget: a few sequences per wave, so the job has many waves to kill.
+    let tasks = "  - name: mmlu\n    subjects: [anatomy, marketing]\n    limit: 3\n  - name: arc_easy\n    limit: 3\n  \
+                 - name: hellaswag\n    limit: 2\n  - name: truthfulqa_mc2\n    limit: 1\n  - name: wikitext\n    limit: 1\n    max_length: 512\n";
+    let job = write_tasks_job(dir.path(), tasks, "memory:\n  activation_budget: 300KiB\n");
     let out = dir.path().join("out");
+    let docs = 6 + 3 + 2 + 1 + 1;
 
     // Uninterrupted, into another folder.
     let output = run(airllm(dir.path()).arg(&job).arg("--out").arg(dir.path().join("whole")));
     assert!(output.status.success(), "{}", stderr(&output));
     let whole = results(&dir.path().join("whole"));
+    let table = String::from_utf8_lossy(&output.stdout).into_owned();
+    for row in ["|mmlu ", "|mmlu_other", "|arc_easy", "|hellaswag", "|truthfulqa_mc2", "|wikitext", "word_perplexity"] {
+        assert!(table.contains(row), "the printed table lacks {row:?}:\n{table}");
+    }
     let record = run_record(&dir.path().join("whole"));
     let waves = record["waves_planned"].as_u64().unwrap();
     assert!(waves >= 4, "the test needs several waves, got {waves}");
-    assert_eq!(record["items"], 12);
+    assert_eq!(record["docs"], docs);
 
     // Killed with SIGKILL once some, but not all, waves are in the journal.
     let mut child = airllm(dir.path()).arg(&job).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
@@ -194,13 +259,19 @@ fn a_killed_job_resumes_without_redoing_items_and_ends_with_the_same_csvs() {
     child.kill().unwrap();
     child.wait().unwrap();
     let done_before = journal_rows(&out);
-    assert!(done_before < 12, "the job finished before the kill");
-    assert!(!out.join("items.csv").exists(), "a killed run must not leave a final items.csv");
+    assert!(done_before < docs, "the job finished before the kill");
+    assert!(!out.join("summary.csv").exists(), "a killed run must not leave a final summary.csv");
 
     let output = run(airllm(dir.path()).arg(&job));
     assert!(output.status.success(), "{}", stderr(&output));
     let record = run_record(&out);
-    assert_eq!(record["items_resumed"].as_u64().unwrap() as usize, done_before);
+    assert_eq!(record["docs_resumed"].as_u64().unwrap() as usize, done_before);
     assert!(record["waves_run"].as_u64().unwrap() < waves, "finished waves were run again");
-    assert_eq!(results(&out), whole, "the resumed run's CSVs differ from an uninterrupted run's");
+    assert_eq!(results(&out), whole, "the resumed run's files differ from an uninterrupted run's");
+
+    // Run again: nothing left to do, the same bytes.
+    let output = run(airllm(dir.path()).arg(&job));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(run_record(&out)["waves_run"], 0);
+    assert_eq!(results(&out), whole);
 }

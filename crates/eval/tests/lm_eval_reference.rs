@@ -27,11 +27,11 @@ use std::path::{Path, PathBuf};
 use airllm_engine::executor::{Engine, EngineOptions, Quiet};
 use airllm_eval::commands::run::build_requests;
 use airllm_eval::dataset::mmlu::LETTERS;
+use airllm_eval::job::Job;
 use airllm_eval::schedule;
+use airllm_eval::task::metrics::Sample;
 use airllm_eval::task::metrics::first_argmax;
 use airllm_eval::task::{Doc, Request, Response, mmlu};
-use airllm_eval::job::Job;
-use airllm_eval::task::metrics::Sample;
 use airllm_eval::task::{Task, registry};
 use serde_json::Value;
 
@@ -256,7 +256,9 @@ fn load_task(key: &str, rows: usize) -> Task {
     };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("job.yaml");
-    let text = format!("model:\n  source: unused.gguf\noutput: out\ntasks:\n  - name: {name}\n    limit: {rows}{max_length}\n");
+    let text = format!(
+        "model:\n  source: unused.gguf\noutput: out\ntasks:\n  - name: {name}\n    limit: {rows}{max_length}\n"
+    );
     std::fs::write(&path, text).unwrap();
     let mut tasks = registry::load(&Job::load(&path).unwrap()).unwrap();
     assert_eq!(tasks.len(), 1);
@@ -289,7 +291,8 @@ fn compare_task(
                 if c.context != context {
                     failures.push(format!("{label}: context differs, {}", string_diff(context, &c.context)));
                 }
-                let choices: Vec<&str> = theirs["choices"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+                let choices: Vec<&str> =
+                    theirs["choices"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
                 if c.choices != choices {
                     failures.push(format!("{label}: choices {:?}, lm-eval {choices:?}", c.choices));
                 }
@@ -299,19 +302,34 @@ fn compare_task(
                 for (request, r) in mine.iter().zip(theirs["requests"].as_array().unwrap()) {
                     let (context_ids, continuation_ids) = (ids(&r["context_ids"]), ids(&r["continuation_ids"]));
                     if request.context != context_ids {
-                        failures.push(format!("{label} choice {}: context ids, {}", request.part, ids_diff(&context_ids, &request.context)));
+                        failures.push(format!(
+                            "{label} choice {}: context ids, {}",
+                            request.part,
+                            ids_diff(&context_ids, &request.context)
+                        ));
                     }
                     if request.continuation != continuation_ids {
-                        failures.push(format!("{label} choice {}: continuation ids {:?}, lm-eval {continuation_ids:?}", request.part, request.continuation));
+                        failures.push(format!(
+                            "{label} choice {}: continuation ids {:?}, lm-eval {continuation_ids:?}",
+                            request.part, request.continuation
+                        ));
                     }
                 }
             }
             Doc::Rolling(r) => {
                 if r.text != theirs["target"].as_str().unwrap() {
-                    failures.push(format!("{label}: text differs, {}", string_diff(theirs["target"].as_str().unwrap(), &r.text)));
+                    failures.push(format!(
+                        "{label}: text differs, {}",
+                        string_diff(theirs["target"].as_str().unwrap(), &r.text)
+                    ));
                 }
-                if (r.words as u64, r.bytes as u64) != (theirs["words"].as_u64().unwrap(), theirs["bytes"].as_u64().unwrap()) {
-                    failures.push(format!("{label}: {} words {} bytes, lm-eval {} {}", r.words, r.bytes, theirs["words"], theirs["bytes"]));
+                if (r.words as u64, r.bytes as u64)
+                    != (theirs["words"].as_u64().unwrap(), theirs["bytes"].as_u64().unwrap())
+                {
+                    failures.push(format!(
+                        "{label}: {} words {} bytes, lm-eval {} {}",
+                        r.words, r.bytes, theirs["words"], theirs["bytes"]
+                    ));
                 }
                 let tokens: Vec<u32> = mine.iter().flat_map(|w| w.continuation.clone()).collect();
                 if tokens != ids(&theirs["token_ids"]) {
@@ -323,9 +341,14 @@ fn compare_task(
                     .iter()
                     .map(|w| (ids(&w["context_ids"]), ids(&w["continuation_ids"])))
                     .collect();
-                let ours: Vec<(Vec<u32>, Vec<u32>)> = mine.iter().map(|w| (w.context.clone(), w.continuation.clone())).collect();
+                let ours: Vec<(Vec<u32>, Vec<u32>)> =
+                    mine.iter().map(|w| (w.context.clone(), w.continuation.clone())).collect();
                 if ours != windows {
-                    failures.push(format!("{label}: {} windows, lm-eval {}, or their ids differ", ours.len(), windows.len()));
+                    failures.push(format!(
+                        "{label}: {} windows, lm-eval {}, or their ids differ",
+                        ours.len(),
+                        windows.len()
+                    ));
                 }
             }
         }
@@ -339,7 +362,11 @@ fn tasks_match_lm_eval() {
     let fixture: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     eprintln!("fixture versions {}", fixture["versions"]);
     let (_store, mut engine) = common::engine_for(&common::smollm2_gguf(), EngineOptions::default());
-    assert_eq!(engine.spec().bos_token_id, fixture["prefix_token_id"].as_u64().map(|v| v as u32), "HFLM's prefix token");
+    assert_eq!(
+        engine.spec().bos_token_id,
+        fixture["prefix_token_id"].as_u64().map(|v| v as u32),
+        "HFLM's prefix token"
+    );
     assert_eq!(engine.spec().max_position_embeddings as u64, fixture["max_length"].as_u64().unwrap());
     let mut failures = Vec::new();
     let mut max_diff = (0f64, String::new());
@@ -350,8 +377,13 @@ fn tasks_match_lm_eval() {
         let mut samples: Vec<Vec<Sample>> = Vec::new();
         for (i, (doc, theirs)) in task.docs.iter().zip(docs).enumerate() {
             let label = format!("{key} doc {}", rows[i]);
-            let mine: Vec<(usize, Response)> =
-                requests.iter().zip(&responses).enumerate().filter(|(_, (r, _))| r.doc == i).map(|(k, (_, s))| (k, *s)).collect();
+            let mine: Vec<(usize, Response)> = requests
+                .iter()
+                .zip(&responses)
+                .enumerate()
+                .filter(|(_, (r, _))| r.doc == i)
+                .map(|(k, (_, s))| (k, *s))
+                .collect();
             let doc_responses: Vec<Response> = match &doc.doc {
                 Doc::Choice(_) => {
                     for ((_, ours), r) in mine.iter().zip(theirs["requests"].as_array().unwrap()) {
@@ -360,10 +392,14 @@ fn tasks_match_lm_eval() {
                             max_diff = (diff, label.clone());
                         }
                         if diff > TASK_TOLERANCE {
-                            failures.push(format!("{label}: loglikelihood {} vs lm-eval {} (|diff| {diff:.2e})", ours.loglikelihood, r["loglikelihood"]));
+                            failures.push(format!(
+                                "{label}: loglikelihood {} vs lm-eval {} (|diff| {diff:.2e})",
+                                ours.loglikelihood, r["loglikelihood"]
+                            ));
                         }
                         if ours.is_greedy != r["is_greedy"].as_bool().unwrap() {
-                            failures.push(format!("{label}: is_greedy {} vs lm-eval {}", ours.is_greedy, r["is_greedy"]));
+                            failures
+                                .push(format!("{label}: is_greedy {} vs lm-eval {}", ours.is_greedy, r["is_greedy"]));
                         }
                     }
                     mine.iter().map(|(_, r)| *r).collect()
@@ -377,7 +413,9 @@ fn tasks_match_lm_eval() {
             };
             let doc_samples: Vec<Sample> = task.metrics.iter().map(|m| m.sample(&doc.doc, &doc_responses)).collect();
             for (metric, sample) in task.metrics.iter().zip(&doc_samples) {
-                let (Sample::Value(ours), Some(theirs)) = (sample, theirs["metrics"][metric.name()].as_f64()) else { continue };
+                let (Sample::Value(ours), Some(theirs)) = (sample, theirs["metrics"][metric.name()].as_f64()) else {
+                    continue;
+                };
                 if (ours - theirs).abs() > TASK_TOLERANCE {
                     failures.push(format!("{label}: {} {ours} vs lm-eval {theirs}", metric.name()));
                 }
@@ -396,9 +434,21 @@ fn tasks_match_lm_eval() {
                 (Some(a), Some(b)) => (a - b).abs() <= TASK_TOLERANCE,
                 (a, b) => a.is_none() && b.is_none(),
             };
-            eprintln!("{key} {}: ours {} ± {:?}, lm-eval {value} ± {}", metric.name(), ours.value, ours.stderr, theirs["stderr"]);
+            eprintln!(
+                "{key} {}: ours {} ± {:?}, lm-eval {value} ± {}",
+                metric.name(),
+                ours.value,
+                ours.stderr,
+                theirs["stderr"]
+            );
             if !close || !stderr_ok {
-                failures.push(format!("{key} {}: ours {} ± {:?}, lm-eval {value} ± {}", metric.name(), ours.value, ours.stderr, theirs["stderr"]));
+                failures.push(format!(
+                    "{key} {}: ours {} ± {:?}, lm-eval {value} ± {}",
+                    metric.name(),
+                    ours.value,
+                    ours.stderr,
+                    theirs["stderr"]
+                ));
             }
         }
     }

@@ -307,7 +307,8 @@ impl RunState {
     fn new(tasks: &[Task], requests: &[Request], done: Vec<Finished>) -> Result<Self> {
         let docs: Vec<(usize, usize)> =
             tasks.iter().enumerate().flat_map(|(t, task)| (0..task.docs.len()).map(move |d| (t, d))).collect();
-        let names: Vec<(String, usize)> = docs.iter().map(|&(t, d)| (tasks[t].name.clone(), tasks[t].docs[d].row)).collect();
+        let names: Vec<(String, usize)> =
+            docs.iter().map(|&(t, d)| (tasks[t].name.clone(), tasks[t].docs[d].row)).collect();
         let mut remaining = vec![0usize; docs.len()];
         let mut tokens = vec![0usize; docs.len()];
         for request in requests {
@@ -335,7 +336,12 @@ impl RunState {
                 Doc::Rolling(_) => 1,
             };
             if finished.responses.len() != expected {
-                bail!("journal document {} {} has {} responses, expected {expected}", finished.task, finished.doc, finished.responses.len());
+                bail!(
+                    "journal document {} {} has {} responses, expected {expected}",
+                    finished.task,
+                    finished.doc,
+                    finished.responses.len()
+                );
             }
             self.remaining[doc] = 0;
             self.results[doc] = Some(finished.responses);

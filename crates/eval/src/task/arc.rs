@@ -63,7 +63,12 @@ fn document(row: &Row) -> Result<Doc> {
     let Some(gold) = labels.iter().position(|l| *l == answer) else {
         bail!("answerKey `{answer}` is not one of the choice labels {}", labels.join(", "));
     };
-    Ok(Doc::Choice(ChoiceDoc { context: format!("Question: {stem}\nAnswer:"), choices: texts, gold, labels: Vec::new() }))
+    Ok(Doc::Choice(ChoiceDoc {
+        context: format!("Question: {stem}\nAnswer:"),
+        choices: texts,
+        gold,
+        labels: Vec::new(),
+    }))
 }
 
 fn string<'a>(value: Option<&'a Value>, field: &str) -> Result<&'a str> {

@@ -122,7 +122,8 @@ impl DefinitionSource {
                 let path = if file.is_absolute() { file.clone() } else { base.join(file) };
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("reading task definition {}", path.display()))?;
-                let definition = crate::job::parse_yaml(&text).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))?;
+                let definition =
+                    crate::job::parse_yaml(&text).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))?;
                 Ok((definition, path.parent().unwrap_or(Path::new(".")).to_path_buf()))
             }
         }
@@ -144,7 +145,9 @@ pub fn task(definition: &Definition, base: &Path, use_: Use) -> Result<Task> {
     let data = match (&use_.data, &definition.dataset) {
         (Some(path), _) => path.clone(),
         (None, Some(path)) => join(path),
-        (None, None) => bail!("task `{}`: no data file: give `path:` in the job or `dataset:` in its definition", use_.name),
+        (None, None) => {
+            bail!("task `{}`: no data file: give `path:` in the job or `dataset:` in its definition", use_.name)
+        }
     };
     let metrics = metrics(definition, use_.name)?;
     let rows = read_rows(&data)?;
@@ -190,7 +193,11 @@ fn metrics(definition: &Definition, name: &str) -> Result<Vec<Metric>> {
         .map(|n| {
             allowed.iter().copied().find(|m| m.name() == n).with_context(|| {
                 let list: Vec<&str> = allowed.iter().map(|m| m.name()).collect();
-                format!("task `{name}`: unknown metric `{n}` for {:?}; allowed: {}", definition.output_type, list.join(", "))
+                format!(
+                    "task `{name}`: unknown metric `{n}` for {:?}; allowed: {}",
+                    definition.output_type,
+                    list.join(", ")
+                )
             })
         })
         .collect()
@@ -209,7 +216,8 @@ fn fewshot_examples(
     if definition.output_type != OutputType::MultipleChoice {
         bail!("num_fewshot is for multiple_choice tasks");
     }
-    let path = join(definition.fewshot.as_deref().context("num_fewshot > 0 needs a `fewshot:` file in the task definition")?);
+    let path =
+        join(definition.fewshot.as_deref().context("num_fewshot > 0 needs a `fewshot:` file in the task definition")?);
     let rows = read_rows(&path)?;
     if rows.len() < num_fewshot {
         bail!("{}: {num_fewshot}-shot asked but the file has only {} rows", path.display(), rows.len());
@@ -224,12 +232,24 @@ fn fewshot_examples(
         .collect()
 }
 
-fn document(definition: &Definition, env: &Environment<'static>, row: &Row, shots: &[(String, String)]) -> Result<Doc, String> {
+fn document(
+    definition: &Definition,
+    env: &Environment<'static>,
+    row: &Row,
+    shots: &[(String, String)],
+) -> Result<Doc, String> {
     match definition.output_type {
         OutputType::MultipleChoice => {
             let (text, choices, gold) = choice_parts(definition, env, row)?;
-            let description = render(env, &definition.description, &row.fields).map_err(|e| format!("description: {e}"))?;
-            let context = fewshot_context(&description, shots, &text, &definition.target_delimiter, &definition.fewshot_delimiter);
+            let description =
+                render(env, &definition.description, &row.fields).map_err(|e| format!("description: {e}"))?;
+            let context = fewshot_context(
+                &description,
+                shots,
+                &text,
+                &definition.target_delimiter,
+                &definition.fewshot_delimiter,
+            );
             Ok(Doc::Choice(ChoiceDoc { context, choices, gold, labels: Vec::new() }))
         }
         OutputType::LoglikelihoodRolling => {
@@ -243,7 +263,11 @@ fn document(definition: &Definition, env: &Environment<'static>, row: &Row, shot
 }
 
 /// A row's text, choices and gold index.
-fn choice_parts(definition: &Definition, env: &Environment<'static>, row: &Row) -> Result<(String, Vec<String>, usize), String> {
+fn choice_parts(
+    definition: &Definition,
+    env: &Environment<'static>,
+    row: &Row,
+) -> Result<(String, Vec<String>, usize), String> {
     let text = render(env, &definition.doc_to_text, &row.fields).map_err(|e| format!("doc_to_text: {e}"))?;
     let choices = match &definition.doc_to_choice {
         Some(Choices::List(list)) => list.clone(),
@@ -280,7 +304,10 @@ fn gold_index(value: &minijinja::Value, choices: &[String]) -> Result<usize, Str
         return text.parse().map_err(|_| format!("doc_to_target gave {text}, not a choice index"));
     }
     choices.iter().position(|c| *c == text).ok_or_else(|| {
-        format!("doc_to_target gave `{text}`, which is neither an index nor one of the choices ({})", choices.join(" | "))
+        format!(
+            "doc_to_target gave `{text}`, which is neither an index nor one of the choices ({})",
+            choices.join(" | ")
+        )
     })
 }
 
@@ -305,7 +332,11 @@ mod tests {
 
     #[test]
     fn templates_build_choice_documents_with_shots() {
-        let task = build(&format!("{MC}fewshot: shots.jsonl\n"), "{\"q\": \"2+2?\", \"c\": [\"three\", \"four\"], \"a\": \"four\"}\n").unwrap();
+        let task = build(
+            &format!("{MC}fewshot: shots.jsonl\n"),
+            "{\"q\": \"2+2?\", \"c\": [\"three\", \"four\"], \"a\": \"four\"}\n",
+        )
+        .unwrap();
         let Doc::Choice(doc) = &task.docs[0].doc else { panic!() };
         assert_eq!(doc.context, "Q: 1+1?\nA: 2\n\nQ: 2+2?\nA:");
         assert_eq!((doc.choices.clone(), doc.gold), (vec!["three".to_string(), "four".to_string()], 1));

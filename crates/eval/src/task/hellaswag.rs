@@ -20,7 +20,7 @@ const LINES_PER_TASK: usize = 6;
 pub fn task(path: &Path, limit: Option<usize>, entry: usize) -> Result<Task> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let lines: Vec<&str> = text.lines().collect();
-    if lines.len() % LINES_PER_TASK != 0 {
+    if !lines.len().is_multiple_of(LINES_PER_TASK) {
         bail!(
             "{}:{}: the file ends inside a task: {} lines is not a multiple of {LINES_PER_TASK} \
              (context, gold label, four endings)",
@@ -36,14 +36,14 @@ pub fn task(path: &Path, limit: Option<usize>, entry: usize) -> Result<Task> {
         .enumerate()
         .map(|(row, chunk)| {
             let label_line = row * LINES_PER_TASK + 2;
-            let gold = chunk[1]
-                .trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|g| *g < 4)
-                .ok_or_else(|| anyhow::anyhow!("{}:{label_line}: the gold label must be 0-3, found `{}`", path.display(), chunk[1]))?;
+            let gold = chunk[1].trim().parse::<usize>().ok().filter(|g| *g < 4).ok_or_else(|| {
+                anyhow::anyhow!("{}:{label_line}: the gold label must be 0-3, found `{}`", path.display(), chunk[1])
+            })?;
             let choices = chunk[2..].iter().map(|s| s.to_string()).collect();
-            Ok(Document { row, doc: Doc::Choice(ChoiceDoc { context: chunk[0].to_string(), choices, gold, labels: Vec::new() }) })
+            Ok(Document {
+                row,
+                doc: Doc::Choice(ChoiceDoc { context: chunk[0].to_string(), choices, gold, labels: Vec::new() }),
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Task {

@@ -77,7 +77,9 @@ impl Metric {
                 Sample::Value((first_argmax(&normed) == c.gold) as u8 as f64)
             }
             (Metric::Mc2, Doc::Choice(c)) => Sample::Value(true_mass(&lls, &c.labels)),
-            (Metric::WordPerplexity, Doc::Rolling(r)) => Sample::Ratio { loglikelihood: lls[0], weight: r.words as f64 },
+            (Metric::WordPerplexity, Doc::Rolling(r)) => {
+                Sample::Ratio { loglikelihood: lls[0], weight: r.words as f64 }
+            }
             (Metric::BytePerplexity | Metric::BitsPerByte, Doc::Rolling(r)) => {
                 Sample::Ratio { loglikelihood: lls[0], weight: r.bytes as f64 }
             }

@@ -107,7 +107,13 @@ pub fn prompt(subject: &str, fewshot: &[Question], question: &Question) -> Strin
 }
 
 /// The task `mmlu_<subject>`: the first `limit` test rows, each with `num_fewshot` dev examples.
-pub fn subject_task(root: &Path, subject: &str, num_fewshot: usize, limit: Option<usize>, entry: usize) -> Result<Task> {
+pub fn subject_task(
+    root: &Path,
+    subject: &str,
+    num_fewshot: usize,
+    limit: Option<usize>,
+    entry: usize,
+) -> Result<Task> {
     let test_file = data::test_file(root, subject);
     let test = data::read_questions(&test_file, None)?;
     let fewshot = if num_fewshot == 0 {

@@ -47,7 +47,7 @@ fn built_in_names() -> String {
 pub fn load(job: &Job) -> Result<Vec<Task>> {
     let mut tasks = Vec::new();
     for (entry_index, entry) in job.spec.tasks.iter().enumerate() {
-        let at = job.locate(&format!("name: {}", entry.name));
+        let at = entry_location(job, &entry.name);
         let loaded = load_entry(job, entry, entry_index).with_context(|| format!("{at}: task `{}`", entry.name))?;
         tasks.extend(loaded);
     }
@@ -59,6 +59,11 @@ pub fn load(job: &Job) -> Result<Vec<Task>> {
         check(task)?;
     }
     Ok(tasks)
+}
+
+/// `file:line` of a task entry: its `name:` line, or the single-task form's `task:` line.
+fn entry_location(job: &Job, name: &str) -> String {
+    job.locate_first(&[&format!("name: {name}"), &format!("task: {name}")])
 }
 
 fn load_entry(job: &Job, entry: &TaskEntry, index: usize) -> Result<Vec<Task>> {
@@ -90,14 +95,18 @@ fn load_entry(job: &Job, entry: &TaskEntry, index: usize) -> Result<Vec<Task>> {
         bail!("subjects applies to mmlu only");
     }
     match name {
-        "mmlu" => mmlu_tasks(entry, &data("mmlu")?, index),
+        "mmlu" => mmlu_tasks(job, entry, &data("mmlu")?, index),
         "arc_easy" | "arc_challenge" => {
             let relative = if name == "arc_easy" { BUILT_IN[1].1 } else { BUILT_IN[2].1 };
             with_max_length_checked(arc::task(name, &data(relative)?, entry.limit, index)?)
         }
         "hellaswag" => with_max_length_checked(hellaswag::task(&data(BUILT_IN[3].1)?, entry.limit, index)?),
-        "truthfulqa_mc1" => with_max_length_checked(truthfulqa::task(Variant::Mc1, &data(BUILT_IN[4].1)?, entry.limit, index)?),
-        "truthfulqa_mc2" => with_max_length_checked(truthfulqa::task(Variant::Mc2, &data(BUILT_IN[5].1)?, entry.limit, index)?),
+        "truthfulqa_mc1" => {
+            with_max_length_checked(truthfulqa::task(Variant::Mc1, &data(BUILT_IN[4].1)?, entry.limit, index)?)
+        }
+        "truthfulqa_mc2" => {
+            with_max_length_checked(truthfulqa::task(Variant::Mc2, &data(BUILT_IN[5].1)?, entry.limit, index)?)
+        }
         "wikitext" => Ok(vec![wikitext::task(&data(BUILT_IN[6].1)?, entry.limit, entry.max_length, index)?]),
         _ if name.starts_with("mmlu_") => {
             let root = data("mmlu")?;
@@ -120,12 +129,12 @@ fn default_data(name: &str, relative: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn mmlu_tasks(entry: &TaskEntry, root: &Path, index: usize) -> Result<Vec<Task>> {
+fn mmlu_tasks(job: &Job, entry: &TaskEntry, root: &Path, index: usize) -> Result<Vec<Task>> {
     let available = mmlu_data::available_subjects(root)?;
     let subjects = match &entry.subjects {
         Subjects::All => available,
         Subjects::List(list) => {
-            check_subjects(list, &available)?;
+            check_subjects(job, list, &available)?;
             list.clone()
         }
     };
@@ -136,17 +145,21 @@ fn mmlu_tasks(entry: &TaskEntry, root: &Path, index: usize) -> Result<Vec<Task>>
     Ok(tasks)
 }
 
-fn check_subjects(list: &[String], available: &[String]) -> Result<()> {
+fn check_subjects(job: &Job, list: &[String], available: &[String]) -> Result<()> {
     if list.is_empty() {
         bail!("subjects is empty; give `all` or at least one subject");
     }
     let mut seen = HashSet::new();
     for name in list {
         if !available.contains(name) {
-            bail!("unknown subject `{name}` in subjects; allowed: all, or any of {}", available.join(", "));
+            bail!(
+                "unknown subject `{name}` in subjects (at {}); allowed: all, or any of {}",
+                job.locate(name),
+                available.join(", ")
+            );
         }
         if !seen.insert(name) {
-            bail!("subject `{name}` is listed twice");
+            bail!("subject `{name}` is listed twice (at {})", job.locate(name));
         }
     }
     Ok(())

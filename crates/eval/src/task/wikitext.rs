@@ -145,7 +145,11 @@ mod tests {
     fn pages_split_at_top_level_headings_only() {
         let text = " \n = A = \n text \n = = Sub = = \n more \n = B = \n b \n";
         let pages = pages(text);
-        assert_eq!(pages, [" = A = \n text \n = = Sub = = \n more ", " = B = \n b \n"], "the blank first page is dropped");
+        assert_eq!(
+            pages,
+            [" = A = \n text \n = = Sub = = \n more ", " = B = \n b \n"],
+            "the blank first page is dropped"
+        );
     }
 
     #[test]
