@@ -13,35 +13,20 @@ use anyhow::{Result, bail};
 use serde_json::Value;
 
 use super::metrics::Metric;
-use super::{ChoiceDoc, Doc, Document, Task};
+use super::{ChoiceDoc, Doc, Task};
 use crate::dataset::rows::{Row, kind, read_rows};
 
 /// Reads an ARC file into the task `name`, keeping the first `limit` rows.
 pub fn task(name: &str, path: &Path, limit: Option<usize>, entry: usize) -> Result<Task> {
     let rows = read_rows(path)?;
-    let available = rows.len();
     let docs = rows
         .iter()
-        .take(limit.unwrap_or(usize::MAX))
-        .enumerate()
-        .map(|(row, fields)| {
-            let doc = document(fields).map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), fields.line))?;
-            Ok(Document { row, doc })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Task {
-        name: name.to_string(),
-        version: "1.0".into(),
-        num_fewshot: 0,
-        target_delimiter: " ".into(),
-        metrics: vec![Metric::Acc, Metric::AccNorm],
-        groups: Vec::new(),
-        entry,
-        max_length: None,
-        source: path.to_path_buf(),
-        available,
+        .map(|fields| document(fields).map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), fields.line)));
+    Task::new(name, "1.0", vec![Metric::Acc, Metric::AccNorm], path.to_path_buf(), entry).with_docs(
+        rows.len(),
         docs,
-    })
+        limit,
+    )
 }
 
 fn document(row: &Row) -> Result<Doc> {

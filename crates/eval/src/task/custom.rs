@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::metrics::{CHOICE_METRICS, Metric, ROLLING_METRICS};
 use super::template::{environment, evaluate, render, string_list};
 use super::wikitext::count_words;
-use super::{ChoiceDoc, Doc, Document, RollingDoc, Task, fewshot_context};
+use super::{ChoiceDoc, Doc, RollingDoc, Task, fewshot_context};
 use crate::dataset::rows::{Row, read_rows};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,32 +151,18 @@ pub fn task(definition: &Definition, base: &Path, use_: Use) -> Result<Task> {
     };
     let metrics = metrics(definition, use_.name)?;
     let rows = read_rows(&data)?;
-    let available = rows.len();
     let env = environment();
     let shots = fewshot_examples(definition, &env, &join, use_.num_fewshot)?;
-    let docs = rows
-        .iter()
-        .take(use_.limit.unwrap_or(usize::MAX))
-        .enumerate()
-        .map(|(row, fields)| {
-            let doc = document(definition, &env, fields, &shots)
-                .map_err(|e| anyhow::anyhow!("{}:{}: task `{}`: {e}", data.display(), fields.line, use_.name))?;
-            Ok(Document { row, doc })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Task {
-        name: use_.name.to_string(),
-        version: "custom".into(),
+    let docs = rows.iter().map(|fields| {
+        document(definition, &env, fields, &shots)
+            .map_err(|e| anyhow::anyhow!("{}:{}: task `{}`: {e}", data.display(), fields.line, use_.name))
+    });
+    let task = Task {
         num_fewshot: use_.num_fewshot,
         target_delimiter: definition.target_delimiter.clone(),
-        metrics,
-        groups: Vec::new(),
-        entry: use_.entry,
-        max_length: None,
-        source: data,
-        available,
-        docs,
-    })
+        ..Task::new(use_.name, "custom", metrics, data.clone(), use_.entry)
+    };
+    task.with_docs(rows.len(), docs, use_.limit)
 }
 
 fn metrics(definition: &Definition, name: &str) -> Result<Vec<Metric>> {

@@ -12,7 +12,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 use super::metrics::Metric;
-use super::{ChoiceDoc, Doc, Document, Task};
+use super::{ChoiceDoc, Doc, Task};
 
 const LINES_PER_TASK: usize = 6;
 
@@ -29,36 +29,16 @@ pub fn task(path: &Path, limit: Option<usize>, entry: usize) -> Result<Task> {
             lines.len()
         );
     }
-    let available = lines.len() / LINES_PER_TASK;
-    let docs = lines
-        .chunks(LINES_PER_TASK)
-        .take(limit.unwrap_or(usize::MAX))
-        .enumerate()
-        .map(|(row, chunk)| {
-            let label_line = row * LINES_PER_TASK + 2;
-            let gold = chunk[1].trim().parse::<usize>().ok().filter(|g| *g < 4).ok_or_else(|| {
-                anyhow::anyhow!("{}:{label_line}: the gold label must be 0-3, found `{}`", path.display(), chunk[1])
-            })?;
-            let choices = chunk[2..].iter().map(|s| s.to_string()).collect();
-            Ok(Document {
-                row,
-                doc: Doc::Choice(ChoiceDoc { context: chunk[0].to_string(), choices, gold, labels: Vec::new() }),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Task {
-        name: "hellaswag".into(),
-        version: "1.0".into(),
-        num_fewshot: 0,
-        target_delimiter: " ".into(),
-        metrics: vec![Metric::Acc, Metric::AccNorm],
-        groups: Vec::new(),
-        entry,
-        max_length: None,
-        source: path.to_path_buf(),
-        available,
-        docs,
-    })
+    let docs = lines.chunks(LINES_PER_TASK).enumerate().map(|(row, chunk)| {
+        let label_line = row * LINES_PER_TASK + 2;
+        let gold = chunk[1].trim().parse::<usize>().ok().filter(|g| *g < 4).ok_or_else(|| {
+            anyhow::anyhow!("{}:{label_line}: the gold label must be 0-3, found `{}`", path.display(), chunk[1])
+        })?;
+        let choices = chunk[2..].iter().map(|s| s.to_string()).collect();
+        Ok(Doc::Choice(ChoiceDoc { context: chunk[0].to_string(), choices, gold, labels: Vec::new() }))
+    });
+    let task = Task::new("hellaswag", "1.0", vec![Metric::Acc, Metric::AccNorm], path.to_path_buf(), entry);
+    task.with_docs(lines.len() / LINES_PER_TASK, docs, limit)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::path::Path;
 use anyhow::{Result, bail};
 
 use super::metrics::Metric;
-use super::{ChoiceDoc, Doc, Document, Task, fewshot_context, python_strip};
+use super::{ChoiceDoc, Doc, Task, fewshot_context, python_strip};
 use crate::dataset::mmlu::{self as data, LETTERS, Question};
 
 /// lm-eval's `_generate_configs.py` SUBJECTS: each subject's category group.
@@ -126,34 +126,20 @@ pub fn subject_task(
         }
         dev
     };
-    let available = test.len();
-    let docs = test
-        .iter()
-        .take(limit.unwrap_or(usize::MAX))
-        .enumerate()
-        .map(|(row, q)| Document {
-            row,
-            doc: Doc::Choice(ChoiceDoc {
-                context: prompt(subject, &fewshot, q),
-                choices: LETTERS.iter().map(|l| l.to_string()).collect(),
-                gold: q.answer,
-                labels: Vec::new(),
-            }),
-        })
-        .collect();
-    Ok(Task {
-        name: format!("mmlu_{subject}"),
-        version: "1.0".into(),
+    let docs = test.iter().map(|q| {
+        Ok(Doc::Choice(ChoiceDoc {
+            context: prompt(subject, &fewshot, q),
+            choices: LETTERS.iter().map(|l| l.to_string()).collect(),
+            gold: q.answer,
+            labels: Vec::new(),
+        }))
+    });
+    let task = Task {
         num_fewshot,
-        target_delimiter: " ".into(),
-        metrics: vec![Metric::Acc],
         groups: vec!["mmlu".into(), format!("mmlu_{}", category(subject))],
-        entry,
-        max_length: None,
-        source: test_file,
-        available,
-        docs,
-    })
+        ..Task::new(&format!("mmlu_{subject}"), "1.0", vec![Metric::Acc], test_file, entry)
+    };
+    task.with_docs(test.len(), docs, limit)
 }
 
 #[cfg(test)]

@@ -90,6 +90,35 @@ pub struct Task {
 }
 
 impl Task {
+    /// A 0-shot task outside any group, choices after a space, windows of the model's length.
+    pub fn new(name: &str, version: &str, metrics: Vec<Metric>, source: PathBuf, entry: usize) -> Self {
+        Task {
+            name: name.to_string(),
+            version: version.to_string(),
+            num_fewshot: 0,
+            target_delimiter: " ".into(),
+            metrics,
+            groups: Vec::new(),
+            entry,
+            max_length: None,
+            source,
+            available: 0,
+            docs: Vec::new(),
+        }
+    }
+
+    /// The task with the first `limit` of the source's `available` documents, numbered by
+    /// position; documents past the limit are not read.
+    pub fn with_docs(
+        self,
+        available: usize,
+        docs: impl Iterator<Item = Result<Doc>>,
+        limit: Option<usize>,
+    ) -> Result<Self> {
+        let docs = docs.take(limit.unwrap_or(usize::MAX)).enumerate().map(|(row, doc)| Ok(Document { row, doc: doc? }));
+        Ok(Task { available, docs: docs.collect::<Result<_>>()?, ..self })
+    }
+
     /// Feeds everything that decides this task's requests and scores into `digest`: the job
     /// identity covers what is asked, not the files it came from.
     pub fn digest_into(&self, digest: &mut Sha256) {

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 
 use super::metrics::Metric;
-use super::{ChoiceDoc, Doc, Document, Task};
+use super::{ChoiceDoc, Doc, Task};
 
 const PREAMBLE: &str = "Q: What is human life expectancy in the United States?\n\
 A: Human life expectancy in the United States is 78 years.\n\n\
@@ -76,48 +76,26 @@ pub fn task(variant: Variant, path: &Path, limit: Option<usize>, entry: usize) -
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let entries: Vec<Entry> = serde_json::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}:{}: not a TruthfulQA mc_task.json: {e}", path.display(), e.line()))?;
-    let available = entries.len();
-    let field = match variant {
-        Variant::Mc1 => "mc1_targets",
-        Variant::Mc2 => "mc2_targets",
+    let (name, version, metric, field) = match variant {
+        Variant::Mc1 => ("truthfulqa_mc1", "2.0", Metric::Acc, "mc1_targets"),
+        Variant::Mc2 => ("truthfulqa_mc2", "3.0", Metric::Mc2, "mc2_targets"),
     };
-    let docs = entries
-        .iter()
-        .take(limit.unwrap_or(usize::MAX))
-        .enumerate()
-        .map(|(row, e)| {
-            let targets = match variant {
-                Variant::Mc1 => &e.mc1_targets,
-                Variant::Mc2 => &e.mc2_targets,
-            };
-            if targets.0.is_empty() {
-                bail!("{}: question {row}: field `{field}` has no answers", path.display());
-            }
-            let choices = targets.0.iter().map(|(answer, _)| answer.clone()).collect();
-            let labels = match variant {
-                Variant::Mc1 => Vec::new(),
-                Variant::Mc2 => targets.0.iter().map(|(_, label)| *label == 1).collect(),
-            };
-            Ok(Document { row, doc: Doc::Choice(ChoiceDoc { context: prompt(&e.question), choices, gold: 0, labels }) })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let (name, version, metric) = match variant {
-        Variant::Mc1 => ("truthfulqa_mc1", "2.0", Metric::Acc),
-        Variant::Mc2 => ("truthfulqa_mc2", "3.0", Metric::Mc2),
-    };
-    Ok(Task {
-        name: name.into(),
-        version: version.into(),
-        num_fewshot: 0,
-        target_delimiter: " ".into(),
-        metrics: vec![metric],
-        groups: Vec::new(),
-        entry,
-        max_length: None,
-        source: path.to_path_buf(),
-        available,
-        docs,
-    })
+    let docs = entries.iter().enumerate().map(|(row, e)| {
+        let targets = match variant {
+            Variant::Mc1 => &e.mc1_targets,
+            Variant::Mc2 => &e.mc2_targets,
+        };
+        if targets.0.is_empty() {
+            bail!("{}: question {row}: field `{field}` has no answers", path.display());
+        }
+        let choices = targets.0.iter().map(|(answer, _)| answer.clone()).collect();
+        let labels = match variant {
+            Variant::Mc1 => Vec::new(),
+            Variant::Mc2 => targets.0.iter().map(|(_, label)| *label == 1).collect(),
+        };
+        Ok(Doc::Choice(ChoiceDoc { context: prompt(&e.question), choices, gold: 0, labels }))
+    });
+    Task::new(name, version, vec![metric], path.to_path_buf(), entry).with_docs(entries.len(), docs, limit)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use regex::{NoExpand, Regex};
 
 use super::metrics::ROLLING_METRICS;
-use super::{Doc, Document, RollingDoc, Task, is_python_space};
+use super::{Doc, RollingDoc, Task, is_python_space};
 
 /// The pages of a WikiText raw file.
 pub fn pages(text: &str) -> Vec<String> {
@@ -112,29 +112,15 @@ pub fn rolling_windows(tokens: &[u32], prefix: u32, max_length: usize) -> Vec<(V
 pub fn task(path: &Path, limit: Option<usize>, max_length: Option<usize>, entry: usize) -> Result<Task> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let pages = pages(&text);
-    let available = pages.len();
-    let docs = pages
-        .iter()
-        .take(limit.unwrap_or(usize::MAX))
-        .enumerate()
-        .map(|(row, page)| Document {
-            row,
-            doc: Doc::Rolling(RollingDoc { text: detokenize(page), words: count_words(page), bytes: page.len() }),
-        })
-        .collect();
-    Ok(Task {
-        name: "wikitext".into(),
-        version: "2.0".into(),
-        num_fewshot: 0,
-        target_delimiter: String::new(),
-        metrics: ROLLING_METRICS.to_vec(),
-        groups: Vec::new(),
-        entry,
+    let docs = pages.iter().map(|page| {
+        Ok(Doc::Rolling(RollingDoc { text: detokenize(page), words: count_words(page), bytes: page.len() }))
+    });
+    let task = Task {
         max_length,
-        source: path.to_path_buf(),
-        available,
-        docs,
-    })
+        target_delimiter: String::new(),
+        ..Task::new("wikitext", "2.0", ROLLING_METRICS.to_vec(), path.to_path_buf(), entry)
+    };
+    task.with_docs(pages.len(), docs, limit)
 }
 
 #[cfg(test)]
