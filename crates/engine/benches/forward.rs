@@ -58,7 +58,7 @@ fn run<B: Backend>(backend: &str, store: &Path) {
         let rows: Vec<Vec<usize>> = sequences.iter().map(|s| vec![s.len() - 1]).collect();
         let read_before = engine.stats().store_bytes_read;
         let start = Instant::now();
-        engine.run_wave(&refs, &rows, HeadOutput::LogProbs, &Quiet, &mut |_, _| {}).expect("forward");
+        engine.run_wave(&refs, &rows, HeadOutput::LogProbs, &Quiet, &mut |_, _, _| {}).expect("forward");
         let seconds = start.elapsed().as_secs_f64();
         println!(
             "{backend:8} {batch:>5}x{SEQ} {:>10.1} {:>12.1} {:>14.2}",

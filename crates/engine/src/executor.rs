@@ -180,21 +180,10 @@ impl<B: Backend> Engine<B> {
     ) -> Result<Vec<Vec<TargetScore>>> {
         let sequences: Vec<&[u32]> = requests.iter().map(|r| r.tokens.as_slice()).collect();
         let rows: Vec<Vec<usize>> = requests.iter().map(|r| r.targets.iter().map(|t| t.position).collect()).collect();
-        let vocab = self.spec().vocab_size;
-        let mut scores = vec![Vec::new(); requests.len()];
-        self.run_wave(&sequences, &rows, HeadOutput::LogProbs, observer, &mut |request, values| {
-            scores[request] = requests[request]
-                .targets
-                .iter()
-                .enumerate()
-                .map(|(row, target)| {
-                    let row = &values[row * vocab..(row + 1) * vocab];
-                    TargetScore {
-                        logprob: row[target.token as usize],
-                        greedy: first_argmax(row) == target.token as usize,
-                    }
-                })
-                .collect();
+        let mut scores: Vec<Vec<TargetScore>> = requests.iter().map(|r| Vec::with_capacity(r.targets.len())).collect();
+        self.run_wave(&sequences, &rows, HeadOutput::LogProbs, observer, &mut |request, row, values| {
+            let token = requests[request].targets[row].token as usize;
+            scores[request].push(TargetScore { logprob: values[token], greedy: first_argmax(values) == token });
         })?;
         Ok(scores)
     }
@@ -202,22 +191,22 @@ impl<B: Backend> Engine<B> {
     /// Logits `[len, vocab]` (row-major) at every position of one sequence.
     pub fn logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         let rows = vec![(0..tokens.len()).collect()];
-        let mut out = Vec::new();
-        self.run_wave(&[tokens], &rows, HeadOutput::Logits, &crate::executor::Quiet, &mut |_, values| {
-            out = values.to_vec()
+        let mut out = Vec::with_capacity(tokens.len() * self.spec().vocab_size);
+        self.run_wave(&[tokens], &rows, HeadOutput::Logits, &crate::executor::Quiet, &mut |_, _, values| {
+            out.extend_from_slice(values)
         })?;
         Ok(out)
     }
 
     /// The core loop. `rows[i]` lists the positions of sequence `i` whose head output is wanted;
-    /// `sink(i, values)` receives them as `[rows[i].len(), vocab]`, row-major.
+    /// `sink(i, j, values)` receives the `vocab` values of `rows[i][j]`, in order for each `i`.
     pub fn run_wave(
         &mut self,
         sequences: &[&[u32]],
         rows: &[Vec<usize>],
         output: HeadOutput,
         observer: &dyn WaveObserver,
-        sink: &mut dyn FnMut(usize, &[f32]),
+        sink: &mut dyn FnMut(usize, usize, &[f32]),
     ) -> Result<()> {
         self.validate(sequences, rows)?;
         let spec = self.spec().clone();
@@ -372,14 +361,17 @@ impl<B: Backend> Engine<B> {
             .collect()
     }
 
-    /// Runs the head on the asked-for rows of one micro-batch and hands them to `sink`.
+    /// Runs the head on the asked-for rows of one micro-batch and hands them to `sink`, at most
+    /// [`HEAD_CHUNK_ROWS`] rows at a time: a rolling window scores every position, and its
+    /// `[rows, vocab]` log-probabilities (1.6 GB for 8192 rows of a 49k vocabulary) need never
+    /// exist at once.
     fn apply_head(
         &self,
         head: &Head<B>,
         batch: MicroBatch<B>,
         rows: &[Vec<usize>],
         output: HeadOutput,
-        sink: &mut dyn FnMut(usize, &[f32]),
+        sink: &mut dyn FnMut(usize, usize, &[f32]),
     ) -> Result<()> {
         if batch.scored.is_empty() {
             return Ok(());
@@ -388,25 +380,36 @@ impl<B: Backend> Engine<B> {
         let hidden = batch.hidden.expect("hidden state present");
         let [_, rows_left, h] = hidden.dims();
         let selected = hidden.reshape([rows_left, h]);
-        let values = match output {
-            HeadOutput::Logits => head.logits(selected),
-            HeadOutput::LogProbs => head.log_probs(selected),
-        };
-        let values: Vec<f32> = values
-            .into_data()
-            .convert::<f32>()
-            .into_vec()
-            .map_err(|e| EngineError::Other(format!("reading head output: {e:?}")))?;
+        // (request, its row) of every scored row, in order.
+        let owners: Vec<(usize, usize)> = batch
+            .requests
+            .iter()
+            .flat_map(|&request| (0..rows[request].len()).map(move |row| (request, row)))
+            .collect();
         let vocab = self.spec().vocab_size;
-        let mut offset = 0;
-        for &request in &batch.requests {
-            let len = rows[request].len() * vocab;
-            sink(request, &values[offset..offset + len]);
-            offset += len;
+        for start in (0..rows_left).step_by(HEAD_CHUNK_ROWS) {
+            let end = (start + HEAD_CHUNK_ROWS).min(rows_left);
+            let chunk = selected.clone().slice([start..end, 0..h]);
+            let values = match output {
+                HeadOutput::Logits => head.logits(chunk),
+                HeadOutput::LogProbs => head.log_probs(chunk),
+            };
+            let values: Vec<f32> = values
+                .into_data()
+                .convert::<f32>()
+                .into_vec()
+                .map_err(|e| EngineError::Other(format!("reading head output: {e:?}")))?;
+            for (i, &(request, row)) in owners[start..end].iter().enumerate() {
+                sink(request, row, &values[i * vocab..(i + 1) * vocab]);
+            }
         }
         Ok(())
     }
 }
+
+/// Rows of head output computed at once: large enough for a fast matmul, small enough that
+/// `[rows, vocab]` stays near 50 MB for a 49k vocabulary.
+const HEAD_CHUNK_ROWS: usize = 256;
 
 /// Index of the first largest value (NaN never wins).
 fn first_argmax(values: &[f32]) -> usize {

@@ -76,7 +76,9 @@ pub fn check_references(engine: &mut Engine, references: &[Reference], tolerance
     let rows: Vec<Vec<usize>> = references.iter().map(|r| (0..r.ids.len()).collect()).collect();
     let mut batched = vec![Vec::new(); references.len()];
     engine
-        .run_wave(&sequences, &rows, HeadOutput::Logits, &Quiet, &mut |i, values| batched[i] = values.to_vec())
+        .run_wave(&sequences, &rows, HeadOutput::Logits, &Quiet, &mut |i, _, values| {
+            batched[i].extend_from_slice(values)
+        })
         .unwrap();
     for (i, r) in references.iter().enumerate() {
         let (err, same) = compare(&batched[i], &r.logits, vocab);
