@@ -25,6 +25,10 @@ pub enum Command {
     Bench(commands::bench::BenchArgs),
     /// Write a Llama-shaped model with random weights straight to a layer store.
     Synth(commands::synth::SynthArgs),
+    /// Join the shard folders of a sharded job into the files a single run writes.
+    Merge(commands::merge::MergeArgs),
+    /// Per-task metric deltas between two finished runs, with paired standard errors.
+    Diff(commands::diff::DiffArgs),
 }
 
 /// Parses the command line, inserting `run` when the first argument is a job file.
@@ -50,6 +54,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logits(args) => commands::logits::run(args),
         Command::Synth(args) => commands::synth::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Merge(args) => commands::merge::run(args),
+        Command::Diff(args) => commands::diff::run(args),
     }
 }
 

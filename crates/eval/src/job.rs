@@ -6,6 +6,7 @@
 //! from any working directory; paths given on the command line are relative to the working
 //! directory, as usual.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::shard::Shard;
 use crate::task::custom::DefinitionSource;
 
 /// A parsed job file, with paths resolved.
@@ -45,6 +47,13 @@ pub struct JobSpec {
     /// Skip documents an earlier run of the same job finished.
     #[serde(default = "yes")]
     pub resume: bool,
+    /// Score only this shard of the documents (`{index, count}`), into `output/shard-I-of-N/`.
+    #[serde(default, skip_serializing)]
+    pub shard: Option<Shard>,
+    /// Lowest acceptable values (highest, for metrics where lower is better), by task or group and
+    /// metric: `mmlu: {acc: 0.25}`. A finished or merged run below one exits non-zero.
+    #[serde(default)]
+    pub thresholds: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
 /// One entry of `tasks:`.
@@ -335,6 +344,7 @@ pub struct Overrides {
     pub num_fewshot: Option<usize>,
     pub output: Option<PathBuf>,
     pub no_resume: bool,
+    pub shard: Option<Shard>,
 }
 
 /// A job spec together with where it came from.
@@ -351,8 +361,10 @@ impl Job {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading job file {}", path.display()))?;
         let mut spec: JobSpec = parse_yaml(&text).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))?;
+        // Absolute, so that the paths a job records (job.json, for `merge`) work from anywhere.
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let mut job = Job { path: path.to_path_buf(), text, spec: spec.clone() };
+        let mut job = Job { path: path.clone(), text, spec: spec.clone() };
         spec.normalize_tasks().map_err(|e| anyhow::anyhow!("{}: {e}", job.locate("task")))?;
         spec.resolve_paths(&base);
         job.spec = spec;
@@ -399,6 +411,9 @@ impl Job {
         if overrides.no_resume {
             spec.resume = false;
         }
+        if overrides.shard.is_some() {
+            spec.shard = overrides.shard;
+        }
         Ok(())
     }
 
@@ -441,6 +456,9 @@ impl Job {
         }
         if self.spec.tasks.iter().any(|t| t.limit == Some(0)) {
             bail!("{}: limit must be at least 1", self.locate("limit"));
+        }
+        if let Some(shard) = self.spec.shard {
+            Shard::new(shard.index, shard.count).with_context(|| format!("{}: shard", self.locate("shard")))?;
         }
         if let Some(t) = self.spec.tasks.iter().find(|t| t.max_length == Some(0)) {
             bail!("{}: task `{}`: max_length must be at least 1", self.locate("max_length"), t.name);

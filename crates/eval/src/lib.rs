@@ -15,4 +15,6 @@ pub mod outputs;
 pub mod progress;
 pub mod report;
 pub mod schedule;
+pub mod shard;
 pub mod task;
+pub mod thresholds;

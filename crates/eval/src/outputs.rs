@@ -25,6 +25,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::report::Report;
+use crate::shard::Shard;
 use crate::task::Response;
 
 pub const JOB: &str = "job.json";
@@ -36,13 +37,23 @@ pub const SUMMARY: &str = "summary.csv";
 pub const RESULTS: &str = "results.json";
 pub const RUN: &str = "run.json";
 const LOCK: &str = ".lock";
-const HEADER: &str = "task,doc,loglikelihoods,is_greedy\n";
+const HEADER: &str = "task,doc,loglikelihoods,is_greedy,tokens\n";
 
-/// What `job.json` records: enough to tell whether an output folder belongs to a job.
-#[derive(Debug, Serialize, Deserialize)]
+/// What `job.json` records: enough to tell whether an output folder belongs to a job, and for
+/// `merge` to rebuild the job's documents and results from shard folders.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobRecord {
     pub job_hash: String,
     pub spec: serde_json::Value,
+    /// What results.json says of the model and numerics (the same for every shard of a job).
+    #[serde(default)]
+    pub identity: serde_json::Value,
+    /// The job file the spec came from (its paths are already resolved).
+    #[serde(default)]
+    pub job: PathBuf,
+    /// Set in a shard's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
 }
 
 /// A finished document, as the journal keeps it.
@@ -53,6 +64,8 @@ pub struct Finished {
     pub doc: usize,
     /// One per choice; one for a rolling document (all its windows).
     pub responses: Vec<Response>,
+    /// Tokens scored (for a rolling document, its length in tokens).
+    pub tokens: usize,
 }
 
 /// An output folder opened for a run: locked, and holding the documents finished so far.
@@ -66,17 +79,18 @@ impl OutputDir {
     /// Opens (creating) `dir` for the job `hash`. With `resume`, the journal of an earlier run of
     /// the same job is kept and its documents returned; a folder of another job is an error.
     /// Without `resume` the folder's earlier results are removed and the run starts fresh.
-    pub fn open(dir: &Path, hash: &str, spec: &serde_json::Value, resume: bool) -> Result<(Self, Vec<Finished>)> {
+    pub fn open(dir: &Path, record: &JobRecord, resume: bool) -> Result<(Self, Vec<Finished>)> {
+        let hash = &record.job_hash;
         std::fs::create_dir_all(dir).with_context(|| format!("creating output folder {}", dir.display()))?;
         let lock = lock(dir)?;
         let previous = read_job_record(dir)?;
         match &previous {
-            Some(record) if resume && record.job_hash != hash => bail!(
+            Some(previous) if resume && previous.job_hash != *hash => bail!(
                 "{} holds results of another job (hash {}, this job is {hash}); \
                  choose another output folder (--out) or start fresh with --no-resume (resume: false), \
                  which deletes them",
                 dir.display(),
-                record.job_hash
+                previous.job_hash
             ),
             Some(_) if !resume => {
                 tracing::info!("resume is off: removing earlier results in {}", dir.display());
@@ -88,9 +102,9 @@ impl OutputDir {
         }
         if previous.is_none() || !resume {
             remove_if_present(&dir.join(JOURNAL))?;
-            let record = JobRecord { job_hash: hash.to_string(), spec: spec.clone() };
-            write_atomic(&dir.join(JOB), &serde_json::to_vec_pretty(&record)?)?;
         }
+        // Rewritten on resume too, so the record always describes the run that writes here.
+        write_atomic(&dir.join(JOB), &serde_json::to_vec_pretty(record)?)?;
         let (journal, done) = open_journal(&dir.join(JOURNAL))?;
         Ok((OutputDir { dir: dir.to_path_buf(), journal, _lock: lock }, done))
     }
@@ -107,14 +121,8 @@ impl OutputDir {
         Ok(())
     }
 
-    /// Writes the final files (each the same bytes for every run of the job).
     pub fn write_report(&self, report: &Report) -> Result<()> {
-        write_atomic(&self.dir.join(REQUESTS), report.requests_csv.as_bytes())?;
-        write_atomic(&self.dir.join(ROLLING), report.rolling_csv.as_bytes())?;
-        write_atomic(&self.dir.join(DOCS), report.docs_csv.as_bytes())?;
-        write_atomic(&self.dir.join(SUMMARY), report.summary_csv.as_bytes())?;
-        write_atomic(&self.dir.join(RESULTS), &serde_json::to_vec_pretty(&report.results_json)?)?;
-        Ok(())
+        write_report(&self.dir, report)
     }
 
     pub fn write_run_record(&self, record: &serde_json::Value) -> Result<()> {
@@ -122,19 +130,46 @@ impl OutputDir {
     }
 }
 
+/// Writes the final files (each the same bytes for every run of the job, and for a merge of its
+/// shards).
+pub fn write_report(dir: &Path, report: &Report) -> Result<()> {
+    write_atomic(&dir.join(REQUESTS), report.requests_csv.as_bytes())?;
+    write_atomic(&dir.join(ROLLING), report.rolling_csv.as_bytes())?;
+    write_atomic(&dir.join(DOCS), report.docs_csv.as_bytes())?;
+    write_atomic(&dir.join(SUMMARY), report.summary_csv.as_bytes())?;
+    write_atomic(&dir.join(RESULTS), &serde_json::to_vec_pretty(&report.results_json)?)?;
+    Ok(())
+}
+
 /// One journal line. Numbers use Rust's shortest round-trip form, so a value read back prints
 /// exactly as it did before.
 fn journal_row(finished: &Finished) -> String {
     let lls: Vec<String> = finished.responses.iter().map(|r| r.loglikelihood.to_string()).collect();
     let greedy: String = finished.responses.iter().map(|r| if r.is_greedy { '1' } else { '0' }).collect();
-    format!("{},{},{},{greedy}\n", csv_field(&finished.task), finished.doc, lls.join(" "))
+    format!("{},{},{},{greedy},{}\n", csv_field(&finished.task), finished.doc, lls.join(" "), finished.tokens)
+}
+
+/// The complete lines of a journal (a torn last line is left out).
+fn parse_journal(path: &Path, text: &str) -> Result<Vec<Finished>> {
+    let complete = text.rfind('\n').map_or(0, |i| i + 1);
+    let mut lines = text[..complete].lines().enumerate();
+    match lines.next() {
+        None => return Ok(Vec::new()),
+        Some((_, header)) if format!("{header}\n") != HEADER => {
+            bail!("{}: not a journal of this version (header `{header}`); start fresh with --no-resume", path.display())
+        }
+        Some(_) => {}
+    }
+    lines
+        .map(|(i, line)| parse_row(line).with_context(|| format!("{}:{}: bad journal row", path.display(), i + 1)))
+        .collect()
 }
 
 fn parse_row(line: &str) -> Result<Finished> {
     let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(line.as_bytes());
     let record = reader.records().next().context("empty row")??;
-    if record.len() != 4 {
-        bail!("expected 4 fields, found {}", record.len());
+    if record.len() != 5 {
+        bail!("expected 5 fields, found {}", record.len());
     }
     let lls: Vec<f64> =
         record[2].split(' ').map(|v| v.parse().with_context(|| format!("bad number {v}"))).collect::<Result<_>>()?;
@@ -143,7 +178,12 @@ fn parse_row(line: &str) -> Result<Finished> {
         bail!("{} log-likelihoods but {} greedy flags", lls.len(), greedy.len());
     }
     let responses = lls.into_iter().zip(greedy).map(|(loglikelihood, is_greedy)| Response { loglikelihood, is_greedy });
-    Ok(Finished { task: record[0].to_string(), doc: record[1].parse()?, responses: responses.collect() })
+    Ok(Finished {
+        task: record[0].to_string(),
+        doc: record[1].parse()?,
+        responses: responses.collect(),
+        tokens: record[4].parse()?,
+    })
 }
 
 /// A CSV field, quoted when it must be.
@@ -151,7 +191,8 @@ pub fn csv_field(text: &str) -> String {
     if text.contains([',', '"', '\n', '\r']) { format!("\"{}\"", text.replace('"', "\"\"")) } else { text.to_string() }
 }
 
-fn lock(dir: &Path) -> Result<File> {
+/// Locks an output folder for writing (released when the file is dropped).
+pub fn lock(dir: &Path) -> Result<File> {
     let path = dir.join(LOCK);
     let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
     match file.try_lock() {
@@ -159,6 +200,16 @@ fn lock(dir: &Path) -> Result<File> {
         Err(std::fs::TryLockError::WouldBlock) => bail!("{} is in use by another airllm-eval run", dir.display()),
         Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
     }
+}
+
+/// A finished or running output folder's job record and the documents in its journal, read
+/// without locking or changing anything (for `merge`).
+pub fn read_folder(dir: &Path) -> Result<(JobRecord, Vec<Finished>)> {
+    let record =
+        read_job_record(dir)?.with_context(|| format!("{} has no {JOB}: not an output folder", dir.display()))?;
+    let path = dir.join(JOURNAL);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok((record, parse_journal(&path, &text)?))
 }
 
 fn read_job_record(dir: &Path) -> Result<Option<JobRecord>> {
@@ -176,10 +227,7 @@ fn read_job_record(dir: &Path) -> Result<Option<JobRecord>> {
 fn open_journal(path: &Path) -> Result<(File, Vec<Finished>)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let complete = if text.is_empty() { HEADER.len() } else { text.rfind('\n').map_or(0, |i| i + 1) };
-    let mut done = Vec::new();
-    for (i, line) in text[..complete.min(text.len())].lines().enumerate().skip(1) {
-        done.push(parse_row(line).with_context(|| format!("{}:{}: bad journal row", path.display(), i + 1))?);
-    }
+    let done = parse_journal(path, &text)?;
     let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path)?;
     if text.is_empty() {
         file.write_all(HEADER.as_bytes())?;
@@ -213,50 +261,60 @@ mod tests {
 
     fn finished(task: &str, doc: usize, lls: &[f64]) -> Finished {
         let responses = lls.iter().enumerate().map(|(i, &loglikelihood)| Response { loglikelihood, is_greedy: i == 1 });
-        Finished { task: task.into(), doc, responses: responses.collect() }
+        Finished { task: task.into(), doc, responses: responses.collect(), tokens: 7 }
+    }
+
+    fn record(hash: &str) -> JobRecord {
+        JobRecord {
+            job_hash: hash.into(),
+            spec: serde_json::json!({}),
+            identity: serde_json::json!({}),
+            job: PathBuf::new(),
+            shard: None,
+        }
     }
 
     #[test]
     fn journal_round_trips_and_drops_a_torn_line() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = serde_json::json!({});
+        let spec = record("h1");
         let a = finished("mmlu_anatomy", 0, &[-1.25, -0.1, f64::NEG_INFINITY, -3.0e-7]);
         {
-            let (mut out, done) = OutputDir::open(dir.path(), "h1", &spec, true).unwrap();
+            let (mut out, done) = OutputDir::open(dir.path(), &spec, true).unwrap();
             assert!(done.is_empty());
             out.append(std::slice::from_ref(&a)).unwrap();
         }
         let mut journal = OpenOptions::new().append(true).open(dir.path().join(JOURNAL)).unwrap();
         journal.write_all(b"mmlu_anatomy,1,-1.5 -2").unwrap();
         drop(journal);
-        let (mut out, done) = OutputDir::open(dir.path(), "h1", &spec, true).unwrap();
+        let (mut out, done) = OutputDir::open(dir.path(), &spec, true).unwrap();
         assert_eq!(done, vec![a.clone()]);
         let b = finished("wikitext", 3, &[-12345.678901234567]);
         out.append(std::slice::from_ref(&b)).unwrap();
         drop(out);
-        let (_out, done) = OutputDir::open(dir.path(), "h1", &spec, true).unwrap();
+        let (_out, done) = OutputDir::open(dir.path(), &spec, true).unwrap();
         assert_eq!(done, vec![a, b]);
     }
 
     #[test]
     fn another_job_is_refused_unless_fresh() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = serde_json::json!({});
-        let (mut out, _) = OutputDir::open(dir.path(), "h1", &spec, true).unwrap();
+        let spec = record("h1");
+        let (mut out, _) = OutputDir::open(dir.path(), &spec, true).unwrap();
         out.append(&[finished("x", 0, &[0.0; 4])]).unwrap();
         drop(out);
-        let err = OutputDir::open(dir.path(), "h2", &spec, true).err().unwrap().to_string();
+        let err = OutputDir::open(dir.path(), &record("h2"), true).err().unwrap().to_string();
         assert!(err.contains("another job") && err.contains("--no-resume"), "{err}");
-        let (_out, done) = OutputDir::open(dir.path(), "h2", &spec, false).unwrap();
+        let (_out, done) = OutputDir::open(dir.path(), &record("h2"), false).unwrap();
         assert!(done.is_empty());
     }
 
     #[test]
     fn a_second_run_on_the_same_folder_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = serde_json::json!({});
-        let (_out, _) = OutputDir::open(dir.path(), "h1", &spec, true).unwrap();
-        let err = OutputDir::open(dir.path(), "h1", &spec, true).err().unwrap().to_string();
+        let spec = record("h1");
+        let (_out, _) = OutputDir::open(dir.path(), &spec, true).unwrap();
+        let err = OutputDir::open(dir.path(), &spec, true).err().unwrap().to_string();
         assert!(err.contains("in use"), "{err}");
     }
 }

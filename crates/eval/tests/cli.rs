@@ -275,3 +275,146 @@ fn a_killed_suite_resumes_without_redoing_documents_and_ends_with_the_same_files
     assert_eq!(run_record(&out)["waves_run"], 0);
     assert_eq!(results(&out), whole);
 }
+
+/// A small suite split three ways, as a Slurm array would run it.
+const SHARDED_TASKS: &str = "  - name: mmlu\n    subjects: [anatomy, marketing]\n    limit: 4\n  - name: arc_easy\n    limit: 4\n  \
+                             - name: wikitext\n    limit: 1\n    max_length: 256\n";
+
+fn slurm_shard(dir: &Path, job: &Path, index: usize) -> Command {
+    let mut command = airllm(dir);
+    command.arg(job).env("SLURM_ARRAY_TASK_ID", index.to_string()).env("SLURM_ARRAY_TASK_COUNT", "3");
+    command.env("SLURM_ARRAY_TASK_MIN", "0").stdout(Stdio::null()).stderr(Stdio::piped());
+    command
+}
+
+#[test]
+fn three_slurm_shards_merge_into_the_unsharded_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let job = write_tasks_job(d, SHARDED_TASKS, "memory:\n  activation_budget: 200KiB\n");
+    let output = run(airllm(d).arg(&job).arg("--out").arg(d.join("whole")));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let whole = results(&d.join("whole"));
+
+    let children: Vec<_> = (0..3).map(|i| slurm_shard(d, &job, i).spawn().unwrap()).collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+    let out = d.join("out");
+    let record = run_record(&out.join("shard-1-of-3"));
+    assert_eq!(record["shard"], serde_json::json!({"index": 1, "count": 3}));
+    let output = run(airllm(d).arg("merge").arg(&out));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(results(&out), whole, "merged shards differ from the unsharded run");
+
+    // One shard killed mid-run and run again: the merge is the same.
+    std::fs::remove_dir_all(out.join("shard-2-of-3")).unwrap();
+    let shard = out.join("shard-2-of-3");
+    let mut child = slurm_shard(d, &job, 2).stderr(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    while journal_rows(&shard) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(300), "no wave finished");
+        assert!(child.try_wait().unwrap().is_none(), "the shard ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let output = run(airllm(d).arg("merge").arg(&out));
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("shard-2-of-3"),
+        "a merge over an unfinished shard must name it: {}",
+        stderr(&output)
+    );
+    let output = slurm_shard(d, &job, 2).output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(run_record(&shard)["docs_resumed"].as_u64().unwrap() > 0, "the restarted shard did not resume");
+    let output = run(airllm(d).arg("merge").arg(&out));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(results(&out), whole, "merged shards differ after a killed shard was run again");
+
+    // A shard of another model, and a missing shard, are refused by name.
+    let job_json = shard.join("job.json");
+    let text = std::fs::read_to_string(&job_json).unwrap();
+    let mut record: serde_json::Value = serde_json::from_str(&text).unwrap();
+    record["identity"]["model_sha256"] = "another model".into();
+    std::fs::write(&job_json, record.to_string()).unwrap();
+    let output = run(airllm(d).arg("merge").arg(&out));
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("shard-2-of-3 comes from another job than shard-0-of-3"), "{}", stderr(&output));
+    std::fs::write(&job_json, text).unwrap();
+    std::fs::remove_dir_all(out.join("shard-1-of-3")).unwrap();
+    let output = run(airllm(d).arg("merge").arg(&out));
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("shard-1-of-3 is missing"), "{}", stderr(&output));
+}
+
+#[test]
+fn diff_pairs_documents_and_thresholds_gate_the_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let job = write_tasks_job(d, SHARDED_TASKS, "thresholds:\n  mmlu: {acc: 0.01}\n  arc_easy: {acc_norm: 0.99}\n");
+    let output = run(airllm(d).arg(&job).arg("--out").arg(d.join("a")));
+    assert!(!output.status.success(), "arc_easy acc_norm cannot reach 0.99 on 4 documents");
+    assert!(
+        stderr(&output).contains("arc_easy acc_norm = ")
+            && stderr(&output).contains("below the threshold (at least 0.99)"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!stderr(&output).contains("mmlu acc"), "a met threshold is not reported: {}", stderr(&output));
+    assert!(d.join("a/summary.csv").exists(), "results are written even when a threshold is missed");
+
+    let output = run(airllm(d).arg("diff").arg(d.join("a")).arg(d.join("a")));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let table = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(table.contains("|mmlu ") && !table.contains("note:"), "{table}");
+    for line in table.lines().skip(2) {
+        assert!(line.contains("+0.0000"), "a run against itself has zero deltas: {line}");
+    }
+
+    let int4 =
+        std::fs::read_to_string(&job).unwrap().replace("  store: store\n", "  store: store4\n  compress: int4\n");
+    let job4 = d.join("int4.yaml");
+    std::fs::write(&job4, int4).unwrap();
+    let output = run(airllm(d).arg(&job4).arg("--out").arg(d.join("b")));
+    assert!(d.join("b/summary.csv").exists(), "{}", stderr(&output));
+    let output = run(airllm(d).arg("diff").arg(d.join("a")).arg(d.join("b")));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let table = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(table.contains("note: the runs differ in store_compression: A \"none\" B \"int4\""), "{table}");
+    let mmlu = table.lines().find(|l| l.starts_with("|mmlu ")).unwrap();
+    assert!(mmlu.contains("|     8|") && mmlu.contains("±"), "paired over the 8 MMLU questions: {mmlu}");
+}
+
+#[test]
+fn deploy_recipes_parse() {
+    let sbatch = root().join("deploy/slurm/score.sbatch");
+    let status = Command::new("bash").arg("-n").arg(&sbatch).status().unwrap();
+    assert!(status.success(), "bash -n {}", sbatch.display());
+    let text = std::fs::read_to_string(&sbatch).unwrap();
+    for needed in ["#SBATCH --array=", "airllm-eval", "--dependency=afterok", "merge"] {
+        assert!(text.contains(needed), "score.sbatch lacks {needed}");
+    }
+    let score: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root().join("deploy/k8s/score-job.yaml")).unwrap()).unwrap();
+    assert_eq!(score["kind"], "Job");
+    let spec = &score["spec"];
+    assert_eq!(spec["completionMode"], "Indexed");
+    assert!(spec["parallelism"].as_u64().is_some() && spec["backoffLimitPerIndex"].as_u64().is_some());
+    let completions = spec["completions"].as_u64().unwrap();
+    let container = &spec["template"]["spec"]["containers"][0];
+    let env = container["env"].as_sequence().unwrap();
+    let shards = env.iter().find(|e| e["name"] == "AIRLLM_SHARDS").expect("AIRLLM_SHARDS is set");
+    assert_eq!(shards["value"].as_str().unwrap(), completions.to_string(), "AIRLLM_SHARDS must equal completions");
+    assert!(
+        !spec["template"]["spec"]["volumes"].as_sequence().unwrap().is_empty(),
+        "the store and results need a volume"
+    );
+    let merge: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root().join("deploy/k8s/merge-job.yaml")).unwrap()).unwrap();
+    assert_eq!(merge["kind"], "Job");
+    let args = merge["spec"]["template"]["spec"]["containers"][0]["args"].as_sequence().unwrap();
+    assert_eq!(args[0], "merge");
+}

@@ -19,11 +19,13 @@ use sha2::{Digest, Sha256};
 
 use crate::fetch::{self, ModelRef};
 use crate::job::{Job, Overrides};
-use crate::outputs::{Finished, OutputDir};
+use crate::outputs::{Finished, JobRecord, OutputDir};
 use crate::progress::Progress;
 use crate::report::{self, Scores};
 use crate::schedule::{self, Sequence};
+use crate::shard::{self, Shard};
 use crate::task::{self, Doc, Request, Response, Task, Windowing, registry};
+use crate::thresholds;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -31,6 +33,8 @@ pub struct RunArgs {
     pub job: PathBuf,
     #[command(flatten)]
     pub selection: Selection,
+    #[command(flatten)]
+    pub sharding: Sharding,
     /// Output folder, instead of the job's.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -54,6 +58,15 @@ pub struct Selection {
     /// Solved examples before each question, for every task.
     #[arg(long, value_name = "K")]
     pub num_fewshot: Option<usize>,
+}
+
+/// How `run` splits its work: one shard of the job's documents.
+#[derive(Debug, Clone, Args)]
+pub struct Sharding {
+    /// Score only shard I of N (0-based) into OUTPUT/shard-I-of-N/; default: the job's `shard:`,
+    /// else Slurm's array variables or Kubernetes' JOB_COMPLETION_INDEX with AIRLLM_SHARDS.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
 }
 
 impl Selection {
@@ -88,7 +101,12 @@ impl Selection {
 
 impl RunArgs {
     fn overrides(&self) -> Overrides {
-        Overrides { output: self.out.clone(), no_resume: self.no_resume, ..self.selection.overrides() }
+        Overrides {
+            output: self.out.clone(),
+            no_resume: self.no_resume,
+            shard: self.sharding.shard,
+            ..self.selection.overrides()
+        }
     }
 }
 
@@ -97,10 +115,15 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut job = Job::load(&args.job)?;
     job.apply(&args.overrides()).with_context(|| format!("{}: command line", job.path.display()))?;
     let tasks = registry::load(&job)?;
+    thresholds::check_names(&job.spec.thresholds, &tasks).with_context(|| job.locate("thresholds"))?;
+    let shard = match job.spec.shard {
+        Some(shard) => Some(shard),
+        None => Shard::from_env()?,
+    };
     let hash = job.spec.hash(&tasks_digest(&tasks));
     let store = prepare_model(&job)?;
     let backend = &job.spec.backend;
-    let execute = Execute { job: &job, tasks: &tasks, hash: &hash, store: &store, started };
+    let execute = Execute { job: &job, tasks: &tasks, shard, hash: &hash, store: &store, started };
     with_backend(&backend.name, backend.device, execute).expect("the job's backend was checked when it was loaded")
 }
 
@@ -117,6 +140,7 @@ pub fn tasks_digest(tasks: &[Task]) -> String {
 struct Execute<'a> {
     job: &'a Job,
     tasks: &'a [Task],
+    shard: Option<Shard>,
     hash: &'a str,
     store: &'a Path,
     started: Instant,
@@ -130,33 +154,93 @@ impl BackendTask for Execute<'_> {
         let mut engine = Engine::<B>::open_on(self.store, engine_options(self.job), device)
             .with_context(|| format!("opening layer store {}", self.store.display()))?;
         let requests = build_requests(self.tasks, engine.tokenizer(), engine.spec())?;
+        let (tasks, requests, dir) = match self.shard {
+            None => (self.tasks.to_vec(), requests, spec.output.clone()),
+            Some(shard) => {
+                let (tasks, requests) = shard_subset(self.tasks, requests, shard);
+                (tasks, requests, shard.dir(&spec.output))
+            }
+        };
         let sequences = schedule::sequences(&requests, engine.spec().max_position_embeddings);
         let waves = schedule::waves(engine.spec(), &sequences, spec.memory.activation_budget.0);
-        let docs: usize = self.tasks.iter().map(|t| t.docs.len()).sum();
+        let docs: usize = tasks.iter().map(|t| t.docs.len()).sum();
+        let shard = self.shard.map_or_else(|| "whole job".to_string(), |s| format!("shard {s}"));
         tracing::info!(
             docs,
             requests = requests.len(),
             sequences = sequences.len(),
             waves = waves.len(),
-            "job {}: {} tasks",
+            "job {}, {shard}: {} tasks",
             self.hash,
-            self.tasks.len()
+            tasks.len()
         );
-        let (mut out, done) = OutputDir::open(&spec.output, self.hash, &serde_json::to_value(spec)?, spec.resume)?;
-        let mut state = RunState::new(self.tasks, &requests, done)?;
+        let record = JobRecord {
+            job_hash: self.hash.to_string(),
+            spec: serde_json::to_value(spec)?,
+            identity: self.identity(&engine),
+            job: self.job.path.clone(),
+            shard: self.shard,
+        };
+        let (mut out, done) = OutputDir::open(&dir, &record, spec.resume)?;
+        let mut state = RunState::new(&tasks, &requests, done)?;
         let compute = Instant::now();
-        run_waves(&mut engine, self.tasks, &sequences, &waves, &mut state, &mut out)?;
+        run_waves(&mut engine, &tasks, &sequences, &waves, &mut state, &mut out)?;
         let compute_s = compute.elapsed().as_secs_f64();
 
-        let counts = Counts { requests: requests.len(), sequences: sequences.len(), waves: waves.len() };
-        let resumed = state.resumed;
-        let report = report::build(self.tasks, &state.into_scores(self.tasks), self.identity(&engine));
+        let counts = Counts {
+            requests: requests.len(),
+            sequences: sequences.len(),
+            waves: waves.len(),
+            docs,
+            resumed: state.resumed,
+        };
+        out.write_run_record(&self.run_record(&engine, &counts, compute_s))?;
+        if let Some(shard) = self.shard {
+            println!(
+                "shard {shard} done: {docs} documents in {}; when every shard is done: airllm-eval merge {}",
+                out.dir().display(),
+                spec.output.display()
+            );
+            return Ok(());
+        }
+        let report = report::build(&tasks, &state.into_scores(&tasks), record.identity);
         out.write_report(&report)?;
-        out.write_run_record(&self.run_record(&engine, &counts, docs, resumed, compute_s))?;
         report::print_table(&report.summary);
         println!("results in {}", out.dir().display());
-        Ok(())
+        thresholds::enforce(&spec.thresholds, &report.summary)
     }
+}
+
+/// The documents of one shard: the tasks with only those documents, and their requests,
+/// renumbered.
+fn shard_subset(tasks: &[Task], requests: Vec<Request>, shard: Shard) -> (Vec<Task>, Vec<Request>) {
+    let docs: usize = tasks.iter().map(|t| t.docs.len()).sum();
+    let mut tokens = vec![0u64; docs];
+    for r in &requests {
+        tokens[r.doc] += (r.context.len() + r.continuation.len()) as u64;
+    }
+    let mine: Vec<bool> = shard::assign(&tokens, shard.count).into_iter().map(|s| s == shard.index).collect();
+    let mut renumber = vec![usize::MAX; docs];
+    let mut next = 0;
+    let mut doc = 0;
+    let subset = tasks
+        .iter()
+        .map(|task| {
+            let kept = task.docs.iter().filter(|_| {
+                let keep = mine[doc];
+                if keep {
+                    renumber[doc] = next;
+                    next += 1;
+                }
+                doc += 1;
+                keep
+            });
+            Task { docs: kept.cloned().collect(), ..task.clone() }
+        })
+        .collect();
+    let requests =
+        requests.into_iter().filter(|r| mine[r.doc]).map(|r| Request { doc: renumber[r.doc], ..r }).collect();
+    (subset, requests)
 }
 
 /// Sizes of the job's plan, for the run record.
@@ -164,6 +248,8 @@ struct Counts {
     requests: usize,
     sequences: usize,
     waves: usize,
+    docs: usize,
+    resumed: usize,
 }
 
 impl Execute<'_> {
@@ -184,14 +270,7 @@ impl Execute<'_> {
         })
     }
 
-    fn run_record<B: Backend>(
-        &self,
-        engine: &Engine<B>,
-        counts: &Counts,
-        docs: usize,
-        resumed: usize,
-        compute_s: f64,
-    ) -> serde_json::Value {
+    fn run_record<B: Backend>(&self, engine: &Engine<B>, counts: &Counts, compute_s: f64) -> serde_json::Value {
         let spec = &self.job.spec;
         let stats = engine.stats();
         serde_json::json!({
@@ -209,8 +288,9 @@ impl Execute<'_> {
             "tasks": self.tasks.iter().map(|t| &t.name).collect::<Vec<_>>(),
             "backend": backend_label(&spec.backend.name),
             "activation_budget_bytes": spec.memory.activation_budget.0,
-            "docs": docs,
-            "docs_resumed": resumed,
+            "shard": self.shard,
+            "docs": counts.docs,
+            "docs_resumed": counts.resumed,
             "requests": counts.requests,
             "sequences": counts.sequences,
             "waves_planned": counts.waves,
@@ -344,6 +424,7 @@ impl RunState {
                 );
             }
             self.remaining[doc] = 0;
+            self.tokens[doc] = finished.tokens;
             self.results[doc] = Some(finished.responses);
             self.resumed += 1;
         }
@@ -382,7 +463,7 @@ impl RunState {
             Doc::Rolling(_) => vec![schedule::combine(parts)],
         };
         self.results[doc] = Some(responses.clone());
-        Finished { task: self.names[doc].0.clone(), doc: self.names[doc].1, responses }
+        Finished { task: self.names[doc].0.clone(), doc: self.names[doc].1, responses, tokens: self.tokens[doc] }
     }
 
     fn done(&self) -> usize {
