@@ -11,6 +11,10 @@ use std::sync::Arc;
 
 use burn::prelude::*;
 
+mod generate;
+
+pub use generate::{GenerationStats, kv_bytes_per_token};
+
 use crate::backend::DefaultBackend;
 use crate::error::{EngineError, Result};
 use crate::model::{Compute, DecoderLayer, Head, Precision, Rope, to_device};
@@ -225,8 +229,8 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
-    /// Every micro-batch through every layer, layer-major: from the resident layers when they are
-    /// loaded, else streamed through the prefetcher (and kept, when resident).
+    /// Every micro-batch through every layer, layer-major. The last layer computes only the
+    /// rows the head reads.
     fn run_layers(
         &mut self,
         spec: &ModelSpec,
@@ -235,32 +239,44 @@ impl<B: Backend> Engine<B> {
         observer: &dyn WaveObserver,
     ) -> Result<()> {
         let device = self.device.clone();
-        // The last layer computes only the rows the head reads.
-        let run = |layer: &DecoderLayer<B>, index: usize, batches: &mut [MicroBatch<B>]| {
+        self.for_each_layer(observer, &mut |layer, index| {
             for batch in batches.iter_mut().filter(|b| !b.scored.is_empty()) {
                 let hidden = batch.hidden.take().expect("hidden state present");
                 batch.hidden = Some(if index + 1 < spec.num_layers {
-                    layer.forward(hidden, rope)
+                    layer.forward(hidden, rope, None)
                 } else {
                     let rows = TensorData::new(batch.scored.clone(), [batch.scored.len()]);
-                    layer.forward_rows(hidden, rope, Tensor::from_data(rows, &device))
+                    layer.forward_rows(hidden, rope, Tensor::from_data(rows, &device), None)
                 });
             }
-        };
+            Ok(())
+        })
+    }
+
+    /// Calls `run(layer, index)` for every layer in order: from the resident layers when they are
+    /// loaded, else streamed through the prefetcher (and kept, when resident). One call reads the
+    /// store once.
+    pub(crate) fn for_each_layer(
+        &mut self,
+        observer: &dyn WaveObserver,
+        run: &mut dyn FnMut(&DecoderLayer<B>, usize) -> Result<()>,
+    ) -> Result<()> {
+        let layers = self.spec().num_layers;
         if !self.resident_layers.is_empty() {
             for (index, layer) in self.resident_layers.iter().enumerate() {
-                run(layer, index, batches);
-                observer.layer_done(index + 1, spec.num_layers);
+                run(layer, index)?;
+                observer.layer_done(index + 1, layers);
             }
             return Ok(());
         }
+        let spec = self.spec().clone();
         let mut prefetcher = Prefetcher::start(Arc::clone(&self.store), self.options.prefetch_depth);
-        for index in 0..spec.num_layers {
+        for index in 0..layers {
             let layer =
-                DecoderLayer::<B>::from_host(spec, prefetcher.next_layer()?, self.options.compute(), &self.device)?;
-            run(&layer, index, batches);
+                DecoderLayer::<B>::from_host(&spec, prefetcher.next_layer()?, self.options.compute(), &self.device)?;
+            run(&layer, index)?;
             tracing::trace!(layer = index, "layer done");
-            observer.layer_done(index + 1, spec.num_layers);
+            observer.layer_done(index + 1, layers);
             if self.options.resident {
                 self.resident_layers.push(layer);
             }

@@ -270,7 +270,7 @@ pub(crate) fn transposed_keys(qkv: &[f32], batch: usize, seq: usize, width: usiz
 }
 
 /// Rotates each `head_dim` slice of `values` by one position's angles (`rotate_half` layout).
-fn rotate_heads(values: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+pub(crate) fn rotate_heads(values: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
     let half = head_dim / 2;
     for head in values.chunks_exact_mut(head_dim) {
         let (first, second) = head.split_at_mut(half);

@@ -5,11 +5,19 @@ use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
+use super::kv_cache::{self, SequenceKv};
 use super::{Compute, Linear, Rope, fused, rms_norm, to_device};
 use crate::error::{EngineError, Result};
 use crate::source::LayerTensor;
 use crate::spec::ModelSpec;
 use crate::store::LayerHost;
+
+/// Where a prefill keeps keys and values: the true length of each right-padded sequence of the
+/// micro-batch, and the caches they go to.
+pub struct KeepKv<'a> {
+    pub lengths: &'a [usize],
+    pub caches: &'a mut [SequenceKv],
+}
 
 /// The q, k and v projections are stacked into one weight, and gate and up into another: one
 /// wide matmul keeps both cores busy where three narrow ones (k and v have only
@@ -87,18 +95,25 @@ impl<B: Backend> DecoderLayer<B> {
         })
     }
 
-    /// Runs `x` `[batch, seq, hidden]` (right-padded, so every row starts at position 0).
-    pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 3> {
-        let heads = self.attention(rms_norm(x.clone(), &self.attn_norm, self.eps), rope);
+    /// Runs `x` `[batch, seq, hidden]` (right-padded, so every row starts at position 0); with
+    /// `keep`, each sequence's keys and values also go to its cache.
+    pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope<B>, keep: Option<KeepKv>) -> Tensor<B, 3> {
+        let heads = self.attention(rms_norm(x.clone(), &self.attn_norm, self.eps), rope, keep);
         self.mlp(x + self.o_proj.forward(heads))
     }
 
     /// [`forward`](Self::forward) for the last layer when only some rows are read: keys and
     /// values come from every row, but the output projection and the MLP run on `rows` (flat
     /// indices into `batch x seq`) alone. Returns `[1, rows, hidden]`.
-    pub fn forward_rows(&self, x: Tensor<B, 3>, rope: &Rope<B>, rows: Tensor<B, 1, Int>) -> Tensor<B, 3> {
+    pub fn forward_rows(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        rows: Tensor<B, 1, Int>,
+        keep: Option<KeepKv>,
+    ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
-        let heads = self.attention(rms_norm(x.clone(), &self.attn_norm, self.eps), rope);
+        let heads = self.attention(rms_norm(x.clone(), &self.attn_norm, self.eps), rope, keep);
         let pick = |t: Tensor<B, 3>| {
             let width = t.dims()[2];
             t.reshape([batch * seq, width]).select(0, rows.clone()).unsqueeze::<3>()
@@ -113,18 +128,46 @@ impl<B: Backend> DecoderLayer<B> {
         x + self.down_proj.forward(gated)
     }
 
-    /// Rotary embedding and attention of every head: `[batch, seq, hidden]` -> `[batch, seq,
-    /// heads * head_dim]`, before the output projection.
-    fn attention(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 3> {
-        let qkv = self.qkv_proj.forward(x);
-        let heads = fused::Heads {
+    /// One decode step: `x` `[n, 1, hidden]` holds the newest token of each sequence, `caches[i]`
+    /// sequence `i`'s keys and values so far (the token's own are appended).
+    pub fn decode_step(&self, x: Tensor<B, 3>, rope: &Rope<B>, caches: &mut [SequenceKv]) -> Tensor<B, 3> {
+        let [n, _, _] = x.dims();
+        let qkv = self.qkv_proj.forward(rms_norm(x.clone(), &self.attn_norm, self.eps));
+        let device = qkv.device();
+        let qkv = qkv.into_data().convert::<f32>();
+        let out =
+            kv_cache::attend_new_tokens(qkv.as_slice::<f32>().expect("f32 data"), self.heads(), rope.tables(), caches);
+        let heads = to_device(&[n, 1, self.num_heads * self.head_dim], out, &device);
+        self.mlp(x + self.o_proj.forward(heads))
+    }
+
+    fn heads(&self) -> fused::Heads {
+        fused::Heads {
             heads: self.num_heads,
             kv_heads: self.num_kv_heads,
             head_dim: self.head_dim,
             window: self.sliding_window,
-        };
+        }
+    }
+
+    /// Rotary embedding and attention of every head: `[batch, seq, hidden]` -> `[batch, seq,
+    /// heads * head_dim]`, before the output projection.
+    fn attention(&self, x: Tensor<B, 3>, rope: &Rope<B>, keep: Option<KeepKv>) -> Tensor<B, 3> {
+        let qkv = self.qkv_proj.forward(x);
+        if let Some(KeepKv { lengths, caches }) = keep {
+            let seq = qkv.dims()[1];
+            let values = qkv.clone().into_data().convert::<f32>();
+            kv_cache::keep(
+                values.as_slice::<f32>().expect("f32 data"),
+                seq,
+                lengths,
+                self.heads(),
+                rope.tables(),
+                caches,
+            );
+        }
         match rope.host_tables() {
-            Some((cos, sin)) => fused::attention_host(qkv, heads, cos, sin, self.host_kernels),
+            Some((cos, sin)) => fused::attention_host(qkv, self.heads(), cos, sin, self.host_kernels),
             None => self.attention_ops(qkv, rope),
         }
     }

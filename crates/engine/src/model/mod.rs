@@ -7,11 +7,12 @@ mod fused;
 #[cfg(target_arch = "x86_64")]
 pub mod gemm;
 mod head;
+pub mod kv_cache;
 mod layer;
 mod rope;
 
 pub use head::Head;
-pub use layer::DecoderLayer;
+pub use layer::{DecoderLayer, KeepKv};
 pub use rope::Rope;
 
 use burn::prelude::*;

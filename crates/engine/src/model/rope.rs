@@ -12,8 +12,10 @@ use crate::spec::{ModelSpec, RopeScaling};
 pub struct Rope<B: Backend> {
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
-    /// The same tables in host memory, for the fused host path.
-    host: Option<(Vec<f32>, Vec<f32>)>,
+    /// The same tables in host memory: for the fused host path, and for decode steps, which
+    /// rotate on the host on every backend.
+    host: (Vec<f32>, Vec<f32>),
+    on_host: bool,
 }
 
 impl<B: Backend> Rope<B> {
@@ -31,11 +33,11 @@ impl<B: Backend> Rope<B> {
             }
         }
         let shape = [max_positions, dim];
-        let host = fused::on_host::<B>().then(|| (cos.clone(), sin.clone()));
         Self {
-            cos: Tensor::from_data(TensorData::new(cos, shape), device),
-            sin: Tensor::from_data(TensorData::new(sin, shape), device),
-            host,
+            cos: Tensor::from_data(TensorData::new(cos.clone(), shape), device),
+            sin: Tensor::from_data(TensorData::new(sin.clone(), shape), device),
+            host: (cos, sin),
+            on_host: fused::on_host::<B>(),
         }
     }
 
@@ -45,7 +47,12 @@ impl<B: Backend> Rope<B> {
 
     /// The cos/sin tables in host memory, where the backend keeps tensors there.
     pub fn host_tables(&self) -> Option<(&[f32], &[f32])> {
-        self.host.as_ref().map(|(cos, sin)| (cos.as_slice(), sin.as_slice()))
+        self.on_host.then(|| self.tables())
+    }
+
+    /// The cos/sin tables `[positions, head_dim]` in host memory, on every backend.
+    pub fn tables(&self) -> (&[f32], &[f32]) {
+        (&self.host.0, &self.host.1)
     }
 
     /// Rotates `x` `[batch, seq, heads * head_dim]` by the angles of positions `0..seq`.

@@ -1,0 +1,167 @@
+//! Layer-major greedy generation with a per-layer KV cache.
+//!
+//! A wave of prompts is prefilled layer-major as a scoring wave is, keeping every layer's keys and
+//! values of every sequence (in host memory, [`SequenceKv`]). Then each decode step runs the
+//! wave's newest tokens through layer 0..L-1, one pass over the store per step (none when the
+//! layers are resident), each layer attending to its cache and appending to it. Sequences that
+//! finish (the caller says stop, or their token budget is spent) leave the wave and free their
+//! cache, so later steps get cheaper. Lengths, positions and masks are per sequence: nothing
+//! relies on padding.
+
+use std::sync::Arc;
+
+use burn::prelude::*;
+
+use super::{Engine, HeadOutput, WaveObserver, first_argmax};
+use crate::error::{EngineError, Result};
+use crate::model::kv_cache::SequenceKv;
+use crate::model::{KeepKv, Rope, to_device};
+
+/// What a generating wave did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GenerationStats {
+    /// Decode steps after the prefill (each one pass over the layers).
+    pub steps: usize,
+    /// Tokens generated, over all sequences.
+    pub tokens: u64,
+    /// The most bytes the KV caches held at once.
+    pub peak_kv_bytes: u64,
+}
+
+/// Bytes of KV cache one token takes: layers x (keys + values) x kv heads x head dim x f32.
+pub fn kv_bytes_per_token(spec: &crate::ModelSpec) -> u64 {
+    (spec.num_layers * 2 * spec.num_kv_heads * spec.head_dim * std::mem::size_of::<f32>()) as u64
+}
+
+impl<B: Backend> Engine<B> {
+    /// Greedy generation for a wave of prompts. `on_token(i, token)` receives each new token of
+    /// sequence `i` in order and returns whether the sequence goes on; a sequence also stops
+    /// after `max_new[i]` tokens.
+    pub fn generate_wave(
+        &mut self,
+        prompts: &[Vec<u32>],
+        max_new: &[usize],
+        observer: &dyn WaveObserver,
+        on_token: &mut dyn FnMut(usize, u32) -> bool,
+    ) -> Result<GenerationStats> {
+        if let Some(i) = max_new.iter().position(|&m| m == 0) {
+            return Err(EngineError::Other(format!("sequence {i}: at least one new token must be asked for")));
+        }
+        let sequences: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+        let last_rows: Vec<Vec<usize>> = prompts.iter().map(|p| vec![p.len().saturating_sub(1)]).collect();
+        self.validate(&sequences, &last_rows)?;
+        let spec = self.spec().clone();
+        let longest = prompts.iter().zip(max_new).map(|(p, m)| p.len() + m).max().unwrap_or(1);
+        let rope = Rope::<B>::new(&spec, longest, &self.device);
+        let mut caches: Vec<Vec<SequenceKv>> = vec![vec![SequenceKv::default(); prompts.len()]; spec.num_layers];
+        let mut last = self.prefill(&sequences, &last_rows, &rope, &mut caches, observer)?;
+        let mut stats = GenerationStats { peak_kv_bytes: kv_bytes(&caches), ..Default::default() };
+        let mut produced = vec![0usize; prompts.len()];
+        let mut active: Vec<usize> = (0..prompts.len()).collect();
+        loop {
+            active.retain(|&i| {
+                produced[i] += 1;
+                stats.tokens += 1;
+                let go_on = on_token(i, last[i]) && produced[i] < max_new[i];
+                if !go_on {
+                    caches.iter_mut().for_each(|layer| layer[i] = SequenceKv::default());
+                }
+                go_on
+            });
+            if active.is_empty() {
+                return Ok(stats);
+            }
+            let next = self.decode_step(&active, &last, &rope, &mut caches, observer)?;
+            for (&i, token) in active.iter().zip(next) {
+                last[i] = token;
+            }
+            stats.steps += 1;
+            stats.peak_kv_bytes = stats.peak_kv_bytes.max(kv_bytes(&caches));
+        }
+    }
+
+    /// Runs the prompts through every layer, keeping keys and values; returns each one's first
+    /// new token.
+    fn prefill(
+        &mut self,
+        sequences: &[&[u32]],
+        last_rows: &[Vec<usize>],
+        rope: &Rope<B>,
+        caches: &mut [Vec<SequenceKv>],
+        observer: &dyn WaveObserver,
+    ) -> Result<Vec<u32>> {
+        let table = self.embed_table()?;
+        let mut batches = self.embed(&table, sequences, last_rows, &self.plan_micro_batches(sequences));
+        drop(table);
+        let (device, layers) = (self.device.clone(), self.spec().num_layers);
+        self.for_each_layer(observer, &mut |layer, index| {
+            for batch in batches.iter_mut() {
+                let lengths: Vec<usize> = batch.requests.iter().map(|&r| sequences[r].len()).collect();
+                let mut kv: Vec<SequenceKv> =
+                    batch.requests.iter().map(|&r| std::mem::take(&mut caches[index][r])).collect();
+                let keep = Some(KeepKv { lengths: &lengths, caches: &mut kv });
+                let hidden = batch.hidden.take().expect("hidden state present");
+                batch.hidden = Some(if index + 1 < layers {
+                    layer.forward(hidden, rope, keep)
+                } else {
+                    let rows = TensorData::new(batch.scored.clone(), [batch.scored.len()]);
+                    layer.forward_rows(hidden, rope, Tensor::from_data(rows, &device), keep)
+                });
+                for (&r, kv) in batch.requests.iter().zip(kv) {
+                    caches[index][r] = kv;
+                }
+            }
+            Ok(())
+        })?;
+        let head = self.head()?;
+        let mut next = vec![0u32; sequences.len()];
+        for batch in batches {
+            self.apply_head(&head, batch, last_rows, HeadOutput::Logits, &mut |request, _, logits| {
+                next[request] = first_argmax(logits) as u32;
+            })?;
+        }
+        self.tokens += sequences.iter().map(|s| s.len() as u64).sum::<u64>();
+        self.waves += 1;
+        Ok(next)
+    }
+
+    /// The newest token of each active sequence through every layer; returns the next tokens.
+    fn decode_step(
+        &mut self,
+        active: &[usize],
+        last: &[u32],
+        rope: &Rope<B>,
+        caches: &mut [Vec<SequenceKv>],
+        observer: &dyn WaveObserver,
+    ) -> Result<Vec<u32>> {
+        let hidden = self.spec().hidden_size;
+        let table: Arc<Vec<f32>> = self.embed_table()?;
+        let mut values = Vec::with_capacity(active.len() * hidden);
+        for &i in active {
+            values.extend_from_slice(&table[last[i] as usize * hidden..][..hidden]);
+        }
+        drop(table);
+        let mut x: Tensor<B, 3> = to_device(&[active.len(), 1, hidden], values, &self.device);
+        self.for_each_layer(observer, &mut |layer, index| {
+            let mut kv: Vec<SequenceKv> = active.iter().map(|&i| std::mem::take(&mut caches[index][i])).collect();
+            x = layer.decode_step(x.clone(), rope, &mut kv);
+            for (&i, kv) in active.iter().zip(kv) {
+                caches[index][i] = kv;
+            }
+            Ok(())
+        })?;
+        let logits = self.head()?.logits(x.reshape([active.len(), hidden]));
+        let logits: Vec<f32> = logits
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .map_err(|e| EngineError::Other(format!("reading head output: {e:?}")))?;
+        self.tokens += active.len() as u64;
+        let vocab = self.spec().vocab_size;
+        Ok(logits.chunks_exact(vocab).map(|row| first_argmax(row) as u32).collect())
+    }
+}
+
+fn kv_bytes(caches: &[Vec<SequenceKv>]) -> u64 {
+    caches.iter().flatten().map(|kv| kv.bytes() as u64).sum()
+}
