@@ -163,6 +163,17 @@ impl<B: Backend> Engine<B> {
         &self.store.manifest().spec
     }
 
+    /// From now on, keep every layer in memory after its next read (`true`), or stream them
+    /// again for every wave and drop the ones kept (`false`).
+    pub fn set_resident(&mut self, resident: bool) {
+        self.options.resident = resident;
+        if !resident {
+            self.resident_layers.clear();
+            self.resident_embed = None;
+            self.resident_head = None;
+        }
+    }
+
     pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
         &self.tokenizer
     }

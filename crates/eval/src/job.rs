@@ -160,6 +160,13 @@ pub struct MemoryConfig {
     /// Layers read ahead while the current one computes.
     #[serde(default = "default_prefetch_depth")]
     pub prefetch_depth: usize,
+    /// Keys and values of one generating wave (generation tasks), e.g. `2GiB`.
+    #[serde(default = "default_kv_budget")]
+    pub kv_budget: ByteSize,
+    /// Generation keeps the layers in memory, instead of reading the store at every step, when
+    /// the store is no larger than this.
+    #[serde(default = "default_resident_budget")]
+    pub resident_budget: ByteSize,
 }
 
 fn default_activation_budget() -> ByteSize {
@@ -173,6 +180,12 @@ fn default_micro_batch_tokens() -> usize {
 fn default_prefetch_depth() -> usize {
     1
 }
+fn default_kv_budget() -> ByteSize {
+    ByteSize(1 << 31)
+}
+fn default_resident_budget() -> ByteSize {
+    ByteSize(4 << 30)
+}
 
 impl Default for MemoryConfig {
     fn default() -> Self {
@@ -180,6 +193,8 @@ impl Default for MemoryConfig {
             activation_budget: default_activation_budget(),
             micro_batch_tokens: default_micro_batch_tokens(),
             prefetch_depth: default_prefetch_depth(),
+            kv_budget: default_kv_budget(),
+            resident_budget: default_resident_budget(),
         }
     }
 }

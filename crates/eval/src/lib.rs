@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod dataset;
 pub mod fetch;
+pub mod generation;
 pub mod job;
 pub mod outputs;
 pub mod progress;

@@ -5,6 +5,7 @@
 //! OUT/responses.partial.csv    journal: finished documents appended (and fsynced) after every wave
 //! OUT/requests.csv             task,doc,choice,loglikelihood,is_greedy   (choice tasks)
 //! OUT/rolling.csv              task,doc,loglikelihood,tokens,words,bytes (rolling tasks)
+//! OUT/generations.csv          task,doc,completion,strict,flexible,gold,exact_match,... (generation tasks)
 //! OUT/docs.csv                 task,doc,gold,pred,<metric>...            (every document)
 //! OUT/summary.csv              task,metric,n,value,stderr                (tasks and groups)
 //! OUT/results.json             the same numbers in lm-eval's results layout
@@ -32,12 +33,13 @@ pub const JOB: &str = "job.json";
 pub const JOURNAL: &str = "responses.partial.csv";
 pub const REQUESTS: &str = "requests.csv";
 pub const ROLLING: &str = "rolling.csv";
+pub const GENERATIONS: &str = "generations.csv";
 pub const DOCS: &str = "docs.csv";
 pub const SUMMARY: &str = "summary.csv";
 pub const RESULTS: &str = "results.json";
 pub const RUN: &str = "run.json";
 const LOCK: &str = ".lock";
-const HEADER: &str = "task,doc,loglikelihoods,is_greedy,tokens\n";
+const HEADER: &str = "task,doc,loglikelihoods,is_greedy,tokens,completion\n";
 
 /// What `job.json` records: enough to tell whether an output folder belongs to a job, and for
 /// `merge` to rebuild the job's documents and results from shard folders.
@@ -64,8 +66,11 @@ pub struct Finished {
     pub doc: usize,
     /// One per choice; one for a rolling document (all its windows).
     pub responses: Vec<Response>,
-    /// Tokens scored (for a rolling document, its length in tokens).
+    /// Tokens scored (for a rolling document, its length in tokens; for a generated one, the
+    /// tokens generated).
     pub tokens: usize,
+    /// A generated document's completion.
+    pub completion: Option<String>,
 }
 
 /// An output folder opened for a run: locked, and holding the documents finished so far.
@@ -94,7 +99,7 @@ impl OutputDir {
             ),
             Some(_) if !resume => {
                 tracing::info!("resume is off: removing earlier results in {}", dir.display());
-                for name in [JOURNAL, REQUESTS, ROLLING, DOCS, SUMMARY, RESULTS, RUN, JOB] {
+                for name in [JOURNAL, REQUESTS, ROLLING, GENERATIONS, DOCS, SUMMARY, RESULTS, RUN, JOB] {
                     remove_if_present(&dir.join(name))?;
                 }
             }
@@ -135,6 +140,7 @@ impl OutputDir {
 pub fn write_report(dir: &Path, report: &Report) -> Result<()> {
     write_atomic(&dir.join(REQUESTS), report.requests_csv.as_bytes())?;
     write_atomic(&dir.join(ROLLING), report.rolling_csv.as_bytes())?;
+    write_atomic(&dir.join(GENERATIONS), report.generations_csv.as_bytes())?;
     write_atomic(&dir.join(DOCS), report.docs_csv.as_bytes())?;
     write_atomic(&dir.join(SUMMARY), report.summary_csv.as_bytes())?;
     write_atomic(&dir.join(RESULTS), &serde_json::to_vec_pretty(&report.results_json)?)?;
@@ -146,7 +152,17 @@ pub fn write_report(dir: &Path, report: &Report) -> Result<()> {
 fn journal_row(finished: &Finished) -> String {
     let lls: Vec<String> = finished.responses.iter().map(|r| r.loglikelihood.to_string()).collect();
     let greedy: String = finished.responses.iter().map(|r| if r.is_greedy { '1' } else { '0' }).collect();
-    format!("{},{},{},{greedy},{}\n", csv_field(&finished.task), finished.doc, lls.join(" "), finished.tokens)
+    // A completion is kept as a JSON string: one line, whatever it holds.
+    let completion =
+        finished.completion.as_ref().map_or_else(String::new, |c| serde_json::Value::from(c.as_str()).to_string());
+    format!(
+        "{},{},{},{greedy},{},{}\n",
+        csv_field(&finished.task),
+        finished.doc,
+        lls.join(" "),
+        finished.tokens,
+        csv_field(&completion)
+    )
 }
 
 /// The complete lines of a journal (a torn last line is left out).
@@ -168,11 +184,14 @@ fn parse_journal(path: &Path, text: &str) -> Result<Vec<Finished>> {
 fn parse_row(line: &str) -> Result<Finished> {
     let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(line.as_bytes());
     let record = reader.records().next().context("empty row")??;
-    if record.len() != 5 {
-        bail!("expected 5 fields, found {}", record.len());
+    if record.len() != 6 {
+        bail!("expected 6 fields, found {}", record.len());
     }
-    let lls: Vec<f64> =
-        record[2].split(' ').map(|v| v.parse().with_context(|| format!("bad number {v}"))).collect::<Result<_>>()?;
+    let lls: Vec<f64> = record[2]
+        .split(' ')
+        .filter(|v| !v.is_empty())
+        .map(|v| v.parse().with_context(|| format!("bad number {v}")))
+        .collect::<Result<_>>()?;
     let greedy: Vec<bool> = record[3].chars().map(|c| c == '1').collect();
     if lls.len() != greedy.len() {
         bail!("{} log-likelihoods but {} greedy flags", lls.len(), greedy.len());
@@ -183,6 +202,10 @@ fn parse_row(line: &str) -> Result<Finished> {
         doc: record[1].parse()?,
         responses: responses.collect(),
         tokens: record[4].parse()?,
+        completion: match &record[5] {
+            "" => None,
+            json => Some(serde_json::from_str(json).context("bad completion")?),
+        },
     })
 }
 
@@ -261,7 +284,7 @@ mod tests {
 
     fn finished(task: &str, doc: usize, lls: &[f64]) -> Finished {
         let responses = lls.iter().enumerate().map(|(i, &loglikelihood)| Response { loglikelihood, is_greedy: i == 1 });
-        Finished { task: task.into(), doc, responses: responses.collect(), tokens: 7 }
+        Finished { task: task.into(), doc, responses: responses.collect(), tokens: 7, completion: None }
     }
 
     fn record(hash: &str) -> JobRecord {
@@ -289,7 +312,10 @@ mod tests {
         drop(journal);
         let (mut out, done) = OutputDir::open(dir.path(), &spec, true).unwrap();
         assert_eq!(done, vec![a.clone()]);
-        let b = finished("wikitext", 3, &[-12345.678901234567]);
+        let b = Finished {
+            completion: Some("Q: 2, \"3\"\nA: x".into()),
+            ..finished("wikitext", 3, &[-12345.678901234567])
+        };
         out.append(std::slice::from_ref(&b)).unwrap();
         drop(out);
         let (_out, done) = OutputDir::open(dir.path(), &spec, true).unwrap();

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use crate::outputs::csv_field;
 use crate::task::metrics::{Aggregate, Metric, Sample, first_argmax, pool};
-use crate::task::{Doc, Response, Task};
+use crate::task::{Doc, Response, Task, gsm8k};
 
 /// One line of summary.csv and of the printed table.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +18,8 @@ pub struct SummaryRow {
     /// `None` for a group.
     pub num_fewshot: Option<usize>,
     pub metric: &'static str,
+    /// results.json's keys for the value and its error.
+    pub keys: (String, String),
     pub higher_is_better: bool,
     pub aggregate: Aggregate,
 }
@@ -27,16 +29,18 @@ pub struct Report {
     pub summary: Vec<SummaryRow>,
     pub requests_csv: String,
     pub rolling_csv: String,
+    pub generations_csv: String,
     pub docs_csv: String,
     pub summary_csv: String,
     pub results_json: Value,
 }
 
-/// What every document scored: `responses[t][d]` for document `d` of task `t`, and for rolling
-/// documents the number of tokens scored.
+/// What every document scored: `responses[t][d]` for document `d` of task `t`, for rolling
+/// documents the number of tokens scored, and for generated ones their completion.
 pub struct Scores {
     pub responses: Vec<Vec<Vec<Response>>>,
     pub tokens: Vec<Vec<usize>>,
+    pub completions: Vec<Vec<Option<String>>>,
 }
 
 /// Builds every table. `identity` goes into results.json as is (model, job hash, versions).
@@ -44,11 +48,14 @@ pub fn build(tasks: &[Task], scores: &Scores, identity: Value) -> Report {
     let samples: Vec<Vec<Vec<Sample>>> = tasks
         .iter()
         .zip(&scores.responses)
-        .map(|(task, responses)| {
+        .enumerate()
+        .map(|(t, (task, responses))| {
+            let completions = &scores.completions[t];
             task.docs
                 .iter()
                 .zip(responses)
-                .map(|(d, r)| task.metrics.iter().map(|m| m.sample(&d.doc, r)).collect())
+                .zip(completions)
+                .map(|((d, r), c)| task.metrics.iter().map(|m| m.sample(&d.doc, r, c.as_deref())).collect())
                 .collect()
         })
         .collect();
@@ -56,6 +63,7 @@ pub fn build(tasks: &[Task], scores: &Scores, identity: Value) -> Report {
     Report {
         requests_csv: requests_csv(tasks, scores),
         rolling_csv: rolling_csv(tasks, scores),
+        generations_csv: generations_csv(tasks, scores, &samples),
         docs_csv: docs_csv(tasks, scores, &samples),
         summary_csv: summary_csv(&summary),
         results_json: results_json(tasks, &summary, identity),
@@ -101,15 +109,52 @@ fn rolling_csv(tasks: &[Task], scores: &Scores) -> String {
     text
 }
 
+/// generations.csv: each generated document's completion, the answers the two filters take from
+/// it, the gold answer, and `exact_match` of the strict answer then of the flexible one.
+fn generations_csv(tasks: &[Task], scores: &Scores, samples: &[Vec<Vec<Sample>>]) -> String {
+    let mut text = String::from("task,doc,completion,strict,flexible,gold,exact_match,exact_match_flexible\n");
+    for (t, task) in tasks.iter().enumerate() {
+        for (d, document) in task.docs.iter().enumerate() {
+            let Doc::Generate(g) = &document.doc else { continue };
+            let completion = scores.completions[t][d].as_deref().unwrap_or_default();
+            let value = |metric: Metric| {
+                let i = task.metrics.iter().position(|m| *m == metric);
+                i.map_or_else(String::new, |i| metric.doc_value(samples[t][d][i]).to_string())
+            };
+            text.push_str(&format!(
+                "{},{},{},{},{},{},{},{}\n",
+                csv_field(&task.name),
+                document.row,
+                csv_field(completion),
+                csv_field(&gsm8k::strict_match(completion)),
+                csv_field(&gsm8k::flexible_extract(completion)),
+                csv_field(&g.target),
+                value(Metric::ExactMatchStrict),
+                value(Metric::ExactMatchFlexible)
+            ));
+        }
+    }
+    text
+}
+
 /// Every metric the job's tasks report, in one fixed order: the columns of docs.csv.
 fn metric_columns(tasks: &[Task]) -> Vec<&'static str> {
-    let order = ["acc", "acc_norm", "word_perplexity", "byte_perplexity", "bits_per_byte"];
+    let order = [
+        "acc",
+        "acc_norm",
+        "word_perplexity",
+        "byte_perplexity",
+        "bits_per_byte",
+        "exact_match,strict-match",
+        "exact_match,flexible-extract",
+    ];
     order.into_iter().filter(|name| tasks.iter().any(|t| t.metrics.iter().any(|m| m.name() == *name))).collect()
 }
 
 fn docs_csv(tasks: &[Task], scores: &Scores, samples: &[Vec<Vec<Sample>>]) -> String {
     let columns = metric_columns(tasks);
-    let mut text = format!("task,doc,gold,pred,{}\n", columns.join(","));
+    let header: Vec<String> = columns.iter().map(|c| csv_field(c)).collect();
+    let mut text = format!("task,doc,gold,pred,{}\n", header.join(","));
     for (t, task) in tasks.iter().enumerate() {
         for (d, document) in task.docs.iter().enumerate() {
             let (gold, pred) = match &document.doc {
@@ -118,6 +163,10 @@ fn docs_csv(tasks: &[Task], scores: &Scores, samples: &[Vec<Vec<Sample>>]) -> St
                     (c.gold.to_string(), first_argmax(&lls).to_string())
                 }
                 Doc::Rolling(_) => (String::new(), String::new()),
+                Doc::Generate(g) => {
+                    let completion = scores.completions[t][d].as_deref().unwrap_or_default();
+                    (csv_field(&g.target), csv_field(&gsm8k::strict_match(completion)))
+                }
             };
             let values: Vec<String> = columns
                 .iter()
@@ -167,6 +216,7 @@ fn summarize(tasks: &[Task], samples: &[Vec<Vec<Sample>>]) -> Vec<SummaryRow> {
                     task: tasks[t].name.clone(),
                     num_fewshot: Some(tasks[t].num_fewshot),
                     metric: metric.name(),
+                    keys: metric.result_keys(),
                     higher_is_better: metric.higher_is_better(),
                     aggregate: *aggregate,
                 });
@@ -189,6 +239,7 @@ fn group_rows(group: &str, tasks: &[Task], per_task: &[Vec<(Metric, Aggregate)>]
                 task: group.to_string(),
                 num_fewshot: None,
                 metric: metric.name(),
+                keys: metric.result_keys(),
                 higher_is_better: metric.higher_is_better(),
                 aggregate: pool(&parts),
             })
@@ -201,7 +252,7 @@ fn summary_csv(summary: &[SummaryRow]) -> String {
     for row in summary {
         let stderr = row.aggregate.stderr.map(|s| s.to_string()).unwrap_or_default();
         let a = &row.aggregate;
-        text.push_str(&format!("{},{},{},{},{stderr}\n", csv_field(&row.task), row.metric, a.n, a.value));
+        text.push_str(&format!("{},{},{},{},{stderr}\n", csv_field(&row.task), csv_field(row.metric), a.n, a.value));
     }
     text
 }
@@ -218,9 +269,10 @@ fn results_json(tasks: &[Task], summary: &[SummaryRow], identity: Value) -> Valu
             m.insert("alias".into(), json!(alias));
             m
         });
-        entry.insert(format!("{},none", row.metric), json!(row.aggregate.value));
+        let (value_key, stderr_key) = row.keys.clone();
+        entry.insert(value_key, json!(row.aggregate.value));
         let stderr = row.aggregate.stderr.map_or(json!("N/A"), |s| json!(s));
-        entry.insert(format!("{}_stderr,none", row.metric), stderr);
+        entry.insert(stderr_key, stderr);
         entry.insert("sample_len".into(), json!(row.aggregate.n));
         higher.entry(row.task.clone()).or_default().insert(row.metric.into(), json!(row.higher_is_better));
     }
@@ -250,14 +302,15 @@ fn results_json(tasks: &[Task], summary: &[SummaryRow], identity: Value) -> Valu
 /// The table lm-eval prints at the end: task, shots, metric, value ± stderr.
 pub fn print_table(summary: &[SummaryRow]) {
     let width = summary.iter().map(|r| r.task.len()).max().unwrap_or(5).max(5);
-    println!("|{:<width$}|n-shot|{:<15}|   | {:>10} |   | {:>8} |", "Tasks", "Metric", "Value", "Stderr");
-    println!("|{}|-----:|{}|---|-----------:|---|---------:|", "-".repeat(width), "-".repeat(15));
+    let metric_width = summary.iter().map(|r| r.metric.len()).max().unwrap_or(6).max(15);
+    println!("|{:<width$}|n-shot|{:<metric_width$}|   | {:>10} |   | {:>8} |", "Tasks", "Metric", "Value", "Stderr");
+    println!("|{}|-----:|{}|---|-----------:|---|---------:|", "-".repeat(width), "-".repeat(metric_width));
     for row in summary {
         let shots = row.num_fewshot.map_or_else(String::new, |k| k.to_string());
         let arrow = if row.higher_is_better { "↑" } else { "↓" };
         let stderr = row.aggregate.stderr.map_or_else(|| "N/A".to_string(), |s| format!("{s:.4}"));
         println!(
-            "|{:<width$}|{shots:>6}|{:<15}|{arrow}  | {:>10.4} |±  | {stderr:>8} |",
+            "|{:<width$}|{shots:>6}|{:<metric_width$}|{arrow}  | {:>10.4} |±  | {stderr:>8} |",
             row.task, row.metric, row.aggregate.value
         );
     }

@@ -17,7 +17,7 @@ use crate::job::{Job, JobSpec};
 use crate::outputs::{self, Finished, JOB, JobRecord, RUN};
 use crate::report::{self, Scores};
 use crate::shard::Shard;
-use crate::task::{Doc, Response, Task, registry};
+use crate::task::{Response, Task, registry};
 use crate::thresholds;
 
 #[derive(Debug, Args)]
@@ -119,6 +119,7 @@ fn gather(tasks: &[Task], folders: &[(Shard, JobRecord, Vec<Finished>)], unfinis
     }
     let mut responses: Vec<Vec<Option<Vec<Response>>>> = tasks.iter().map(|t| vec![None; t.docs.len()]).collect();
     let mut tokens: Vec<Vec<usize>> = tasks.iter().map(|t| vec![0; t.docs.len()]).collect();
+    let mut completions: Vec<Vec<Option<String>>> = tasks.iter().map(|t| vec![None; t.docs.len()]).collect();
     let mut owner: HashMap<(usize, usize), Shard> = HashMap::new();
     for (shard, _, finished) in folders {
         for f in finished {
@@ -128,10 +129,7 @@ fn gather(tasks: &[Task], folders: &[(Shard, JobRecord, Vec<Finished>)], unfinis
             if let Some(other) = owner.insert((t, d), *shard) {
                 bail!("document {} {} is in both {} and {}", f.task, f.doc, other.dir_name(), shard.dir_name());
             }
-            let expected = match &tasks[t].docs[d].doc {
-                Doc::Choice(c) => c.choices.len(),
-                Doc::Rolling(_) => 1,
-            };
+            let expected = tasks[t].docs[d].doc.responses_expected();
             if f.responses.len() != expected {
                 bail!(
                     "{}: document {} {} has {} responses, expected {expected}",
@@ -143,6 +141,7 @@ fn gather(tasks: &[Task], folders: &[(Shard, JobRecord, Vec<Finished>)], unfinis
             }
             responses[t][d] = Some(f.responses.clone());
             tokens[t][d] = f.tokens;
+            completions[t][d] = f.completion.clone();
         }
     }
     let missing = responses.iter().flatten().filter(|r| r.is_none()).count();
@@ -161,5 +160,5 @@ fn gather(tasks: &[Task], folders: &[(Shard, JobRecord, Vec<Finished>)], unfinis
         );
     }
     let responses = responses.into_iter().map(|docs| docs.into_iter().map(|r| r.expect("checked")).collect()).collect();
-    Ok(Scores { responses, tokens })
+    Ok(Scores { responses, tokens, completions })
 }

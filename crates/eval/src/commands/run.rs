@@ -11,20 +11,21 @@ use std::time::Instant;
 
 use airllm_engine::ModelSpec;
 use airllm_engine::backend::{BackendTask, DEFAULT_BACKEND_NAME, with_backend};
-use airllm_engine::executor::{Engine, EngineOptions};
+use airllm_engine::executor::{Engine, EngineOptions, Quiet};
 use anyhow::{Context, Result, bail};
 use burn::prelude::Backend;
 use clap::Args;
 use sha2::{Digest, Sha256};
 
 use crate::fetch::{self, ModelRef};
-use crate::job::{Job, Overrides};
+use crate::generation::{self, Completion, Prompt};
+use crate::job::{Job, MemoryConfig, Overrides};
 use crate::outputs::{Finished, JobRecord, OutputDir};
 use crate::progress::Progress;
 use crate::report::{self, Scores};
 use crate::schedule::{self, Sequence};
 use crate::shard::{self, Shard};
-use crate::task::{self, Doc, Request, Response, Task, Windowing, registry};
+use crate::task::{self, Doc, GenerateDoc, Request, Response, Task, Windowing, registry};
 use crate::thresholds;
 
 #[derive(Debug, Args)]
@@ -185,6 +186,7 @@ impl BackendTask for Execute<'_> {
         let mut state = RunState::new(&tasks, &requests, done)?;
         let compute = Instant::now();
         run_waves(&mut engine, &tasks, &sequences, &waves, &mut state, &mut out)?;
+        run_generations(&mut engine, &tasks, &mut state, &mut out, &spec.memory)?;
         let compute_s = compute.elapsed().as_secs_f64();
 
         let counts = Counts {
@@ -379,6 +381,8 @@ struct RunState {
     /// Requests of each document still to score (0: finished).
     remaining: Vec<usize>,
     results: Vec<Option<Vec<Response>>>,
+    /// Generated documents' completions.
+    completions: Vec<Option<String>>,
     /// Documents found finished in the journal.
     resumed: usize,
 }
@@ -397,8 +401,8 @@ impl RunState {
         }
         let parts = remaining.iter().map(|&n| vec![None; n]).collect();
         let owners = requests.iter().map(|r| (r.doc, r.part)).collect();
-        let results = vec![None; docs.len()];
-        let mut state = Self { docs, names, owners, parts, tokens, remaining, results, resumed: 0 };
+        let (results, completions) = (vec![None; docs.len()], vec![None; docs.len()]);
+        let mut state = Self { docs, names, owners, parts, tokens, remaining, results, completions, resumed: 0 };
         state.resume(tasks, done)?;
         Ok(state)
     }
@@ -411,11 +415,9 @@ impl RunState {
                 bail!("journal document {} {} is not part of this job", finished.task, finished.doc);
             };
             let (t, d) = self.docs[doc];
-            let expected = match &tasks[t].docs[d].doc {
-                Doc::Choice(c) => c.choices.len(),
-                Doc::Rolling(_) => 1,
-            };
-            if finished.responses.len() != expected {
+            let generated = matches!(tasks[t].docs[d].doc, Doc::Generate(_));
+            let expected = tasks[t].docs[d].doc.responses_expected();
+            if finished.responses.len() != expected || finished.completion.is_some() != generated {
                 bail!(
                     "journal document {} {} has {} responses, expected {expected}",
                     finished.task,
@@ -426,6 +428,7 @@ impl RunState {
             self.remaining[doc] = 0;
             self.tokens[doc] = finished.tokens;
             self.results[doc] = Some(finished.responses);
+            self.completions[doc] = finished.completion;
             self.resumed += 1;
         }
         if self.resumed > 0 {
@@ -459,11 +462,34 @@ impl RunState {
         let parts = std::mem::take(&mut self.parts[doc]).into_iter().map(|p| p.expect("every part scored"));
         let (t, d) = self.docs[doc];
         let responses = match tasks[t].docs[d].doc {
-            Doc::Choice(_) => parts.collect(),
             Doc::Rolling(_) => vec![schedule::combine(parts)],
+            Doc::Choice(_) | Doc::Generate(_) => parts.collect(),
         };
         self.results[doc] = Some(responses.clone());
-        Finished { task: self.names[doc].0.clone(), doc: self.names[doc].1, responses, tokens: self.tokens[doc] }
+        let (task, row) = self.names[doc].clone();
+        Finished { task, doc: row, responses, tokens: self.tokens[doc], completion: None }
+    }
+
+    /// Records a generated document's completion.
+    fn finish_generated(&mut self, doc: usize, completion: Completion) -> Finished {
+        self.results[doc] = Some(Vec::new());
+        self.tokens[doc] = completion.tokens;
+        self.completions[doc] = Some(completion.text.clone());
+        let (task, row) = self.names[doc].clone();
+        Finished { task, doc: row, responses: Vec::new(), tokens: completion.tokens, completion: Some(completion.text) }
+    }
+
+    /// Generated documents not finished yet.
+    fn pending_generations<'t>(&self, tasks: &'t [Task]) -> Vec<(usize, &'t GenerateDoc)> {
+        self.docs
+            .iter()
+            .enumerate()
+            .filter(|(doc, _)| self.results[*doc].is_none())
+            .filter_map(|(doc, &(t, d))| match &tasks[t].docs[d].doc {
+                Doc::Generate(g) => Some((doc, g)),
+                _ => None,
+            })
+            .collect()
     }
 
     fn done(&self) -> usize {
@@ -473,12 +499,84 @@ impl RunState {
     fn into_scores(self, tasks: &[Task]) -> Scores {
         let mut responses: Vec<Vec<Vec<Response>>> = tasks.iter().map(|t| Vec::with_capacity(t.docs.len())).collect();
         let mut tokens: Vec<Vec<usize>> = tasks.iter().map(|t| Vec::with_capacity(t.docs.len())).collect();
-        for ((result, (t, _)), n) in self.results.into_iter().zip(self.docs).zip(self.tokens) {
+        let mut completions: Vec<Vec<Option<String>>> =
+            tasks.iter().map(|t| Vec::with_capacity(t.docs.len())).collect();
+        for (((result, (t, _)), n), completion) in
+            self.results.into_iter().zip(self.docs).zip(self.tokens).zip(self.completions)
+        {
             responses[t].push(result.expect("every document scored"));
             tokens[t].push(n);
+            completions[t].push(completion);
         }
-        Scores { responses, tokens }
+        Scores { responses, tokens, completions }
     }
+}
+
+/// Generates every unfinished generation document, in waves whose KV caches fit the job's
+/// `memory.kv_budget`, journaling each wave. Layers stay resident for the whole generation when
+/// the store fits `memory.resident_budget`; otherwise every decode step streams the store.
+fn run_generations<B: Backend>(
+    engine: &mut Engine<B>,
+    tasks: &[Task],
+    state: &mut RunState,
+    out: &mut OutputDir,
+    memory: &MemoryConfig,
+) -> Result<()> {
+    let pending = state.pending_generations(tasks);
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let tokenizer = engine.tokenizer().clone();
+    let (max_positions, eos) = (engine.spec().max_position_embeddings, engine.spec().eos_token_id);
+    let prompts: Vec<Prompt> = pending
+        .iter()
+        .map(|(_, g)| {
+            let ids = generation::encode_context(&tokenizer, &g.context, max_positions, g.max_gen_toks)?;
+            let until = generation::stop_sequences(&g.until, &tokenizer, eos);
+            Ok(Prompt { ids, until, max_new: g.max_gen_toks })
+        })
+        .collect::<Result<_>>()?;
+    let waves = generation::plan(&prompts, generation::kv_bytes(engine), memory.kv_budget.0)
+        .with_context(|| format!("{} documents to generate", prompts.len()))?;
+    let resident = engine.store_size() <= memory.resident_budget.0;
+    tracing::info!(
+        "generating {} documents in {} waves; {}",
+        prompts.len(),
+        waves.len(),
+        if resident {
+            format!("the store ({} bytes) fits memory.resident_budget: layers stay resident", engine.store_size())
+        } else {
+            "the store exceeds memory.resident_budget: every decode step streams it".to_string()
+        }
+    );
+    engine.set_resident(resident);
+    let total = state.docs.len();
+    for (number, wave) in waves.iter().enumerate() {
+        let started = Instant::now();
+        let batch: Vec<&Prompt> = wave.iter().map(|&i| &prompts[i]).collect();
+        let (completions, stats) = generation::generate_wave(engine, &batch, &Quiet, &mut |_, _| {})
+            .with_context(|| format!("generation wave {}", number + 1))?;
+        let rows: Vec<Finished> = wave
+            .iter()
+            .zip(completions)
+            .map(|(&i, completion)| state.finish_generated(pending[i].0, completion))
+            .collect();
+        out.append(&rows)?;
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            "generation wave {}/{}: {} documents, {} tokens in {} steps, {seconds:.1}s ({:.1} tokens/s), KV peak {} MiB; {}/{total} documents done",
+            number + 1,
+            waves.len(),
+            wave.len(),
+            stats.tokens,
+            stats.steps,
+            stats.tokens as f64 / seconds,
+            stats.peak_kv_bytes >> 20,
+            state.done()
+        );
+    }
+    engine.set_resident(false);
+    Ok(())
 }
 
 /// Runs the planned waves, skipping sequences of finished documents, journaling after each wave.

@@ -26,6 +26,10 @@ pub enum Metric {
     WordPerplexity,
     BytePerplexity,
     BitsPerByte,
+    /// `exact_match` of the `strict-match` filter's answer (generation tasks).
+    ExactMatchStrict,
+    /// `exact_match` of the `flexible-extract` filter's answer.
+    ExactMatchFlexible,
 }
 
 /// The metrics a custom task may ask for, by name.
@@ -50,7 +54,8 @@ pub struct Aggregate {
 }
 
 impl Metric {
-    /// The name lm-eval reports it under.
+    /// The name lm-eval reports it under: the metric, with its filter where it has one
+    /// (`exact_match,strict-match`), as the keys of lm-eval's results say it.
     pub fn name(self) -> &'static str {
         match self {
             Metric::Acc | Metric::Mc2 => "acc",
@@ -58,18 +63,36 @@ impl Metric {
             Metric::WordPerplexity => "word_perplexity",
             Metric::BytePerplexity => "byte_perplexity",
             Metric::BitsPerByte => "bits_per_byte",
+            Metric::ExactMatchStrict => "exact_match,strict-match",
+            Metric::ExactMatchFlexible => "exact_match,flexible-extract",
         }
     }
 
+    /// lm-eval's results keys: `acc,none` and `acc_stderr,none`, or `exact_match,strict-match`
+    /// and `exact_match_stderr,strict-match`.
+    pub fn result_keys(self) -> (String, String) {
+        let (metric, filter) = self.name().split_once(',').unwrap_or((self.name(), "none"));
+        (format!("{metric},{filter}"), format!("{metric}_stderr,{filter}"))
+    }
+
     pub fn higher_is_better(self) -> bool {
-        matches!(self, Metric::Acc | Metric::AccNorm | Metric::Mc2)
+        !matches!(self, Metric::WordPerplexity | Metric::BytePerplexity | Metric::BitsPerByte)
     }
 
     /// What one document gives this metric, from its responses (one per choice, or one for a
-    /// rolling document).
-    pub fn sample(self, doc: &Doc, responses: &[Response]) -> Sample {
+    /// rolling document) or its completion (a generated document).
+    pub fn sample(self, doc: &Doc, responses: &[Response], completion: Option<&str>) -> Sample {
         let lls: Vec<f64> = responses.iter().map(|r| r.loglikelihood).collect();
         match (self, doc) {
+            (Metric::ExactMatchStrict | Metric::ExactMatchFlexible, Doc::Generate(g)) => {
+                let completion = completion.unwrap_or_default();
+                let answer = if self == Metric::ExactMatchStrict {
+                    super::gsm8k::strict_match(completion)
+                } else {
+                    super::gsm8k::flexible_extract(completion)
+                };
+                Sample::Value(super::gsm8k::exact_match(&answer, &g.target) as u8 as f64)
+            }
             (Metric::Acc, Doc::Choice(c)) => Sample::Value((first_argmax(&lls) == c.gold) as u8 as f64),
             (Metric::AccNorm, Doc::Choice(c)) => {
                 let normed: Vec<f64> =
@@ -105,7 +128,7 @@ impl Metric {
             }
         }
         match self {
-            Metric::Acc | Metric::AccNorm | Metric::Mc2 => {
+            Metric::Acc | Metric::AccNorm | Metric::Mc2 | Metric::ExactMatchStrict | Metric::ExactMatchFlexible => {
                 let (value, stderr) = mean_and_stderr(&values);
                 Aggregate { n, value, stderr }
             }
@@ -118,7 +141,7 @@ impl Metric {
 
     /// Whether a group can pool this metric over its tasks (lm-eval pools means only).
     pub fn is_mean(self) -> bool {
-        matches!(self, Metric::Acc | Metric::AccNorm | Metric::Mc2)
+        self.higher_is_better()
     }
 }
 
@@ -188,9 +211,13 @@ mod tests {
     fn acc_and_acc_norm() {
         let doc = choice(&["a", "bbbb"], 1, &[]);
         let r = responses(&[-1.0, -2.0]);
-        assert_eq!(Metric::Acc.sample(&doc, &r), Sample::Value(0.0));
-        assert_eq!(Metric::AccNorm.sample(&doc, &r), Sample::Value(1.0), "-2/4 beats -1/1");
-        assert_eq!(Metric::Acc.sample(&doc, &responses(&[-1.0, -1.0])), Sample::Value(0.0), "ties go to the first");
+        assert_eq!(Metric::Acc.sample(&doc, &r, None), Sample::Value(0.0));
+        assert_eq!(Metric::AccNorm.sample(&doc, &r, None), Sample::Value(1.0), "-2/4 beats -1/1");
+        assert_eq!(
+            Metric::Acc.sample(&doc, &responses(&[-1.0, -1.0]), None),
+            Sample::Value(0.0),
+            "ties go to the first"
+        );
     }
 
     #[test]
@@ -199,9 +226,9 @@ mod tests {
         let lls = [-1.0f64, -2.0, -3.0];
         let p: Vec<f64> = lls.iter().map(|l| l.exp()).collect();
         let want = (p[0] + p[2]) / p.iter().sum::<f64>();
-        let Sample::Value(got) = Metric::Mc2.sample(&doc, &responses(&lls)) else { panic!() };
+        let Sample::Value(got) = Metric::Mc2.sample(&doc, &responses(&lls), None) else { panic!() };
         assert!((got - want).abs() < 1e-15);
-        let Sample::Value(far) = Metric::Mc2.sample(&doc, &responses(&lls.map(|l| l - 2000.0))) else { panic!() };
+        let Sample::Value(far) = Metric::Mc2.sample(&doc, &responses(&lls.map(|l| l - 2000.0)), None) else { panic!() };
         assert!((far - want).abs() < 1e-12);
     }
 
@@ -209,13 +236,13 @@ mod tests {
     fn perplexities_are_ratios_of_sums() {
         let doc = |words, bytes| Doc::Rolling(RollingDoc { text: String::new(), words, bytes });
         let samples = [
-            Metric::WordPerplexity.sample(&doc(10, 40), &responses(&[-20.0])),
-            Metric::WordPerplexity.sample(&doc(30, 100), &responses(&[-40.0])),
+            Metric::WordPerplexity.sample(&doc(10, 40), &responses(&[-20.0]), None),
+            Metric::WordPerplexity.sample(&doc(30, 100), &responses(&[-40.0]), None),
         ];
         let agg = Metric::WordPerplexity.aggregate(&samples);
         assert!((agg.value - (60.0f64 / 40.0).exp()).abs() < 1e-12);
         assert_eq!(agg.stderr, None);
-        let bits = Metric::BitsPerByte.aggregate(&[Metric::BitsPerByte.sample(&doc(1, 8), &responses(&[-8.0]))]);
+        let bits = Metric::BitsPerByte.aggregate(&[Metric::BitsPerByte.sample(&doc(1, 8), &responses(&[-8.0]), None)]);
         assert!((bits.value - 1.0 / std::f64::consts::LN_2).abs() < 1e-12);
     }
 

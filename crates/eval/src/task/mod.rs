@@ -1,11 +1,12 @@
 //! Tasks: documents asked the way lm-evaluation-harness asks them, and scored by named metrics.
 //!
-//! Every task, built-in or defined in YAML, comes down to the same two shapes of document, which
-//! are lm-eval's request types:
+//! Every task, built-in or defined in YAML, comes down to three shapes of document, which are
+//! lm-eval's request types:
 //! - [`Doc::Choice`]: a context and its choices, one `loglikelihood(context, delimiter + choice)`
 //!   request per choice (lm-eval's `multiple_choice`);
 //! - [`Doc::Rolling`]: a text scored whole, in rolling windows of the model's context length
-//!   (lm-eval's `loglikelihood_rolling`).
+//!   (lm-eval's `loglikelihood_rolling`);
+//! - [`Doc::Generate`]: a context continued greedily until a stop sequence (`generate_until`).
 //!
 //! So the task files ([`mmlu`], [`arc`], [`hellaswag`], [`truthfulqa`], [`wikitext`], [`custom`])
 //! only read their data and build prompts; tokenizing ([`requests`]), scheduling, journaling,
@@ -14,6 +15,7 @@
 
 pub mod arc;
 pub mod custom;
+pub mod gsm8k;
 pub mod hellaswag;
 pub mod metrics;
 pub mod mmlu;
@@ -36,6 +38,19 @@ use metrics::Metric;
 pub enum Doc {
     Choice(ChoiceDoc),
     Rolling(RollingDoc),
+    Generate(GenerateDoc),
+}
+
+impl Doc {
+    /// How many responses a finished document has: one per choice, one for a rolling text (all
+    /// its windows), none for a generation (it has a completion instead).
+    pub fn responses_expected(&self) -> usize {
+        match self {
+            Doc::Choice(c) => c.choices.len(),
+            Doc::Rolling(_) => 1,
+            Doc::Generate(_) => 0,
+        }
+    }
 }
 
 /// A multiple-choice document: lm-eval's `fewshot_context(doc)` and `doc_to_choice(doc)`.
@@ -56,6 +71,17 @@ pub struct RollingDoc {
     pub text: String,
     pub words: usize,
     pub bytes: usize,
+}
+
+/// A context to continue greedily until a stop sequence (lm-eval's `generate_until`), and the
+/// answer the completion is checked against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateDoc {
+    pub context: String,
+    /// The completion ends before the first of these.
+    pub until: Vec<String>,
+    pub max_gen_toks: usize,
+    pub target: String,
 }
 
 /// A document and the row of its source file it came from (0-based, in file order).
@@ -132,6 +158,7 @@ impl Task {
             let value = match &document.doc {
                 Doc::Choice(c) => serde_json::json!([document.row, c.context, c.choices, c.gold, c.labels]),
                 Doc::Rolling(r) => serde_json::json!([document.row, r.text, r.words, r.bytes]),
+                Doc::Generate(g) => serde_json::json!([document.row, g.context, g.until, g.max_gen_toks, g.target]),
             };
             digest.update(value.to_string().as_bytes());
         }
@@ -213,6 +240,8 @@ pub fn requests(tasks: &[Task], tokenizer: &Tokenizer, windowing: Windowing) -> 
                     let max_length = task.max_length.unwrap_or(windowing.default_max_length);
                     wikitext::rolling_windows(&tokens, windowing.prefix_token, max_length)
                 }
+                // Generated, not scored: see `generations`.
+                Doc::Generate(_) => Vec::new(),
             };
             Ok(pairs
                 .into_iter()

@@ -7,6 +7,7 @@
 //! | `hellaswag` | loglikelihood | acc, acc_norm | `hellaswag/hellaswag_val_full.txt` |
 //! | `truthfulqa_mc1`, `truthfulqa_mc2` | loglikelihood | acc | `truthfulqa/data/v0/mc_task.json` |
 //! | `wikitext` | loglikelihood_rolling | word_perplexity, byte_perplexity, bits_per_byte | `wikitext-2/wiki.test.raw` |
+//! | `gsm8k_cot` | generate_until | exact_match (strict-match, flexible-extract) | `gsm8k/test.jsonl` |
 //!
 //! Any other name is a custom task and needs `define:` ([`super::custom`]).
 
@@ -16,12 +17,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::truthfulqa::Variant;
-use super::{Doc, Task, arc, custom, hellaswag, metrics::Metric, mmlu, truthfulqa, wikitext};
+use super::{Doc, Task, arc, custom, gsm8k, hellaswag, metrics::Metric, mmlu, truthfulqa, wikitext};
 use crate::dataset::mmlu as mmlu_data;
 use crate::job::{Job, Subjects, TaskEntry};
 
 /// Built-in task names and their default data, relative to the datasets folder.
-pub const BUILT_IN: [(&str, &str); 8] = [
+pub const BUILT_IN: [(&str, &str); 9] = [
     ("mmlu", "mmlu"),
     ("arc_easy", "arc/ARC-Easy/ARC-Easy-Test.jsonl"),
     ("arc_challenge", "arc/ARC-Challenge/ARC-Challenge-Test.jsonl"),
@@ -29,6 +30,7 @@ pub const BUILT_IN: [(&str, &str); 8] = [
     ("truthfulqa_mc1", "truthfulqa/data/v0/mc_task.json"),
     ("truthfulqa_mc2", "truthfulqa/data/v0/mc_task.json"),
     ("wikitext", "wikitext-2/wiki.test.raw"),
+    ("gsm8k_cot", "gsm8k/test.jsonl"),
     ("mmlu_<subject>", "mmlu"),
 ];
 
@@ -37,6 +39,11 @@ pub fn datasets_root() -> PathBuf {
     std::env::var_os("AIRLLM_DATASETS")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets"))
+}
+
+/// The default data of a built-in task, relative to the datasets folder.
+fn built_in_data(name: &str) -> &'static str {
+    BUILT_IN.iter().find(|(n, _)| *n == name).map(|(_, path)| *path).unwrap_or("mmlu")
 }
 
 fn built_in_names() -> String {
@@ -70,8 +77,11 @@ fn load_entry(job: &Job, entry: &TaskEntry, index: usize) -> Result<Vec<Task>> {
     let name = entry.name.as_str();
     let shots = entry.num_fewshot.unwrap_or(0);
     let default = |relative: &str| default_data(name, relative);
-    let data = |relative: &str| entry.path.clone().map_or_else(|| default(relative), Ok);
-    if entry.define.is_none() && shots > 0 && !name.starts_with("mmlu") {
+    let data = || entry.path.clone().map_or_else(|| default(built_in_data(name)), Ok);
+    if name == "gsm8k_cot" && entry.num_fewshot.is_some_and(|k| k != gsm8k::EXEMPLARS.len()) {
+        bail!("gsm8k_cot asks with lm-eval's 8 fixed exemplars; num_fewshot can only be 8");
+    }
+    if entry.define.is_none() && shots > 0 && !name.starts_with("mmlu") && name != "gsm8k_cot" {
         bail!(
             "num_fewshot {shots}: lm-eval draws this task's examples at random from a training split, which \
              is not reproduced here; only mmlu and custom tasks take few-shot examples"
@@ -95,21 +105,15 @@ fn load_entry(job: &Job, entry: &TaskEntry, index: usize) -> Result<Vec<Task>> {
         bail!("subjects applies to mmlu only");
     }
     match name {
-        "mmlu" => mmlu_tasks(job, entry, &data("mmlu")?, index),
-        "arc_easy" | "arc_challenge" => {
-            let relative = if name == "arc_easy" { BUILT_IN[1].1 } else { BUILT_IN[2].1 };
-            with_max_length_checked(arc::task(name, &data(relative)?, entry.limit, index)?)
-        }
-        "hellaswag" => with_max_length_checked(hellaswag::task(&data(BUILT_IN[3].1)?, entry.limit, index)?),
-        "truthfulqa_mc1" => {
-            with_max_length_checked(truthfulqa::task(Variant::Mc1, &data(BUILT_IN[4].1)?, entry.limit, index)?)
-        }
-        "truthfulqa_mc2" => {
-            with_max_length_checked(truthfulqa::task(Variant::Mc2, &data(BUILT_IN[5].1)?, entry.limit, index)?)
-        }
-        "wikitext" => Ok(vec![wikitext::task(&data(BUILT_IN[6].1)?, entry.limit, entry.max_length, index)?]),
+        "mmlu" => mmlu_tasks(job, entry, &data()?, index),
+        "arc_easy" | "arc_challenge" => with_max_length_checked(arc::task(name, &data()?, entry.limit, index)?),
+        "hellaswag" => with_max_length_checked(hellaswag::task(&data()?, entry.limit, index)?),
+        "truthfulqa_mc1" => with_max_length_checked(truthfulqa::task(Variant::Mc1, &data()?, entry.limit, index)?),
+        "truthfulqa_mc2" => with_max_length_checked(truthfulqa::task(Variant::Mc2, &data()?, entry.limit, index)?),
+        "wikitext" => Ok(vec![wikitext::task(&data()?, entry.limit, entry.max_length, index)?]),
+        "gsm8k_cot" => with_max_length_checked(gsm8k::task(&data()?, entry.limit, index)?),
         _ if name.starts_with("mmlu_") => {
-            let root = data("mmlu")?;
+            let root = data()?;
             let subject = &name["mmlu_".len()..];
             let available = mmlu_data::available_subjects(&root)?;
             if !available.iter().any(|s| s == subject) {
@@ -195,6 +199,11 @@ fn check(task: &Task) -> Result<()> {
             Doc::Rolling(r) => {
                 if r.text.trim().is_empty() {
                     bail!("{}: the document is empty; a rolling task needs text to score", at());
+                }
+            }
+            Doc::Generate(g) => {
+                if g.context.is_empty() {
+                    bail!("{}: the prompt is empty", at());
                 }
             }
         }
