@@ -97,8 +97,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut job = Job::load(&args.job)?;
     job.apply(&args.overrides()).with_context(|| format!("{}: command line", job.path.display()))?;
     let tasks = registry::load(&job)?;
-    let hash = job.spec.hash(&tasks_digest(&tasks));
     let store = prepare_model(&job)?;
+    let hash = job.spec.hash(&tasks_digest(&tasks), &airllm_engine::store::Manifest::read(&store)?);
     let backend = &job.spec.backend;
     let execute = Execute { job: &job, tasks: &tasks, hash: &hash, store: &store, started };
     with_backend(&backend.name, backend.device, execute).expect("the job's backend was checked when it was loaded")
