@@ -65,7 +65,7 @@ fn main() {
     let mut rows = Vec::new();
     for (i, (label, dtype, compression, quantize_embed_head)) in cases.into_iter().enumerate() {
         let dir = work.path().join(format!("store-{i}"));
-        let options = SplitOptions { dtype, compression, quantize_embed_head };
+        let options = SplitOptions { dtype, compression, quantize_embed_head, ..Default::default() };
         let start = Instant::now();
         split(source.as_ref(), &dir, &options, &|_, _, _| {}).unwrap();
         eprintln!("split {label}: {:.1} s", start.elapsed().as_secs_f64());

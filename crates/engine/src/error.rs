@@ -4,12 +4,10 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The OS error is part of the message, not a `source()`: an error chain printed with `{:#}`
+    /// would otherwise name it twice.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
     #[error(
@@ -18,6 +16,10 @@ pub enum EngineError {
     UnsupportedArchitecture { path: PathBuf, found: String },
     #[error("{path}: tensor {name:?} is missing")]
     MissingTensor { path: PathBuf, name: String },
+    #[error(
+        "{base}: {name:?} is not a plain relative path inside this folder (absolute, `..` or a root or drive prefix)"
+    )]
+    UnsafePath { base: PathBuf, name: String },
     #[error("layer store {dir}: {message}")]
     Store { dir: PathBuf, message: String },
     #[error("{0}")]
@@ -27,11 +29,24 @@ pub enum EngineError {
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
 impl EngineError {
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+    pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        Self::Io { path: path.into(), error }
     }
 
     pub fn format(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Self::Format { path: path.into(), message: message.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_os_error_is_named_once() {
+        let error = EngineError::io("/x/model.gguf", std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert!(error.to_string().starts_with("/x/model.gguf: "), "{error}");
+        // Printers of error chains (anyhow's `{:#}`) add each source's message again.
+        assert!(std::error::Error::source(&error).is_none());
     }
 }

@@ -200,6 +200,7 @@ impl<B: Backend> Engine<B> {
             let token = requests[request].targets[row].token as usize;
             scores[request].push(TargetScore { logprob: values[token], greedy: first_argmax(values) == token });
         })?;
+        check_scores(requests, &scores)?;
         Ok(scores)
     }
 
@@ -437,6 +438,24 @@ impl<B: Backend> Engine<B> {
 /// Rows of head output computed at once: large enough for a fast matmul, small enough that
 /// `[rows, vocab]` stays near 50 MB for a 49k vocabulary.
 const HEAD_CHUNK_ROWS: usize = 256;
+
+/// A NaN or +inf log-probability is never an answer but broken weights or numerics (a NaN weight,
+/// an overflow): an error naming where it is, not a silently wrong score. -inf is what a model
+/// says of a token it rules out, and is passed on.
+fn check_scores(requests: &[ScoreRequest], scores: &[Vec<TargetScore>]) -> Result<()> {
+    for (index, (request, scores)) in requests.iter().zip(scores).enumerate() {
+        for (target, score) in request.targets.iter().zip(scores) {
+            if score.logprob.is_nan() || score.logprob == f32::INFINITY {
+                return Err(EngineError::Other(format!(
+                    "sequence {index} of the wave: the log-probability of token {} after position {} is {}; \
+                     the model's weights or numerics are broken (a NaN weight, an overflow)",
+                    target.token, target.position, score.logprob
+                )));
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Index of the first largest value (NaN never wins).
 fn first_argmax(values: &[f32]) -> usize {

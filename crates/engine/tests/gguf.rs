@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use airllm_engine::EngineError;
+use airllm_engine::fingerprint::FileHashes;
 use airllm_engine::source::gguf::dequant::{GgmlType, dequantize};
 use airllm_engine::source::gguf::{GgufSource, unpermute_rows};
 use airllm_engine::source::{LayerTensor, ModelSource, TensorName, hf::HfSource};
@@ -74,9 +75,9 @@ fn smollm2_tensor_types_and_shapes() {
 #[test]
 fn smollm2_fingerprint_and_describe() {
     let source = smollm2();
-    let fingerprint = source.fingerprint().unwrap();
-    assert_eq!(fingerprint, source.fingerprint().unwrap());
-    assert!(fingerprint.starts_with(&format!("gguf-{:x}-", 98_362_432)), "{fingerprint}");
+    let fingerprint = source.fingerprint(&FileHashes::uncached()).unwrap();
+    assert_eq!(fingerprint, source.fingerprint(&FileHashes::uncached()).unwrap());
+    assert!(fingerprint.starts_with("xxh3-"), "{fingerprint}");
     assert_eq!(source.describe(), common::smollm2_gguf().display().to_string());
 }
 
@@ -304,8 +305,9 @@ impl GgufWriter {
     }
 }
 
-/// A 1-layer llama: hidden 8, 2 heads of 4, 1 kv head; Q/K stored permuted as the converter does.
-fn tiny_llama(arch: &str) -> GgufWriter {
+/// A 1-layer llama: hidden 8, 2 heads of 4, 1 kv head, ffn 16, vocab 4; Q/K stored permuted as
+/// the converter does. Every tensor but `blk.0.ffn_up.weight`, which [`tiny_llama`] adds.
+fn tiny_llama_without_ffn_up(arch: &str) -> GgufWriter {
     let mut w = GgufWriter::default();
     w.string("general.architecture", arch)
         .u32(&format!("{arch}.context_length"), 64)
@@ -322,8 +324,21 @@ fn tiny_llama(arch: &str) -> GgufWriter {
     let q: Vec<f32> = (0..64).map(|v| v as f32).collect();
     let k: Vec<f32> = (0..32).map(|v| -(v as f32)).collect();
     w.f32_tensor("token_embd.weight", &[8, 4], &[0.5; 32])
+        .f32_tensor("blk.0.attn_norm.weight", &[8], &[1.0; 8])
         .f32_tensor("blk.0.attn_q.weight", &[8, 8], &permute_rows(&q, 8, 2))
-        .f32_tensor("blk.0.attn_k.weight", &[8, 4], &permute_rows(&k, 4, 1));
+        .f32_tensor("blk.0.attn_k.weight", &[8, 4], &permute_rows(&k, 4, 1))
+        .f32_tensor("blk.0.attn_v.weight", &[8, 4], &[0.25; 32])
+        .f32_tensor("blk.0.attn_output.weight", &[8, 8], &[0.125; 64])
+        .f32_tensor("blk.0.ffn_norm.weight", &[8], &[1.0; 8])
+        .f32_tensor("blk.0.ffn_gate.weight", &[8, 16], &[0.5; 128])
+        .f32_tensor("blk.0.ffn_down.weight", &[16, 8], &[0.5; 128])
+        .f32_tensor("output_norm.weight", &[8], &[1.0; 8]);
+    w
+}
+
+fn tiny_llama(arch: &str) -> GgufWriter {
+    let mut w = tiny_llama_without_ffn_up(arch);
+    w.f32_tensor("blk.0.ffn_up.weight", &[8, 16], &[0.5; 128]);
     w
 }
 
@@ -371,12 +386,64 @@ fn unsupported_architecture_is_refused() {
 fn unsupported_tensor_type_names_tensor_and_type() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("q4k.gguf");
-    let mut w = tiny_llama("llama");
+    let mut w = tiny_llama_without_ffn_up("llama");
     w.tensor("blk.0.ffn_up.weight", &[256, 1], 12, &[0; 144]);
     w.write(&path);
-    let source = GgufSource::open(&path).unwrap();
-    let message = format_message(source.tensor(TensorName::Layer(0, LayerTensor::UpProj)).err(), &path);
+    // Found when the file is opened, before a split has written the tokenizer and embedding.
+    let message = format_message(GgufSource::open(&path).err(), &path);
     assert!(message.contains("blk.0.ffn_up.weight") && message.contains("Q4_K"), "{message}");
+}
+
+/// Opening `writer` fails with a `Format` error about the file containing every one of `needles`.
+fn assert_refused(writer: &GgufWriter, needles: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.gguf");
+    writer.write(&path);
+    let message = format_message(GgufSource::open(&path).err(), &path);
+    assert!(needles.iter().all(|n| message.contains(n)), "{needles:?}: {message}");
+}
+
+#[test]
+fn vocab_size_that_disagrees_with_the_embedding_is_refused() {
+    let mut w = tiny_llama("llama");
+    w.u32("llama.vocab_size", 5);
+    assert_refused(&w, &["token_embd.weight", "[4, 8]", "[5, 8]"]);
+}
+
+#[test]
+fn wrong_norm_and_projection_shapes_are_refused() {
+    let mut w = tiny_llama_without_ffn_up("llama");
+    w.f32_tensor("blk.0.ffn_up.weight", &[8, 15], &[0.5; 120]);
+    assert_refused(&w, &["blk.0.ffn_up.weight", "[15, 8]", "[16, 8]"]);
+}
+
+#[test]
+fn layer_count_that_disagrees_with_the_layers_present_is_refused() {
+    let mut w = tiny_llama("llama");
+    w.f32_tensor("blk.1.attn_norm.weight", &[8], &[1.0; 8]);
+    assert_refused(&w, &["1 layers", "tensors of 2"]);
+    let mut w = tiny_llama("llama");
+    w.u32("llama.block_count", 1 << 31);
+    assert_refused(&w, &["2147483648 layers", "tensors of 1"]);
+}
+
+#[test]
+fn non_positive_theta_eps_and_bad_head_counts_are_refused() {
+    let float = [
+        ("rope_theta is -10000", "llama.rope.freq_base", -10000.0),
+        ("rms_norm_eps is -", "llama.attention.layer_norm_rms_epsilon", -1e-5),
+    ];
+    for (needle, key, value) in float {
+        let mut w = tiny_llama("llama");
+        w.f32(key, value);
+        assert_refused(&w, &[needle]);
+    }
+    let kv_heads = [("num_kv_heads is 0", 0), ("not a multiple of num_kv_heads 3", 3)];
+    for (needle, value) in kv_heads {
+        let mut w = tiny_llama("llama");
+        w.u32("llama.attention.head_count_kv", value);
+        assert_refused(&w, &[needle]);
+    }
 }
 
 #[test]

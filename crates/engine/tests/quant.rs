@@ -8,6 +8,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
 use airllm_engine::executor::{Engine, EngineOptions};
+use airllm_engine::fingerprint::FileHashes;
 use airllm_engine::source::gguf::{GgufSource, q4_0_min};
 use airllm_engine::source::{LayerTensor, ModelSource, TensorName};
 use airllm_engine::store::quant::{QuantScheme, QuantTensor, dequantize};
@@ -227,8 +228,14 @@ impl ModelSource for Huge {
         let values: Vec<f32> = tensor.to_f32().iter().map(|v| v * self.factor).collect();
         Ok(HostTensor::from_f32(tensor.shape, &values))
     }
-    fn fingerprint(&self) -> airllm_engine::Result<String> {
-        Ok(format!("{}-huge-{}", self.inner.fingerprint()?, self.factor))
+    fn tensor_shape(&self, name: TensorName) -> airllm_engine::Result<(String, Vec<usize>)> {
+        self.inner.tensor_shape(name)
+    }
+    fn layers_present(&self) -> usize {
+        self.inner.layers_present()
+    }
+    fn fingerprint(&self, hashes: &FileHashes) -> airllm_engine::Result<String> {
+        Ok(format!("{}-huge-{}", self.inner.fingerprint(hashes)?, self.factor))
     }
     fn describe(&self) -> String {
         "huge".into()

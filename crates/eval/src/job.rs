@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use airllm_engine::model::Precision;
+use airllm_engine::model::{Precision, host_kernel_path};
 
-use airllm_engine::store::{Compression, SplitOptions};
+use airllm_engine::store::{Compression, Manifest, SplitOptions};
 use anyhow::{Context, Result, bail};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -375,6 +375,8 @@ impl Job {
     /// Reads and parses a job file; relative paths in it become relative to its folder.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading job file {}", path.display()))?;
+        // Editors on Windows save UTF-8 with a byte-order mark, which YAML would take for a key.
+        let text = text.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(text);
         let mut spec: JobSpec = parse_yaml(&text).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))?;
         // Absolute, so that the paths a job records (job.json, for `merge`) work from anywhere.
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
@@ -537,12 +539,18 @@ impl JobSpec {
     }
 
     /// Identity of the results: everything that changes a score, and nothing that doesn't
-    /// (output folder, memory budgets, resume). `tasks_digest` covers every document asked.
-    pub fn hash(&self, tasks_digest: &str) -> String {
+    /// (output folder, memory budgets, resume). `tasks_digest` covers every document asked;
+    /// `store` is the layer store's manifest: the content fingerprint of the weights and the
+    /// store's kind, so results of other weights or numerics are never resumed into or mixed.
+    pub fn hash(&self, tasks_digest: &str, store: &Manifest) -> String {
         let identity = serde_json::json!({
             "scoring": "airllm-eval/tasks/1",
             "model": self.model.source,
             "sha256": self.model.sha256,
+            "weights": store.source_fingerprint,
+            "store": {"dtype": store.dtype, "compression": store.compression, "int8_embed_head": store.quantized_embed_head},
+            "backend": self.backend.name,
+            "kernels": host_kernel_path(self.backend.precision),
             "compress": self.model.compress,
             "quantize_embed_head": self.model.quantize_embed_head,
             "precision": self.backend.precision,
@@ -563,6 +571,38 @@ mod tests {
         let mut spec = parse_spec(text)?;
         spec.normalize_tasks()?;
         Ok(spec)
+    }
+
+    fn manifest(fingerprint: &str, compression: &str) -> Manifest {
+        let spec = serde_json::json!({
+            "family": "llama", "vocab_size": 4, "hidden_size": 8, "intermediate_size": 16, "num_layers": 1,
+            "num_heads": 2, "num_kv_heads": 1, "head_dim": 4, "rms_norm_eps": 1e-6, "rope_theta": 1e4,
+            "rope_scaling": null, "sliding_window": null, "qkv_bias": false, "tie_word_embeddings": true,
+            "max_position_embeddings": 64, "bos_token_id": null, "eos_token_id": null
+        });
+        serde_json::from_value(serde_json::json!({
+            "format_version": 1, "source": "m.gguf", "source_fingerprint": fingerprint, "spec": spec,
+            "dtype": "f32", "compression": compression, "files": []
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_identity_covers_the_weights_and_the_store_kind() {
+        let spec = normalized(MINIMAL).unwrap();
+        let hash = |fingerprint, compression| spec.hash("tasks", &manifest(fingerprint, compression));
+        assert_eq!(hash("xxh3-1", "none"), hash("xxh3-1", "none"));
+        assert_ne!(hash("xxh3-1", "none"), hash("xxh3-2", "none"), "other weights under the same path");
+        assert_ne!(hash("xxh3-1", "none"), hash("xxh3-1", "int8"), "a store given as the source, of another kind");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.yaml");
+        std::fs::write(&path, format!("\u{feff}{MINIMAL}")).unwrap();
+        let job = Job::load(&path).unwrap();
+        assert_eq!(job.spec.model.source, "m.gguf");
     }
 
     #[test]

@@ -70,6 +70,7 @@ mod tests {
             task: task.into(),
             num_fewshot: None,
             metric,
+            keys: (String::new(), String::new()),
             higher_is_better,
             aggregate: Aggregate { n: 10, value, stderr: None },
         }

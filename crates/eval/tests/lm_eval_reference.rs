@@ -351,6 +351,7 @@ fn compare_task(
                     ));
                 }
             }
+            Doc::Generate(_) => unreachable!("this fixture holds no generation task"),
         }
     }
     (subset, rows, requests)
@@ -410,8 +411,10 @@ fn tasks_match_lm_eval() {
                     eprintln!("{label}: loglikelihood ours {} lm-eval {theirs_ll}", total.loglikelihood);
                     vec![total]
                 }
+                Doc::Generate(_) => unreachable!("this fixture holds no generation task"),
             };
-            let doc_samples: Vec<Sample> = task.metrics.iter().map(|m| m.sample(&doc.doc, &doc_responses)).collect();
+            let doc_samples: Vec<Sample> =
+                task.metrics.iter().map(|m| m.sample(&doc.doc, &doc_responses, None)).collect();
             for (metric, sample) in task.metrics.iter().zip(&doc_samples) {
                 let (Sample::Value(ours), Some(theirs)) = (sample, theirs["metrics"][metric.name()].as_f64()) else {
                     continue;

@@ -130,7 +130,10 @@ impl ConfigFields<'_> {
     fn common(&self, family: Family) -> Result<ModelSpec> {
         let hidden_size = self.usize("hidden_size")?;
         let num_heads = self.usize("num_attention_heads")?;
-        let head_dim = self.opt_usize("head_dim")?.unwrap_or(hidden_size / num_heads);
+        let head_dim = match self.opt_usize("head_dim")? {
+            Some(head_dim) => head_dim,
+            None => hidden_size.checked_div(num_heads).ok_or_else(|| self.error("num_attention_heads", "is 0"))?,
+        };
         Ok(ModelSpec {
             family,
             vocab_size: self.usize("vocab_size")?,

@@ -66,6 +66,37 @@ pub fn silu_mul_halves<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
     Tensor::from_data(TensorData::new(out, [batch, seq, width]), &device)
 }
 
+/// The widest SIMD the element-wise host loops ([`widest_simd!`]) are compiled for on this CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Simd {
+    Avx512,
+    Avx2Fma,
+    Portable,
+}
+
+impl Simd {
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                return Simd::Avx512;
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return Simd::Avx2Fma;
+            }
+        }
+        Simd::Portable
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Avx512 => "avx512",
+            Simd::Avx2Fma => "avx2-fma",
+            Simd::Portable => "portable",
+        }
+    }
+}
+
 /// Defines `$name`, which runs `$portable` compiled for the widest SIMD the CPU has (AVX-512, else
 /// AVX2 with FMA): the crate targets baseline x86-64, whose 4-wide SSE would halve these loops'
 /// speed. `$portable` must be `#[inline(always)]` so that each copy gets its own code generation.
@@ -83,13 +114,12 @@ macro_rules! widest_simd {
                 fn avx2($($arg: $ty),*) {
                     $portable($($arg),*)
                 }
-                if std::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU supports AVX-512F, checked just above.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-                    return unsafe { avx2($($arg),*) };
+                match Simd::detect() {
+                    // SAFETY: the CPU supports AVX-512F (Simd::detect checked).
+                    Simd::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: the CPU supports AVX2 and FMA (Simd::detect checked).
+                    Simd::Avx2Fma => return unsafe { avx2($($arg),*) },
+                    Simd::Portable => {}
                 }
             }
             $portable($($arg),*)

@@ -66,6 +66,14 @@ impl std::str::FromStr for Precision {
     }
 }
 
+/// What the host kernels compute with on this CPU at `precision`: our packed matmul or burn's,
+/// and the SIMD width of the element-wise loops. Each path rounds differently, so this belongs in
+/// the identity of a result (the cpu backend with host kernels on, as jobs run).
+pub fn host_kernel_path(precision: Precision) -> String {
+    let matmul = if precision.host_kernel_available() { "packed" } else { "burn" };
+    format!("{matmul}-{precision}-{}", fused::Simd::detect().name())
+}
+
 /// How the layers compute: the input precision of their matmuls, and whether our host kernels
 /// ([`gemm`] and the tiled attention) may run where the backend and the CPU allow them; without
 /// them, burn's ops do everything (the reference path, f32 only).

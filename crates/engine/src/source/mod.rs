@@ -3,12 +3,19 @@
 //! Every source answers the same questions through [`ModelSource`]: its [`ModelSpec`], its
 //! tokenizer, and each tensor under its canonical [`TensorName`]. The layer store's `split` and the
 //! direct (resident) forward pass read sources only through this trait.
+//!
+//! A source is checked when it is opened, before anything is written: its spec's values
+//! ([`ModelSpec::validate`]), every tensor the spec calls for against the shape it must have
+//! ([`check_tensors`]), and the layers present against the spec's layer count. A file whose spec
+//! disagrees with its tensors is refused with the tensor, the expected and the found shape named,
+//! instead of reading log-probabilities from the wrong rows or dropping layers.
 
 pub mod gguf;
 pub mod hf;
 pub mod synth;
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
+use crate::fingerprint::FileHashes;
 use crate::spec::ModelSpec;
 use crate::store::quant::{QuantScheme, QuantTensor};
 use crate::tensor::HostTensor;
@@ -102,14 +109,55 @@ pub enum TensorName {
     LmHead,
 }
 
+impl TensorName {
+    /// The shape `spec` calls for, in Hugging Face layout. `spec` must be valid
+    /// ([`ModelSpec::validate`] rules out overflow).
+    pub fn expected_shape(self, spec: &ModelSpec) -> Vec<usize> {
+        let (h, q, kv, ffn) = (
+            spec.hidden_size,
+            spec.num_heads * spec.head_dim,
+            spec.num_kv_heads * spec.head_dim,
+            spec.intermediate_size,
+        );
+        match self {
+            TensorName::Embed | TensorName::LmHead => vec![spec.vocab_size, h],
+            TensorName::FinalNorm => vec![h],
+            TensorName::Layer(_, t) => match t {
+                LayerTensor::AttnNorm | LayerTensor::FfnNorm => vec![h],
+                LayerTensor::QProj => vec![q, h],
+                LayerTensor::KProj | LayerTensor::VProj => vec![kv, h],
+                LayerTensor::OProj => vec![h, q],
+                LayerTensor::QBias => vec![q],
+                LayerTensor::KBias | LayerTensor::VBias => vec![kv],
+                LayerTensor::GateProj | LayerTensor::UpProj => vec![ffn, h],
+                LayerTensor::DownProj => vec![h, ffn],
+            },
+        }
+    }
+
+    /// Every tensor a model of `spec` has, layer by layer.
+    pub fn all(spec: &ModelSpec) -> impl Iterator<Item = TensorName> + '_ {
+        let layers =
+            (0..spec.num_layers).flat_map(|i| LayerTensor::present(spec).map(move |t| TensorName::Layer(i, t)));
+        [TensorName::Embed].into_iter().chain(layers).chain([TensorName::FinalNorm, TensorName::LmHead])
+    }
+}
+
 /// A model checkpoint that can be read tensor by tensor.
 pub trait ModelSource: Send + Sync {
     fn spec(&self) -> &ModelSpec;
     fn tokenizer(&self) -> Result<tokenizers::Tokenizer>;
     /// Reads (and dequantizes where needed) one tensor, undoing any format-specific layout.
     fn tensor(&self, name: TensorName) -> Result<HostTensor>;
-    /// A short, stable fingerprint of the source files (sizes and content hashes of headers).
-    fn fingerprint(&self) -> Result<String>;
+    /// The tensor's name in the file and its shape in Hugging Face layout, without reading its
+    /// data. An error where the tensor is missing or could not be read (an unsupported element
+    /// type), so that [`check_tensors`] finds it before a split starts.
+    fn tensor_shape(&self, name: TensorName) -> Result<(String, Vec<usize>)>;
+    /// The number of layers the file holds tensors for (the highest layer index + 1).
+    fn layers_present(&self) -> usize;
+    /// A short, stable fingerprint of the source's content: every byte of every file it reads
+    /// (see [`crate::fingerprint`]); `hashes` remembers file hashes between runs.
+    fn fingerprint(&self, hashes: &FileHashes) -> Result<String>;
     /// A human-readable description, e.g. the path.
     fn describe(&self) -> String;
     /// The tensor already quantized with `scheme`, where the source holds it in a block format
@@ -121,6 +169,37 @@ pub trait ModelSource: Send + Sync {
     }
 }
 
+/// Checks the spec and every tensor it calls for against the source (see the module doc).
+/// Errors name the source, the tensor, and the expected and found shapes.
+pub fn check_tensors(source: &dyn ModelSource) -> Result<()> {
+    let spec = source.spec();
+    let describe = source.describe();
+    spec.validate().map_err(|e| EngineError::format(&describe, format!("model spec: {e}")))?;
+    let present = source.layers_present();
+    if present != spec.num_layers {
+        return Err(EngineError::format(
+            &describe,
+            format!("the spec says {} layers but the file holds tensors of {present}", spec.num_layers),
+        ));
+    }
+    for name in TensorName::all(spec) {
+        let expected = name.expected_shape(spec);
+        let (file_name, found) = source.tensor_shape(name)?;
+        if found != expected {
+            return Err(EngineError::format(
+                &describe,
+                format!("tensor {file_name} has shape {found:?}, the spec needs {expected:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The layer index of a tensor name such as `blk.3.attn_q.weight` after `prefix` (`blk.`).
+pub(crate) fn layer_index(tensor_name: &str, prefix: &str) -> Option<usize> {
+    tensor_name.strip_prefix(prefix)?.split('.').next()?.parse().ok()
+}
+
 /// Opens a Hugging Face directory or a `.gguf` file.
 pub fn open(path: &std::path::Path) -> Result<Box<dyn ModelSource>> {
     if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
@@ -128,6 +207,12 @@ pub fn open(path: &std::path::Path) -> Result<Box<dyn ModelSource>> {
     }
     if hf::HfSource::is_hf_dir(path) {
         return Ok(Box::new(hf::HfSource::open(path)?));
+    }
+    if path.join(crate::store::SPLIT_PROGRESS).is_file() {
+        return Err(crate::EngineError::format(
+            path,
+            "an incomplete layer store (a split that did not finish): split the model into it again",
+        ));
     }
     if !path.exists() {
         return Err(crate::EngineError::io(

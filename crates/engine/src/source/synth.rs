@@ -6,6 +6,7 @@ use tokenizers::Tokenizer;
 
 use super::{LayerTensor, ModelSource, TensorName};
 use crate::error::{EngineError, Result};
+use crate::fingerprint::FileHashes;
 use crate::spec::{Family, ModelSpec};
 use crate::tensor::{DType, HostTensor};
 
@@ -63,6 +64,7 @@ impl SynthSource {
             bos_token_id: None,
             eos_token_id: None,
         };
+        spec.validate().map_err(|e| EngineError::Other(format!("synthetic model: {e}")))?;
         Ok(Self { spec, seed, dtype, tokenizer: None })
     }
 
@@ -77,26 +79,6 @@ impl SynthSource {
         }
         self.tokenizer = Some(tokenizer);
         Ok(self)
-    }
-
-    fn shape_of(&self, name: TensorName) -> Vec<usize> {
-        let s = &self.spec;
-        let (h, q, kv, ffn) =
-            (s.hidden_size, s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.intermediate_size);
-        match name {
-            TensorName::Embed | TensorName::LmHead => vec![s.vocab_size, h],
-            TensorName::FinalNorm => vec![h],
-            TensorName::Layer(_, t) => match t {
-                LayerTensor::AttnNorm | LayerTensor::FfnNorm => vec![h],
-                LayerTensor::QProj => vec![q, h],
-                LayerTensor::KProj | LayerTensor::VProj => vec![kv, h],
-                LayerTensor::OProj => vec![h, q],
-                LayerTensor::QBias => vec![q],
-                LayerTensor::KBias | LayerTensor::VBias => vec![kv],
-                LayerTensor::GateProj | LayerTensor::UpProj => vec![ffn, h],
-                LayerTensor::DownProj => vec![h, ffn],
-            },
-        }
     }
 }
 
@@ -126,7 +108,7 @@ impl ModelSource for SynthSource {
     }
 
     fn tensor(&self, name: TensorName) -> Result<HostTensor> {
-        let shape = self.shape_of(name);
+        let shape = name.expected_shape(&self.spec);
         let numel: usize = shape.iter().product();
         let is_norm =
             matches!(name, TensorName::FinalNorm | TensorName::Layer(_, LayerTensor::AttnNorm | LayerTensor::FfnNorm));
@@ -141,7 +123,15 @@ impl ModelSource for SynthSource {
         Ok(HostTensor::from_f32(shape, &values).cast(self.dtype))
     }
 
-    fn fingerprint(&self) -> Result<String> {
+    fn tensor_shape(&self, name: TensorName) -> Result<(String, Vec<usize>)> {
+        Ok((format!("{name:?}"), name.expected_shape(&self.spec)))
+    }
+
+    fn layers_present(&self) -> usize {
+        self.spec.num_layers
+    }
+
+    fn fingerprint(&self, _hashes: &FileHashes) -> Result<String> {
         let tokenizer = self.tokenizer.as_ref().map(|t| t.to_string(false).unwrap_or_default());
         let identity = format!("{:?}{}{:?}{:?}", self.spec, self.seed, self.dtype, tokenizer);
         Ok(format!("synth-{:016x}", xxhash_rust::xxh3::xxh3_64(identity.as_bytes())))

@@ -6,7 +6,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::quant::{BLOCK, QuantScheme};
+use super::store_files;
 use crate::error::{EngineError, Result};
+use crate::paths::safe_join;
 use crate::spec::ModelSpec;
 use crate::tensor::DType;
 
@@ -128,7 +130,36 @@ impl Manifest {
                 value["block_size"]
             )));
         }
-        serde_json::from_value(value).map_err(|e| EngineError::format(&path, e.to_string()))
+        let manifest: Manifest =
+            serde_json::from_value(value).map_err(|e| EngineError::format(&path, e.to_string()))?;
+        manifest.check(dir).map_err(store_error)?;
+        Ok(manifest)
+    }
+
+    /// The manifest is consistent with itself: a valid spec, and exactly the files a store of
+    /// that spec has (one per layer, so a layer count that disagrees with the files is refused),
+    /// each a plain name inside the store.
+    fn check(&self, dir: &Path) -> std::result::Result<(), String> {
+        self.spec.validate().map_err(|e| format!("{}: spec: {e}; split the model again", super::MANIFEST))?;
+        for entry in &self.files {
+            safe_join(dir, &entry.name).map_err(|e| format!("{}: {e}", super::MANIFEST))?;
+        }
+        // Compared before the expected list is built, so a huge layer count allocates nothing.
+        let expected_count = self.spec.num_layers.checked_add(3);
+        let mut listed: Vec<&str> = self.files.iter().map(|f| f.name.as_str()).collect();
+        listed.sort_unstable();
+        let mut expected =
+            if expected_count == Some(listed.len()) { store_files(self.spec.num_layers) } else { vec![] };
+        expected.sort_unstable();
+        if !listed.iter().copied().eq(expected.iter().map(String::as_str)) {
+            return Err(format!(
+                "{} lists {} files for a {}-layer model (tokenizer, embed, one per layer, head); split the model again",
+                super::MANIFEST,
+                listed.len(),
+                self.spec.num_layers
+            ));
+        }
+        Ok(())
     }
 
     pub fn total_size(&self) -> u64 {

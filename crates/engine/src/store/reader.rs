@@ -1,15 +1,16 @@
 //! Opening a layer store and reading its files, each checked against the manifest.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use half::f16;
 use safetensors::SafeTensors;
 
-use super::manifest::Manifest;
+use super::manifest::{FileEntry, Manifest};
 use super::quant::{self, QuantScheme, QuantTensor};
-use super::{TOKENIZER, checksum, layer_file};
+use super::{TOKENIZER, checksum, file_tensors, layer_file};
 use crate::error::{EngineError, Result};
 use crate::source::LayerTensor;
 use crate::tensor::{DType, HostTensor};
@@ -32,20 +33,33 @@ impl LayerStore {
         dir.join(super::MANIFEST).is_file()
     }
 
-    /// Opens a store, checking that every file of the manifest is there with its recorded size.
+    /// Opens a store, checking that every file of the manifest is there with its recorded size
+    /// and that every tensor has the shape the spec calls for (from the files' headers only).
     pub fn open(dir: &Path) -> Result<Self> {
         let manifest = Manifest::read(dir)?;
+        let store_error = |message: String| EngineError::Store { dir: dir.to_path_buf(), message };
         for entry in &manifest.files {
+            if let Some(problem) = size_problem(dir, entry) {
+                return Err(store_error(format!("{problem}; split the model again")));
+            }
+            let tensors = file_tensors(&entry.name, &manifest.spec);
+            if tensors.is_empty() {
+                continue;
+            }
             let path = dir.join(&entry.name);
-            let size = std::fs::metadata(&path).map_err(|e| EngineError::io(&path, e))?.len();
-            if size != entry.size {
-                return Err(EngineError::Store {
-                    dir: dir.to_path_buf(),
-                    message: format!(
-                        "{} has {size} bytes, the manifest says {}; split the model again",
-                        entry.name, entry.size
-                    ),
-                });
+            let header = read_header(&path, entry.size)?;
+            for (stored_name, tensor) in tensors {
+                let expected = tensor.expected_shape(&manifest.spec);
+                match stored_shape(&header, stored_name) {
+                    Some(found) if found == expected => {}
+                    Some(found) => {
+                        return Err(store_error(format!(
+                            "{}: tensor {stored_name} has shape {found:?}, the spec needs {expected:?}; split the model again",
+                            entry.name
+                        )));
+                    }
+                    None => return Err(EngineError::MissingTensor { path, name: stored_name.to_string() }),
+                }
             }
         }
         Ok(Self { dir: dir.to_path_buf(), manifest, bytes_read: AtomicU64::new(0) })
@@ -75,7 +89,10 @@ impl LayerStore {
         if bytes.len() as u64 != entry.size || checksum(&bytes) != entry.checksum {
             return Err(EngineError::Store {
                 dir: self.dir.clone(),
-                message: format!("{name} is corrupted (checksum mismatch); split the model again"),
+                message: format!(
+                    "{name} is corrupted (checksum mismatch); split the model again \
+                     (`airllm-eval split` checks every file of a store and rewrites the damaged ones)"
+                ),
             });
         }
         Ok(bytes)
@@ -123,6 +140,54 @@ impl LayerStore {
         let names: Vec<&str> = present.iter().map(|t| t.store_name()).collect();
         let values = self.read_tensors(&layer_file(index), &names)?;
         Ok(LayerHost { index, tensors: present.into_iter().zip(values).collect() })
+    }
+}
+
+/// Why a store file does not match its manifest entry by a cheap look (missing, not a file, or
+/// another size); `None` when it looks right.
+pub(crate) fn size_problem(dir: &Path, entry: &FileEntry) -> Option<String> {
+    let name = &entry.name;
+    match std::fs::metadata(dir.join(name)) {
+        Err(e) => Some(format!("{name}: {e}")),
+        Ok(meta) if !meta.is_file() => Some(format!("{name} is not a file")),
+        Ok(meta) if meta.len() != entry.size => {
+            Some(format!("{name} has {} bytes, the manifest says {}", meta.len(), entry.size))
+        }
+        Ok(_) => None,
+    }
+}
+
+/// A safetensors file's header: tensor name -> (dtype name, shape). Reads only the header, whose
+/// length is checked against the file's size before anything is allocated.
+fn read_header(path: &Path, file_size: u64) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let bad = |message: String| EngineError::format(path, message);
+    let mut file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| EngineError::io(path, e))?;
+    let len = u64::from_le_bytes(len);
+    if len > file_size.saturating_sub(8) {
+        return Err(bad(format!("safetensors header of {len} bytes does not fit in a file of {file_size}")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(|e| EngineError::io(path, e))?;
+    serde_json::from_slice(&header).map_err(|e| bad(format!("safetensors header: {e}")))
+}
+
+/// The shape of a stored tensor as the model sees it: `NAME`'s, or for a block-quantized tensor
+/// the shape its `NAME.q` encodes (int4 packs two values a byte). `None` when neither is there.
+fn stored_shape(header: &serde_json::Map<String, serde_json::Value>, name: &str) -> Option<Vec<usize>> {
+    let shape_of = |key: &str| -> Option<(String, Vec<usize>)> {
+        let info = header.get(key)?;
+        let dtype = info["dtype"].as_str()?.to_string();
+        let shape = info["shape"].as_array()?.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<_>>()?;
+        Some((dtype, shape))
+    };
+    if let Some((_, shape)) = shape_of(name) {
+        return Some(shape);
+    }
+    match shape_of(&format!("{name}.q"))? {
+        (dtype, shape) if dtype == "U8" && shape.len() == 2 => Some(vec![shape[0], shape[1].checked_mul(2)?]),
+        (_, shape) => Some(shape),
     }
 }
 

@@ -4,25 +4,41 @@
 //! resumes: files listed there whose size and checksum still match are kept, the rest redone.
 //! At most one layer's tensors are in memory at once.
 //!
+//! A complete store of the same source and format is reused, but not blindly: every file gets a
+//! cheap check (present, a file, the recorded size), and a full checksum when its mtime is newer
+//! than the manifest's (it was written to after the split) or when [`SplitOptions::verify`] asks
+//! for every file (`airllm-eval split` does, so "split the model again" repairs a store whose
+//! bytes rotted in place). Damaged files are written again; the rest are kept.
+//!
+//! The split holds the store's lock (`.lock`) from start to end; a second split of the same store
+//! waits for it, then finds the store complete. The source's file hashes are remembered in
+//! `.source-hashes.json` (see [`crate::fingerprint`]), so an unchanged source is not read in full
+//! on every run just to confirm that the store is its own.
+//!
 //! With [`SplitOptions::compression`] the linear weights of each layer are stored block-quantized
 //! ([`super::quant`]); a source that holds them already quantized in a matching block format (GGUF
 //! Q8_0 for int8, Q4_0/Q4_1 for int4) hands its blocks over as they are, without a detour through
 //! f32 and a second rounding.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::path::Path;
+use std::time::SystemTime;
 
 use half::f16;
 use serde::{Deserialize, Serialize};
 
 use super::manifest::{Compression, FORMAT_VERSION, FileEntry, Manifest};
 use super::quant::{BLOCK, QuantScheme, QuantTensor, quantizable, quantize};
-use super::{EMBED, HEAD, MANIFEST, TOKENIZER, checksum, layer_file, write_atomic};
+use super::reader::size_problem;
+use super::{MANIFEST, SPLIT_PROGRESS, TOKENIZER, checksum, file_tensors, store_files, write_atomic};
 use crate::error::{EngineError, Result};
-use crate::source::{LayerTensor, ModelSource, TensorName};
+use crate::fingerprint::FileHashes;
+use crate::source::{ModelSource, TensorName};
 use crate::tensor::{DType, HostTensor};
 
-const PROGRESS: &str = "split-progress.json";
+const LOCK: &str = ".lock";
+const SOURCE_HASHES: &str = ".source-hashes.json";
 
 #[derive(Debug, Clone, Default)]
 pub struct SplitOptions {
@@ -34,13 +50,17 @@ pub struct SplitOptions {
     /// they are read once per wave, not once per layer, and int8 costs them some accuracy unless
     /// the source already holds them as Q8_0.
     pub quantize_embed_head: bool,
+    /// When a complete store is reused, checksum every file, not only those written to since the
+    /// split (see the module doc).
+    pub verify: bool,
 }
 
 /// What a split did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SplitReport {
     pub manifest: Manifest,
-    /// Files found complete and verified from an earlier, interrupted split.
+    /// Files found complete and verified from an earlier split (interrupted, or complete and
+    /// reused).
     pub reused_files: usize,
     pub written_files: usize,
 }
@@ -63,10 +83,21 @@ impl Progress {
             && self.compression == other.compression
             && self.quantized_embed_head == other.quantized_embed_head
     }
+
+    fn of_manifest(manifest: &Manifest) -> Self {
+        Progress {
+            source_fingerprint: manifest.source_fingerprint.clone(),
+            dtype: manifest.dtype,
+            compression: manifest.compression,
+            quantized_embed_head: manifest.quantized_embed_head,
+            files: manifest.files.clone(),
+        }
+    }
 }
 
 /// Splits `source` into a layer store at `out`. An existing complete store of the same source,
-/// dtype and compression is kept as it is; one that differs in any of them is written again.
+/// dtype and compression is kept, its damaged files rewritten (see the module doc); one that
+/// differs in any of them is written again.
 pub fn split(
     source: &dyn ModelSource,
     out: &Path,
@@ -74,7 +105,8 @@ pub fn split(
     on_file: &dyn Fn(&str, usize, usize),
 ) -> Result<SplitReport> {
     std::fs::create_dir_all(out).map_err(|e| EngineError::io(out, e))?;
-    let fingerprint = source.fingerprint()?;
+    let _lock = lock_store(out)?;
+    let fingerprint = source.fingerprint(&FileHashes::cached_in(out.join(SOURCE_HASHES)))?;
     let dtype = options.dtype.unwrap_or(source.tensor(TensorName::FinalNorm)?.dtype);
     let target = Progress {
         source_fingerprint: fingerprint.clone(),
@@ -83,24 +115,26 @@ pub fn split(
         quantized_embed_head: options.quantize_embed_head,
         files: vec![],
     };
-    if let Ok(manifest) = Manifest::read(out)
-        && manifest.source_fingerprint == fingerprint
-        && manifest.dtype == dtype
-        && manifest.compression == options.compression
-        && manifest.quantized_embed_head == options.quantize_embed_head
-    {
-        let reused_files = manifest.files.len();
-        return Ok(SplitReport { manifest, reused_files, written_files: 0 });
-    }
-    let _ = std::fs::remove_file(out.join(MANIFEST));
-    let mut progress = resume_progress(out, target);
-    let reused_files = progress.files.len();
     let spec = source.spec();
-    let names: Vec<String> = [TOKENIZER.to_string(), EMBED.to_string()]
-        .into_iter()
-        .chain((0..spec.num_layers).map(layer_file))
-        .chain([HEAD.to_string()])
-        .collect();
+    let names = store_files(spec.num_layers);
+    let mut progress = match Manifest::read(out).ok().filter(|m| Progress::of_manifest(m).same_target(&target)) {
+        Some(manifest) => {
+            let damaged = damaged_files(out, &manifest, options.verify);
+            if damaged.is_empty() {
+                let reused_files = manifest.files.len();
+                return Ok(SplitReport { manifest, reused_files, written_files: 0 });
+            }
+            tracing::warn!(store = %out.display(), files = ?damaged, "layer store files are damaged, writing them again");
+            let mut progress = Progress::of_manifest(&manifest);
+            progress.files.retain(|f| !damaged.contains(&f.name));
+            // Recorded before the manifest goes, so a kill from here on still resumes.
+            write_progress(out, &progress)?;
+            progress
+        }
+        None => resume_progress(out, target, &names),
+    };
+    remove_if_present(&out.join(MANIFEST))?;
+    let reused_files = progress.files.len();
     for (i, name) in names.iter().enumerate() {
         if progress.files.iter().any(|f| &f.name == name) {
             continue;
@@ -108,7 +142,7 @@ pub fn split(
         let bytes = file_bytes(source, name, dtype, options)?;
         write_atomic(&out.join(name), &bytes)?;
         progress.files.push(FileEntry { name: name.clone(), size: bytes.len() as u64, checksum: checksum(&bytes) });
-        write_atomic(&out.join(PROGRESS), &serde_json::to_vec_pretty(&progress).expect("progress serializes"))?;
+        write_progress(out, &progress)?;
         tracing::debug!(file = %name, bytes = bytes.len(), "split wrote");
         on_file(name, i + 1, names.len());
     }
@@ -126,29 +160,82 @@ pub fn split(
         files,
     };
     write_atomic(&out.join(MANIFEST), &serde_json::to_vec_pretty(&manifest).expect("manifest serializes"))?;
-    let _ = std::fs::remove_file(out.join(PROGRESS));
+    remove_if_present(&out.join(SPLIT_PROGRESS))?;
     let written_files = names.len() - reused_files;
     Ok(SplitReport { manifest, reused_files, written_files })
 }
 
+/// Takes the store's write lock, waiting (and saying so) while another split holds it.
+fn lock_store(out: &Path) -> Result<File> {
+    let path = out.join(LOCK);
+    let file =
+        File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| EngineError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => return Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            tracing::info!(store = %out.display(), "another split is writing this layer store; waiting for it");
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(EngineError::io(&path, e)),
+    }
+    file.lock().map_err(|e| EngineError::io(&path, e))?;
+    Ok(file)
+}
+
+fn write_progress(out: &Path, progress: &Progress) -> Result<()> {
+    write_atomic(&out.join(SPLIT_PROGRESS), &serde_json::to_vec_pretty(progress).expect("progress serializes"))
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(EngineError::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// The files of a complete store that fail the reuse checks of the module doc, by name.
+fn damaged_files(out: &Path, manifest: &Manifest, verify_all: bool) -> Vec<String> {
+    let written_at = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let manifest_written = written_at(&out.join(MANIFEST)).unwrap_or(SystemTime::UNIX_EPOCH);
+    manifest
+        .files
+        .iter()
+        .filter(|entry| {
+            if let Some(problem) = size_problem(out, entry) {
+                tracing::warn!(store = %out.display(), "{problem}");
+                return true;
+            }
+            let path = out.join(&entry.name);
+            let touched = written_at(&path).is_none_or(|t| t > manifest_written);
+            (verify_all || touched) && !checksum_matches(&path, entry)
+        })
+        .map(|entry| entry.name.clone())
+        .collect()
+}
+
+fn checksum_matches(path: &Path, entry: &FileEntry) -> bool {
+    std::fs::read(path).is_ok_and(|bytes| bytes.len() as u64 == entry.size && checksum(&bytes) == entry.checksum)
+}
+
 /// The files an interrupted split finished, each checked against its recorded size and checksum.
-fn resume_progress(out: &Path, fresh: Progress) -> Progress {
-    let Ok(text) = std::fs::read(out.join(PROGRESS)) else {
+/// Only the files a store of this model has are taken from the record (it is a file, and any
+/// name could be written into it).
+fn resume_progress(out: &Path, fresh: Progress, names: &[String]) -> Progress {
+    let path = out.join(SPLIT_PROGRESS);
+    let Ok(text) = std::fs::read(&path) else {
         return fresh;
     };
     let Ok(mut progress) = serde_json::from_slice::<Progress>(&text) else {
-        tracing::warn!("{}: unreadable, starting the split over", out.join(PROGRESS).display());
+        tracing::warn!("{}: unreadable, starting the split over", path.display());
         return fresh;
     };
     if !progress.same_target(&fresh) {
-        tracing::info!("{}: an earlier split of another source or format, starting over", out.join(PROGRESS).display());
+        tracing::info!("{}: an earlier split of another source or format, starting over", path.display());
         return fresh;
     }
     progress.files.retain(|entry| {
-        let ok = std::fs::read(out.join(&entry.name))
-            .is_ok_and(|bytes| bytes.len() as u64 == entry.size && checksum(&bytes) == entry.checksum);
+        let ok = names.contains(&entry.name) && checksum_matches(&out.join(&entry.name), entry);
         if !ok {
-            tracing::warn!(file = %entry.name, "split: recorded file is missing or changed, writing it again");
+            tracing::warn!(file = %entry.name, "split: recorded file is missing, changed or unknown, writing it again");
         }
         ok
     });
@@ -220,36 +307,32 @@ fn file_bytes(source: &dyn ModelSource, name: &str, dtype: DType, options: &Spli
     let spec = source.spec();
     let embed_head = options.quantize_embed_head.then_some(QuantScheme::Int8);
     let layer_scheme = options.compression.scheme();
-    let tensors: Vec<(String, TensorName, Option<QuantScheme>)> = if name == TOKENIZER {
+    if name == TOKENIZER {
         let tokenizer = source.tokenizer()?;
         let json = tokenizer.to_string(false).map_err(|e| EngineError::Other(format!("tokenizer: {e}")))?;
         return Ok(json.into_bytes());
-    } else if name == EMBED {
-        vec![("embed".into(), TensorName::Embed, embed_head)]
-    } else if name == HEAD {
-        vec![("norm".into(), TensorName::FinalNorm, None), ("lm_head".into(), TensorName::LmHead, embed_head)]
-    } else {
-        let index: usize = name["layer-".len()..name.len() - ".safetensors".len()].parse().expect("layer file name");
-        LayerTensor::present(spec)
-            .map(|t| {
-                let scheme = if t.is_linear() { layer_scheme } else { None };
-                (t.store_name().to_string(), TensorName::Layer(index, t), scheme)
-            })
-            .collect()
-    };
+    }
+    let tensors = file_tensors(name, spec).into_iter().map(|(store_name, tensor)| {
+        let scheme = match tensor {
+            TensorName::Embed | TensorName::LmHead => embed_head,
+            TensorName::Layer(_, t) if t.is_linear() => layer_scheme,
+            _ => None,
+        };
+        (store_name, tensor, scheme)
+    });
     let mut entries = BTreeMap::new();
     for (store_name, tensor_name, scheme) in tensors {
         let plain = match scheme {
             None => source.tensor(tensor_name)?,
             Some(scheme) => match quantized(source, tensor_name, scheme)? {
                 Ok(quant) => {
-                    insert_quant(&mut entries, &store_name, quant);
+                    insert_quant(&mut entries, store_name, quant);
                     continue;
                 }
                 Err(plain) => plain,
             },
         };
-        entries.insert(store_name, Entry::from(plain.cast(dtype)));
+        entries.insert(store_name.to_string(), Entry::from(plain.cast(dtype)));
     }
     serialize(&entries)
 }

@@ -121,8 +121,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         Some(shard) => Some(shard),
         None => Shard::from_env()?,
     };
-    let hash = job.spec.hash(&tasks_digest(&tasks));
     let store = prepare_model(&job)?;
+    let hash = job.spec.hash(&tasks_digest(&tasks), &airllm_engine::store::Manifest::read(&store)?);
     let backend = &job.spec.backend;
     let execute = Execute { job: &job, tasks: &tasks, shard, hash: &hash, store: &store, started };
     with_backend(&backend.name, backend.device, execute).expect("the job's backend was checked when it was loaded")

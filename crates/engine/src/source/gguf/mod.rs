@@ -15,16 +15,14 @@ use std::path::Path;
 use half::f16;
 use memmap2::Mmap;
 
-use super::{LayerTensor, ModelSource, TensorName};
+use super::{LayerTensor, ModelSource, TensorName, check_tensors, layer_index};
 use crate::error::{EngineError, Result};
+use crate::fingerprint::FileHashes;
 use crate::spec::{Family, ModelSpec, RopeScaling};
 use crate::store::quant::{BLOCK, QuantScheme, QuantTensor, quantizable};
 use crate::tensor::HostTensor;
 use dequant::GgmlType;
 use reader::{GgufHeader, TensorInfo, Value};
-
-/// Bytes hashed at each end of the file for the fingerprint.
-const FINGERPRINT_SPAN: usize = 1 << 20;
 
 pub struct GgufSource {
     mmap: Mmap,
@@ -40,7 +38,9 @@ impl GgufSource {
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
         let header = GgufHeader::parse(&mmap, path)?;
         let spec = build_spec(&header)?;
-        Ok(Self { mmap, header, spec })
+        let source = Self { mmap, header, spec };
+        check_tensors(&source)?;
+        Ok(source)
     }
 
     /// The parsed header: version, metadata and tensor infos.
@@ -62,12 +62,14 @@ impl GgufSource {
 
     fn dequantize(&self, info: &TensorInfo) -> Result<Vec<f32>> {
         let data = &self.mmap[info.start..info.start + info.len];
-        dequant::dequantize(info.ggml_type, data).ok_or_else(|| {
-            self.header.error(format!(
-                "tensor {} has ggml type {}, which is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
-                info.name, info.ggml_type.name
-            ))
-        })
+        dequant::dequantize(info.ggml_type, data).ok_or_else(|| self.unsupported_type(info))
+    }
+
+    fn unsupported_type(&self, info: &TensorInfo) -> EngineError {
+        self.header.error(format!(
+            "tensor {} has ggml type {}, which is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
+            info.name, info.ggml_type.name
+        ))
     }
 
     /// Undoes llama.cpp's Q/K row permutation where the converter applied it.
@@ -196,12 +198,22 @@ impl ModelSource for GgufSource {
         Ok(HostTensor::from_f32(info.shape(), &values))
     }
 
-    fn fingerprint(&self) -> Result<String> {
-        let len = self.mmap.len();
-        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        hasher.update(&self.mmap[..len.min(FINGERPRINT_SPAN)]);
-        hasher.update(&self.mmap[len.saturating_sub(FINGERPRINT_SPAN)..]);
-        Ok(format!("gguf-{len:x}-{:016x}", hasher.digest()))
+    /// The name, and an error for a type [`dequant`] does not read: checked for every tensor
+    /// when the file is opened, before a split writes anything.
+    fn tensor_shape(&self, name: TensorName) -> Result<(String, Vec<usize>)> {
+        let info = self.info_for(name)?;
+        if !info.ggml_type.is_supported() {
+            return Err(self.unsupported_type(info));
+        }
+        Ok((info.name.clone(), info.shape()))
+    }
+
+    fn layers_present(&self) -> usize {
+        self.header.tensors.iter().filter_map(|t| layer_index(&t.name, "blk.")).map(|i| i + 1).max().unwrap_or(0)
+    }
+
+    fn fingerprint(&self, hashes: &FileHashes) -> Result<String> {
+        hashes.fingerprint(std::slice::from_ref(&self.header.path))
     }
 
     fn describe(&self) -> String {
