@@ -140,7 +140,7 @@ mod tests {
     #[test]
     fn waves_fit_the_kv_budget() {
         let prompts = [prompt(6, 4), prompt(3, 2), prompt(1, 4), prompt(8, 2)];
-        assert_eq!(plan(&prompts, 10, 200).unwrap(), vec![vec![0, 1], vec![2, 3]]);
+        assert_eq!(plan(&prompts, 10, 200).unwrap(), vec![vec![0, 1, 2], vec![3]]);
         let err = plan(&prompts, 10, 50).unwrap_err().to_string();
         assert!(
             err.contains("memory.kv_budget (50 bytes) is too small for one sequence: prompt 0 needs 100 bytes"),
