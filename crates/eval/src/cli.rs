@@ -25,6 +25,8 @@ pub enum Command {
     Bench(commands::bench::BenchArgs),
     /// Write a Llama-shaped model with random weights straight to a layer store.
     Synth(commands::synth::SynthArgs),
+    /// Generate text greedily from a prompt or a file of prompts (layer-major, with a KV cache).
+    Generate(commands::generate::GenerateArgs),
     /// Join the shard folders of a sharded job into the files a single run writes.
     Merge(commands::merge::MergeArgs),
     /// Per-task metric deltas between two finished runs, with paired standard errors.
@@ -55,6 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Synth(args) => commands::synth::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Merge(args) => commands::merge::run(args),
+        Command::Generate(args) => commands::generate::run(args),
         Command::Diff(args) => commands::diff::run(args),
     }
 }

@@ -418,3 +418,84 @@ fn deploy_recipes_parse() {
     let args = merge["spec"]["template"]["spec"]["containers"][0]["args"].as_sequence().unwrap();
     assert_eq!(args[0], "merge");
 }
+
+#[test]
+fn generate_answers_a_chat_prompt_and_a_prompts_file_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = common::smollm2_gguf();
+    let generate = |extra: &[&str]| {
+        let mut command = airllm(d);
+        command.arg("generate").arg("--model").arg(&model).args(extra);
+        run(&mut command)
+    };
+    let output = generate(&["--chat", "--prompt", "What is the capital of France?", "--max-tokens", "24"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let answer = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(answer.contains("Paris"), "{answer}");
+
+    let prompts = d.join("prompts.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"prompt\": \"1, 2, 3,\"}\n{\"prompt\": \"The capital of Italy is\", \"stop\": [\".\"]}\n",
+    )
+    .unwrap();
+    let out = d.join("out.jsonl");
+    let output =
+        generate(&["--prompts", prompts.to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-tokens", "8"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["prompt"], "The capital of Italy is");
+    assert!(!lines[1]["completion"].as_str().unwrap().contains('.'), "cut before the stop: {}", lines[1]["completion"]);
+
+    let fails = |extra: &[&str], expected: &str| {
+        let output = generate(extra);
+        assert!(
+            !output.status.success() && stderr(&output).contains(expected),
+            "expected {expected:?} in {}",
+            stderr(&output)
+        );
+    };
+    fails(&["--prompt", "  "], "--prompt: the prompt is empty");
+    fails(&["--prompt", "Hi", "--max-tokens", "0"], "--max-tokens must be at least 1");
+    fails(&["--prompt", "Hi", "--kv-budget", "1KiB"], "too small for one sequence");
+    std::fs::write(&prompts, "{\"prompt\": \"a\"}\n{\"prompt\": \"b\", \"stop\": [5]}\n").unwrap();
+    fails(
+        &["--prompts", prompts.to_str().unwrap(), "--out", out.to_str().unwrap()],
+        "prompts.jsonl:2: field `stop` must be a list of strings, found a number",
+    );
+}
+
+#[test]
+fn a_gsm8k_job_writes_generations_and_resumes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let job = write_tasks_job(d, "  - name: gsm8k_cot\n    limit: 2\n", "memory:\n  kv_budget: 64MiB\n");
+    let output = run(airllm(d).arg(&job));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let generations = std::fs::read_to_string(d.join("out/generations.csv")).unwrap();
+    let mut rows = csv::Reader::from_reader(generations.as_bytes());
+    let header: Vec<String> = rows.headers().unwrap().iter().map(str::to_string).collect();
+    assert_eq!(header[..7], ["task", "doc", "completion", "strict", "flexible", "gold", "exact_match"]);
+    let rows: Vec<csv::StringRecord> = rows.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(&rows[0][5], "18", "gold of the first test problem");
+    assert!(!rows[0][2].contains("Q:"), "completions end before the stop sequence: {}", &rows[0][2]);
+    let summary = std::fs::read_to_string(d.join("out/summary.csv")).unwrap();
+    assert!(summary.contains("gsm8k_cot,\"exact_match,strict-match\",2,"), "{summary}");
+    let record = run_record(&d.join("out"));
+    assert_eq!(record["docs"], 2);
+
+    let before = std::fs::read_to_string(d.join("out/generations.csv")).unwrap();
+    let output = run(airllm(d).arg(&job));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(run_record(&d.join("out"))["docs_resumed"], 2, "finished generations are not generated again");
+    assert_eq!(std::fs::read_to_string(d.join("out/generations.csv")).unwrap(), before);
+
+    let job = write_tasks_job(d, "  - name: gsm8k_cot\n    limit: 2\n", "memory:\n  kv_budget: 1MiB\n");
+    let output = run(airllm(d).arg(&job).arg("--out").arg(d.join("small")));
+    assert!(!output.status.success() && stderr(&output).contains("memory.kv_budget"), "{}", stderr(&output));
+    assert!(!d.join("small").exists(), "a KV budget too small for one sequence is refused before anything is written");
+}

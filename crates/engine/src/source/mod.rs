@@ -200,6 +200,30 @@ pub(crate) fn layer_index(tensor_name: &str, prefix: &str) -> Option<usize> {
     tensor_name.strip_prefix(prefix)?.split('.').next()?.parse().ok()
 }
 
+/// The chat template a model ships (Jinja text): GGUF metadata `tokenizer.chat_template`, or a
+/// Hugging Face folder's `tokenizer_config.json` `chat_template` (its `default` entry where it
+/// lists several). `None` where the model has none, or `path` is a layer store.
+pub fn chat_template(path: &std::path::Path) -> Result<Option<String>> {
+    if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        let source = gguf::GgufSource::open(path)?;
+        return Ok(source.metadata_str("tokenizer.chat_template").map(str::to_string));
+    }
+    let config = path.join("tokenizer_config.json");
+    if !config.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&config).map_err(|e| crate::EngineError::io(&config, e))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| crate::EngineError::format(&config, format!("invalid JSON: {e}")))?;
+    Ok(match &json["chat_template"] {
+        serde_json::Value::String(template) => Some(template.clone()),
+        serde_json::Value::Array(named) => {
+            named.iter().find(|t| t["name"] == "default").and_then(|t| t["template"].as_str()).map(str::to_string)
+        }
+        _ => None,
+    })
+}
+
 /// Opens a Hugging Face directory or a `.gguf` file.
 pub fn open(path: &std::path::Path) -> Result<Box<dyn ModelSource>> {
     if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {

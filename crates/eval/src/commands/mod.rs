@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod diff;
+pub mod generate;
 pub mod logits;
 pub mod merge;
 pub mod run;

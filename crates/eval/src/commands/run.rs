@@ -25,7 +25,7 @@ use crate::progress::Progress;
 use crate::report::{self, Scores};
 use crate::schedule::{self, Sequence};
 use crate::shard::{self, Shard};
-use crate::task::{self, Doc, GenerateDoc, Request, Response, Task, Windowing, registry};
+use crate::task::{self, Doc, Request, Response, Task, Windowing, registry};
 use crate::thresholds;
 
 #[derive(Debug, Args)]
@@ -175,6 +175,14 @@ impl BackendTask for Execute<'_> {
             self.hash,
             tasks.len()
         );
+        let generation_prompts = generation_prompts(&engine, &tasks)?;
+        let bytes_per_token = generation::kv_bytes(&engine);
+        generation::plan(
+            &generation_prompts.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>(),
+            bytes_per_token,
+            spec.memory.kv_budget.0,
+        )
+        .with_context(|| self.job.locate("kv_budget"))?;
         let record = JobRecord {
             job_hash: self.hash.to_string(),
             spec: serde_json::to_value(spec)?,
@@ -186,7 +194,7 @@ impl BackendTask for Execute<'_> {
         let mut state = RunState::new(&tasks, &requests, done)?;
         let compute = Instant::now();
         run_waves(&mut engine, &tasks, &sequences, &waves, &mut state, &mut out)?;
-        run_generations(&mut engine, &tasks, &mut state, &mut out, &spec.memory)?;
+        run_generations(&mut engine, generation_prompts, &mut state, &mut out, &spec.memory)?;
         let compute_s = compute.elapsed().as_secs_f64();
 
         let counts = Counts {
@@ -479,19 +487,6 @@ impl RunState {
         Finished { task, doc: row, responses: Vec::new(), tokens: completion.tokens, completion: Some(completion.text) }
     }
 
-    /// Generated documents not finished yet.
-    fn pending_generations<'t>(&self, tasks: &'t [Task]) -> Vec<(usize, &'t GenerateDoc)> {
-        self.docs
-            .iter()
-            .enumerate()
-            .filter(|(doc, _)| self.results[*doc].is_none())
-            .filter_map(|(doc, &(t, d))| match &tasks[t].docs[d].doc {
-                Doc::Generate(g) => Some((doc, g)),
-                _ => None,
-            })
-            .collect()
-    }
-
     fn done(&self) -> usize {
         self.results.iter().filter(|r| r.is_some()).count()
     }
@@ -512,32 +507,40 @@ impl RunState {
     }
 }
 
+/// Every generation document of the tasks (numbered across tasks) as a prompt: its context
+/// encoded and cut to fit the model, its stop sequences with the model's end-of-text.
+fn generation_prompts<B: Backend>(engine: &Engine<B>, tasks: &[Task]) -> Result<Vec<(usize, Prompt)>> {
+    let tokenizer = engine.tokenizer();
+    let (max_positions, eos) = (engine.spec().max_position_embeddings, engine.spec().eos_token_id);
+    let docs = tasks.iter().flat_map(|t| &t.docs).enumerate();
+    docs.filter_map(|(doc, document)| match &document.doc {
+        Doc::Generate(g) => Some((doc, g)),
+        _ => None,
+    })
+    .map(|(doc, g)| {
+        let ids = generation::encode_context(tokenizer, &g.context, max_positions, g.max_gen_toks)?;
+        let until = generation::stop_sequences(&g.until, tokenizer, eos);
+        Ok((doc, Prompt { ids, until, max_new: g.max_gen_toks }))
+    })
+    .collect()
+}
+
 /// Generates every unfinished generation document, in waves whose KV caches fit the job's
 /// `memory.kv_budget`, journaling each wave. Layers stay resident for the whole generation when
 /// the store fits `memory.resident_budget`; otherwise every decode step streams the store.
 fn run_generations<B: Backend>(
     engine: &mut Engine<B>,
-    tasks: &[Task],
+    prompts: Vec<(usize, Prompt)>,
     state: &mut RunState,
     out: &mut OutputDir,
     memory: &MemoryConfig,
 ) -> Result<()> {
-    let pending = state.pending_generations(tasks);
+    let (pending, prompts): (Vec<usize>, Vec<Prompt>) =
+        prompts.into_iter().filter(|(doc, _)| state.results[*doc].is_none()).unzip();
     if pending.is_empty() {
         return Ok(());
     }
-    let tokenizer = engine.tokenizer().clone();
-    let (max_positions, eos) = (engine.spec().max_position_embeddings, engine.spec().eos_token_id);
-    let prompts: Vec<Prompt> = pending
-        .iter()
-        .map(|(_, g)| {
-            let ids = generation::encode_context(&tokenizer, &g.context, max_positions, g.max_gen_toks)?;
-            let until = generation::stop_sequences(&g.until, &tokenizer, eos);
-            Ok(Prompt { ids, until, max_new: g.max_gen_toks })
-        })
-        .collect::<Result<_>>()?;
-    let waves = generation::plan(&prompts, generation::kv_bytes(engine), memory.kv_budget.0)
-        .with_context(|| format!("{} documents to generate", prompts.len()))?;
+    let waves = generation::plan(&prompts, generation::kv_bytes(engine), memory.kv_budget.0)?;
     let resident = engine.store_size() <= memory.resident_budget.0;
     tracing::info!(
         "generating {} documents in {} waves; {}",
@@ -559,7 +562,7 @@ fn run_generations<B: Backend>(
         let rows: Vec<Finished> = wave
             .iter()
             .zip(completions)
-            .map(|(&i, completion)| state.finish_generated(pending[i].0, completion))
+            .map(|(&i, completion)| state.finish_generated(pending[i], completion))
             .collect();
         out.append(&rows)?;
         let seconds = started.elapsed().as_secs_f64();

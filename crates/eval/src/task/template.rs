@@ -45,6 +45,30 @@ fn list_index_or_pycompat(state: &mut State, value: &Value, method: &str, args: 
     minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
 }
 
+/// A user message in a model's chat template, ready for the assistant's answer (what
+/// `apply_chat_template(messages, add_generation_prompt=True)` gives).
+pub fn render_chat(
+    template: &str,
+    message: &str,
+    tokenizer: &tokenizers::Tokenizer,
+    bos: Option<u32>,
+    eos: Option<u32>,
+) -> anyhow::Result<String> {
+    let mut env = Environment::new();
+    env.set_unknown_method_callback(list_index_or_pycompat);
+    env.add_function("raise_exception", |message: String| -> Result<Value, Error> {
+        Err(Error::new(ErrorKind::InvalidOperation, message))
+    });
+    let token = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id)).unwrap_or_default();
+    let context = minijinja::context! {
+        messages => vec![minijinja::context! { role => "user", content => message }],
+        add_generation_prompt => true,
+        bos_token => token(bos),
+        eos_token => token(eos),
+    };
+    env.render_str(template, context).map_err(|e| anyhow::anyhow!("rendering the model's chat template: {e}"))
+}
+
 /// A row's fields as template variables.
 pub fn context(fields: &Map<String, Json>) -> Value {
     Value::from(fields.iter().map(|(k, v)| (k.clone(), to_value(v))).collect::<BTreeMap<String, Value>>())

@@ -31,6 +31,11 @@ pub struct GgufSource {
 }
 
 impl GgufSource {
+    /// A string of the file's metadata, if it has that key.
+    pub fn metadata_str(&self, key: &str) -> Option<&str> {
+        self.header.str(key).ok()
+    }
+
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
         // SAFETY: the file is opened read-only; a concurrent writer would be a user error, and
