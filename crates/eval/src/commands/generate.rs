@@ -224,6 +224,14 @@ fn generate_file<B: burn::prelude::Backend>(
         })
         .collect();
     write_atomic(out, text.as_bytes())?;
-    println!("{} completions ({tokens} tokens) in {}", prompts.len(), out.display());
+    let seconds = started.elapsed().as_secs_f64();
+    let read = engine.stats().store_bytes_read;
+    println!(
+        "{} completions, {tokens} tokens in {seconds:.1}s ({:.1} tokens/s, {} store bytes read) in {}",
+        prompts.len(),
+        tokens as f64 / seconds,
+        read,
+        out.display()
+    );
     Ok(())
 }
