@@ -7,7 +7,17 @@ use clap::{Parser, Subcommand};
 use crate::commands;
 
 #[derive(Debug, Parser)]
-#[command(name = "airllm-eval", version, about = "Layer-major batch evaluation of LLMs on small machines")]
+#[command(
+    name = "airllm-eval",
+    version,
+    about = "Layer-major batch evaluation of LLMs on small machines",
+    after_help = "`airllm-eval JOB.yaml` is short for `airllm-eval run JOB.yaml`.\n\n\
+                  Environment:\n  \
+                  AIRLLM_CACHE     fetched models and layer stores (default ~/.cache/airllm-eval)\n  \
+                  AIRLLM_DATASETS  the built-in tasks' data (default: the project's datasets/)\n  \
+                  RUST_LOG         log detail, e.g. RUST_LOG=debug (default: info for airllm-eval)\n  \
+                  SLURM_ARRAY_TASK_ID/_MIN/_COUNT, JOB_COMPLETION_INDEX with AIRLLM_SHARDS: the shard `run` scores"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

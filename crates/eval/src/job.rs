@@ -484,8 +484,33 @@ impl Job {
     }
 }
 
+/// Deepest nesting a job or task file may have: real ones nest four or five levels, and the
+/// YAML parser takes quadratic time on pathologically deep input.
+const MAX_NESTING: usize = 64;
+
+/// Refuses input nested deeper than [`MAX_NESTING`] (flow brackets, or block indentation
+/// counted in steps of two columns), naming the line.
+fn check_nesting(text: &str) -> std::result::Result<(), String> {
+    let mut flow = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        let indent = line.len() - line.trim_start_matches([' ', '-']).len();
+        for c in line.chars() {
+            match c {
+                '[' | '{' => flow += 1,
+                ']' | '}' => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+            if flow > MAX_NESTING || indent / 2 > MAX_NESTING {
+                return Err(format!("{}:1: nested deeper than {MAX_NESTING} levels", i + 1));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Parses YAML (a job or a task definition); the error reads `LINE:COLUMN: field: problem`.
 pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> std::result::Result<T, String> {
+    check_nesting(text)?;
     serde_yaml::from_str(text).map_err(|e| {
         let message = e.to_string();
         // serde_yaml appends " at line L column C"; we lead with it instead, compiler style.
@@ -681,6 +706,17 @@ mod tests {
         assert!(err.contains("unknown memory preset `huge`") && err.contains("small, default, large"), "{err}");
         let err = parse_spec(&format!("{MINIMAL}memory:\n  prefetch: 2\n")).unwrap_err();
         assert!(err.contains("unknown field `prefetch`"), "{err}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_quickly() {
+        let deep = format!("model: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        let started = std::time::Instant::now();
+        let err = parse_spec(&deep).unwrap_err();
+        assert!(err.contains("1:1: nested deeper than 64 levels"), "{err}");
+        assert!(started.elapsed().as_secs() < 1);
+        let indented: String = (0..200).map(|i| format!("{}a{i}:\n", " ".repeat(2 * i))).collect();
+        assert!(parse_spec(&indented).unwrap_err().contains("nested deeper"));
     }
 
     #[test]

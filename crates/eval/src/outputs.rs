@@ -217,7 +217,12 @@ pub fn csv_field(text: &str) -> String {
 /// Locks an output folder for writing (released when the file is dropped).
 pub fn lock(dir: &Path) -> Result<File> {
     let path = dir.join(LOCK);
-    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {} for writing", path.display()))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => bail!("{} is in use by another airllm-eval run", dir.display()),
@@ -251,14 +256,15 @@ fn open_journal(path: &Path) -> Result<(File, Vec<Finished>)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let complete = if text.is_empty() { HEADER.len() } else { text.rfind('\n').map_or(0, |i| i + 1) };
     let done = parse_journal(path, &text)?;
-    let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path)?;
+    let write = |e: std::io::Error| anyhow::Error::new(e).context(format!("writing the journal {}", path.display()));
+    let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path).map_err(write)?;
     if text.is_empty() {
-        file.write_all(HEADER.as_bytes())?;
+        file.write_all(HEADER.as_bytes()).map_err(write)?;
     } else {
-        file.set_len(complete as u64)?;
+        file.set_len(complete as u64).map_err(write)?;
     }
-    file.seek(SeekFrom::End(0))?;
-    file.sync_all()?;
+    file.seek(SeekFrom::End(0)).map_err(write)?;
+    file.sync_all().map_err(write)?;
     Ok((file, done))
 }
 

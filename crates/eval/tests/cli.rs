@@ -208,7 +208,7 @@ fn bad_tasks_fail_clearly_and_write_nothing() {
 
 /// The final files of an output folder, by name.
 fn results(out: &Path) -> Vec<(String, String)> {
-    ["requests.csv", "rolling.csv", "docs.csv", "summary.csv", "results.json"]
+    ["requests.csv", "rolling.csv", "generations.csv", "docs.csv", "summary.csv", "results.json"]
         .iter()
         .map(|name| {
             let text = std::fs::read_to_string(out.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -292,15 +292,17 @@ fn three_slurm_shards_merge_into_the_unsharded_files() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let job = write_tasks_job(d, SHARDED_TASKS, "memory:\n  activation_budget: 200KiB\n");
-    let output = run(airllm(d).arg(&job).arg("--out").arg(d.join("whole")));
-    assert!(output.status.success(), "{}", stderr(&output));
-    let whole = results(&d.join("whole"));
-
+    // The three shards start at once on a store nobody has split yet: one splits, the others
+    // wait for its lock and then read the finished store.
     let children: Vec<_> = (0..3).map(|i| slurm_shard(d, &job, i).spawn().unwrap()).collect();
     for child in children {
         let output = child.wait_with_output().unwrap();
         assert!(output.status.success(), "{}", stderr(&output));
     }
+    let output = run(airllm(d).arg(&job).arg("--out").arg(d.join("whole")));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let whole = results(&d.join("whole"));
+
     let out = d.join("out");
     let record = run_record(&out.join("shard-1-of-3"));
     assert_eq!(record["shard"], serde_json::json!({"index": 1, "count": 3}));
