@@ -17,6 +17,7 @@ pub use generate::{GenerationStats, kv_bytes_per_token};
 
 use crate::backend::DefaultBackend;
 use crate::error::{EngineError, Result};
+use crate::model::kv_cache::KvDtype;
 use crate::model::{Compute, DecoderLayer, Head, Precision, Rope, to_device};
 use crate::spec::ModelSpec;
 use crate::store::{EMBED, LayerStore, Prefetcher};
@@ -78,6 +79,8 @@ pub struct EngineOptions {
     /// Run our packed matmul and tiled attention where the backend and CPU allow (else burn's
     /// ops: the reference path the bench and tests compare against).
     pub host_kernels: bool,
+    /// How generation's KV cache stores keys and values.
+    pub kv_dtype: KvDtype,
 }
 
 impl EngineOptions {
@@ -94,6 +97,7 @@ impl Default for EngineOptions {
             resident: false,
             precision: Precision::F32,
             host_kernels: true,
+            kv_dtype: KvDtype::F32,
         }
     }
 }
@@ -161,6 +165,10 @@ impl<B: Backend> Engine<B> {
 
     pub fn spec(&self) -> &ModelSpec {
         &self.store.manifest().spec
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
     }
 
     /// From now on, keep every layer in memory after its next read (`true`), or stream them

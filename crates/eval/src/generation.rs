@@ -82,9 +82,9 @@ pub fn plan(prompts: &[Prompt], bytes_per_token: u64, budget: u64) -> Result<Vec
     Ok(waves)
 }
 
-/// Bytes of KV cache per token of the engine's model.
+/// Bytes of KV cache per token of the engine's model, in the engine's cache type.
 pub fn kv_bytes<B: Backend>(engine: &Engine<B>) -> u64 {
-    kv_bytes_per_token(engine.spec())
+    kv_bytes_per_token(engine.spec(), engine.options().kv_dtype)
 }
 
 /// Generates one wave. `on_text(i, piece)` receives prompt `i`'s text as it comes (for

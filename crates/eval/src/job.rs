@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use airllm_engine::model::kv_cache::KvDtype;
 use airllm_engine::model::{Precision, host_kernel_path};
 
 use airllm_engine::store::{Compression, Manifest, SplitOptions};
@@ -163,6 +164,9 @@ pub struct MemoryConfig {
     /// Keys and values of one generating wave (generation tasks), e.g. `2GiB`.
     #[serde(default = "default_kv_budget")]
     pub kv_budget: ByteSize,
+    /// How the KV cache stores keys and values: `f32` (default), or `f16`/`bf16` (half the memory).
+    #[serde(default)]
+    pub kv_dtype: KvDtype,
     /// Generation keeps the layers in memory, instead of reading the store at every step, when
     /// the store is no larger than this.
     #[serde(default = "default_resident_budget")]
@@ -194,6 +198,7 @@ impl Default for MemoryConfig {
             micro_batch_tokens: default_micro_batch_tokens(),
             prefetch_depth: default_prefetch_depth(),
             kv_budget: default_kv_budget(),
+            kv_dtype: KvDtype::F32,
             resident_budget: default_resident_budget(),
         }
     }

@@ -16,6 +16,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use airllm_engine::executor::{EngineOptions, Quiet};
+use airllm_engine::model::kv_cache::KvDtype;
 use airllm_eval::generation::{self, Prompt};
 use airllm_eval::job::Job;
 use airllm_eval::task::metrics::{Metric, Sample};
@@ -35,21 +36,17 @@ fn ids(value: &Value) -> Vec<u32> {
     value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
 }
 
-#[test]
-fn greedy_generation_matches_transformers_in_one_wave() {
+/// Generates the reference prompts in one wave with the KV cache stored as `kv_dtype`; returns
+/// the reference, each prompt's new tokens, and the engine's tokenizer.
+fn generate_references(kv_dtype: KvDtype) -> (Value, Vec<Vec<u32>>, tokenizers::Tokenizer) {
     let reference = fixture("transformers_greedy.json");
-    let options = EngineOptions { resident: true, ..EngineOptions::default() };
+    let options = EngineOptions { resident: true, kv_dtype, ..EngineOptions::default() };
     let (_store, mut engine) = common::engine_for(&common::smollm2_gguf(), options);
     let eos: Vec<u32> = ids(&reference["eos_token_ids"]);
     assert_eq!(engine.spec().eos_token_id, eos.first().copied(), "the model's end-of-text token");
     let prompts = reference["prompts"].as_array().unwrap();
-    assert!(prompts.len() >= 8);
     let inputs: Vec<Vec<u32>> = prompts.iter().map(|p| ids(&p["input_ids"])).collect();
     let max_new: Vec<usize> = prompts.iter().map(|p| p["max_new_tokens"].as_u64().unwrap() as usize).collect();
-    for (p, input) in prompts.iter().zip(&inputs) {
-        let ours = engine.tokenizer().encode(p["text"].as_str().unwrap(), true).unwrap();
-        assert_eq!(ours.get_ids(), input.as_slice(), "prompt ids of {:?}", p["text"]);
-    }
     let mut generated = vec![Vec::new(); inputs.len()];
     engine
         .generate_wave(&inputs, &max_new, &Quiet, &mut |i, token| {
@@ -57,14 +54,43 @@ fn greedy_generation_matches_transformers_in_one_wave() {
             !eos.contains(&token)
         })
         .unwrap();
+    (reference, generated, engine.tokenizer().clone())
+}
+
+/// A half-precision cache rounds every cached key and value: the drift it causes, stated as
+/// new tokens that still agree with transformers before the first difference.
+#[test]
+fn half_precision_kv_cache_drift_is_bounded() {
+    for (dtype, at_least) in [(KvDtype::F16, 0.95), (KvDtype::Bf16, 0.8)] {
+        let (reference, generated, _) = generate_references(dtype);
+        let (mut same, mut total, mut identical) = (0, 0, 0);
+        for (p, ours) in reference["prompts"].as_array().unwrap().iter().zip(&generated) {
+            let theirs = ids(&p["output_ids"]);
+            let prefix = ours.iter().zip(&theirs).take_while(|(a, b)| a == b).count();
+            same += prefix;
+            total += theirs.len();
+            identical += (*ours == theirs) as usize;
+        }
+        let share = same as f64 / total as f64;
+        eprintln!(
+            "{dtype:?} KV cache: {identical}/10 prompts identical, {same}/{total} tokens before the first difference ({share:.3})"
+        );
+        assert!(share >= at_least, "{dtype:?}: only {share:.3} of the tokens agree before the first difference");
+    }
+}
+
+#[test]
+fn greedy_generation_matches_transformers_in_one_wave() {
+    let (reference, generated, tokenizer) = generate_references(KvDtype::F32);
+    let prompts = reference["prompts"].as_array().unwrap();
+    assert!(prompts.len() >= 8);
     let mut failures = Vec::new();
     for (i, p) in prompts.iter().enumerate() {
+        let input = ids(&p["input_ids"]);
+        let ours = tokenizer.encode(p["text"].as_str().unwrap(), true).unwrap();
+        assert_eq!(ours.get_ids(), input.as_slice(), "prompt ids of {:?}", p["text"]);
         let theirs = ids(&p["output_ids"]);
-        eprintln!(
-            "prompt {i} ({} tokens): {:?}",
-            inputs[i].len(),
-            engine.tokenizer().decode(&generated[i], false).unwrap()
-        );
+        eprintln!("prompt {i} ({} tokens): {:?}", input.len(), tokenizer.decode(&generated[i], false).unwrap());
         if generated[i] != theirs {
             let at = generated[i]
                 .iter()

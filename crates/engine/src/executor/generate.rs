@@ -14,7 +14,7 @@ use burn::prelude::*;
 
 use super::{Engine, HeadOutput, WaveObserver, first_argmax};
 use crate::error::{EngineError, Result};
-use crate::model::kv_cache::SequenceKv;
+use crate::model::kv_cache::{KvDtype, SequenceKv};
 use crate::model::{KeepKv, Rope, to_device};
 
 /// What a generating wave did.
@@ -28,9 +28,10 @@ pub struct GenerationStats {
     pub peak_kv_bytes: u64,
 }
 
-/// Bytes of KV cache one token takes: layers x (keys + values) x kv heads x head dim x f32.
-pub fn kv_bytes_per_token(spec: &crate::ModelSpec) -> u64 {
-    (spec.num_layers * 2 * spec.num_kv_heads * spec.head_dim * std::mem::size_of::<f32>()) as u64
+/// Bytes of KV cache one token takes: layers x (keys + values) x kv heads x head dim x the
+/// cache's element size.
+pub fn kv_bytes_per_token(spec: &crate::ModelSpec, dtype: KvDtype) -> u64 {
+    (spec.num_layers * 2 * spec.num_kv_heads * spec.head_dim * dtype.bytes()) as u64
 }
 
 impl<B: Backend> Engine<B> {
@@ -53,7 +54,8 @@ impl<B: Backend> Engine<B> {
         let spec = self.spec().clone();
         let longest = prompts.iter().zip(max_new).map(|(p, m)| p.len() + m).max().unwrap_or(1);
         let rope = Rope::<B>::new(&spec, longest, &self.device);
-        let mut caches: Vec<Vec<SequenceKv>> = vec![vec![SequenceKv::default(); prompts.len()]; spec.num_layers];
+        let empty = SequenceKv::new(self.options.kv_dtype);
+        let mut caches: Vec<Vec<SequenceKv>> = vec![vec![empty; prompts.len()]; spec.num_layers];
         let mut last = self.prefill(&sequences, &last_rows, &rope, &mut caches, observer)?;
         let mut stats = GenerationStats { peak_kv_bytes: kv_bytes(&caches), ..Default::default() };
         let mut produced = vec![0usize; prompts.len()];

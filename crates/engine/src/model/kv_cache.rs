@@ -3,21 +3,119 @@
 //! a layer and attends to that sequence's cache instead of recomputing its prompt.
 //!
 //! Keys are stored after the rotary embedding, `[len, kv_heads * head_dim]` row-major, so a step
-//! only rotates its own query and key. Attention of a single query row runs on the host for every
+//! only rotates its own query and key. They are kept in f32, or in f16/bf16 ([`KvDtype`]) to halve
+//! the cache (values are rounded when stored and widened when read; attention still sums in f32). Attention of a single query row runs on the host for every
 //! backend: it is a few dot products per cached token, and the cache never leaves host memory.
 
+use std::str::FromStr;
+
+use half::{bf16, f16};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use super::fused::{Heads, exp, max, rotate_heads, sum};
 
+/// How the cache stores keys and values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvDtype {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl KvDtype {
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 | KvDtype::Bf16 => 2,
+        }
+    }
+}
+
+impl FromStr for KvDtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(KvDtype::F32),
+            "f16" => Ok(KvDtype::F16),
+            "bf16" => Ok(KvDtype::Bf16),
+            other => Err(format!("unknown KV cache type `{other}`; allowed: f32, f16, bf16")),
+        }
+    }
+}
+
+/// Cached rows in one of the [`KvDtype`]s.
+#[derive(Debug, Clone, PartialEq)]
+enum Rows {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    Bf16(Vec<bf16>),
+}
+
+impl Rows {
+    fn new(dtype: KvDtype) -> Self {
+        match dtype {
+            KvDtype::F32 => Rows::F32(Vec::new()),
+            KvDtype::F16 => Rows::F16(Vec::new()),
+            KvDtype::Bf16 => Rows::Bf16(Vec::new()),
+        }
+    }
+
+    fn extend(&mut self, values: &[f32]) {
+        match self {
+            Rows::F32(v) => v.extend_from_slice(values),
+            Rows::F16(v) => v.extend(values.iter().map(|&x| f16::from_f32(x))),
+            Rows::Bf16(v) => v.extend(values.iter().map(|&x| bf16::from_f32(x))),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Rows::F32(v) => v.len(),
+            Rows::F16(v) => v.len(),
+            Rows::Bf16(v) => v.len(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Rows::F32(v) => v.capacity() * 4,
+            Rows::F16(v) => v.capacity() * 2,
+            Rows::Bf16(v) => v.capacity() * 2,
+        }
+    }
+
+    /// `out.len()` values from `start`, as f32.
+    fn read(&self, start: usize, out: &mut [f32]) {
+        let n = out.len();
+        match self {
+            Rows::F32(v) => out.copy_from_slice(&v[start..start + n]),
+            Rows::F16(v) => out.iter_mut().zip(&v[start..start + n]).for_each(|(o, x)| *o = x.to_f32()),
+            Rows::Bf16(v) => out.iter_mut().zip(&v[start..start + n]).for_each(|(o, x)| *o = x.to_f32()),
+        }
+    }
+}
+
 /// One sequence's keys (rotated) and values in one layer.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SequenceKv {
-    pub keys: Vec<f32>,
-    pub values: Vec<f32>,
+    keys: Rows,
+    values: Rows,
+}
+
+impl Default for SequenceKv {
+    fn default() -> Self {
+        Self::new(KvDtype::F32)
+    }
 }
 
 impl SequenceKv {
+    pub fn new(dtype: KvDtype) -> Self {
+        Self { keys: Rows::new(dtype), values: Rows::new(dtype) }
+    }
+
     /// Cached positions, for rows of `width` values.
     pub fn len(&self, width: usize) -> usize {
         self.keys.len() / width
@@ -25,7 +123,7 @@ impl SequenceKv {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        (self.keys.capacity() + self.values.capacity()) * std::mem::size_of::<f32>()
+        self.keys.bytes() + self.values.bytes()
     }
 }
 
@@ -49,8 +147,8 @@ pub fn keep(
             let at = position * head_dim;
             let mut key = row[q_width..q_width + kv_width].to_vec();
             rotate_heads(&mut key, head_dim, &tables.0[at..at + head_dim], &tables.1[at..at + head_dim]);
-            cache.keys.extend_from_slice(&key);
-            cache.values.extend_from_slice(&row[q_width + kv_width..]);
+            cache.keys.extend(&key);
+            cache.values.extend(&row[q_width + kv_width..]);
         }
     });
 }
@@ -69,8 +167,8 @@ pub fn attend_new_tokens(qkv: &[f32], shape: Heads, tables: (&[f32], &[f32]), ca
         let (cos, sin) = (&tables.0[at..at + head_dim], &tables.1[at..at + head_dim]);
         let mut row = qkv[i * width..(i + 1) * width].to_vec();
         rotate_heads(&mut row[..q_width + kv_width], head_dim, cos, sin);
-        cache.keys.extend_from_slice(&row[q_width..q_width + kv_width]);
-        cache.values.extend_from_slice(&row[q_width + kv_width..]);
+        cache.keys.extend(&row[q_width..q_width + kv_width]);
+        cache.values.extend(&row[q_width + kv_width..]);
         let first = window.map_or(0, |w| (position + 1).saturating_sub(w));
         attend_one(&row[..q_width], cache, shape, first, out);
     });
@@ -85,12 +183,13 @@ fn attend_one(query: &[f32], cache: &SequenceKv, shape: Heads, first: usize, out
     let scale = 1.0 / (head_dim as f32).sqrt();
     let group = heads / kv_heads;
     let mut scores = vec![0f32; count];
+    let mut row = vec![0f32; head_dim];
     for (head, out) in out.chunks_exact_mut(head_dim).enumerate() {
         let q = &query[head * head_dim..][..head_dim];
         let column = (head / group) * head_dim;
         for (t, score) in scores.iter_mut().enumerate() {
-            let key = &cache.keys[(first + t) * kv_width + column..][..head_dim];
-            *score = q.iter().zip(key).map(|(a, b)| a * scale * b).sum();
+            cache.keys.read((first + t) * kv_width + column, &mut row);
+            *score = q.iter().zip(&row).map(|(a, b)| a * scale * b).sum();
         }
         let largest = max(&scores);
         for score in scores.iter_mut() {
@@ -98,9 +197,9 @@ fn attend_one(query: &[f32], cache: &SequenceKv, shape: Heads, first: usize, out
         }
         let total = sum(&scores);
         for (t, &score) in scores.iter().enumerate() {
-            let value = &cache.values[(first + t) * kv_width + column..][..head_dim];
+            cache.values.read((first + t) * kv_width + column, &mut row);
             let weight = score / total;
-            for (o, v) in out.iter_mut().zip(value) {
+            for (o, v) in out.iter_mut().zip(&row) {
                 *o += weight * v;
             }
         }

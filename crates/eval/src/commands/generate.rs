@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use airllm_engine::executor::{Engine, EngineOptions, Quiet};
+use airllm_engine::model::kv_cache::KvDtype;
 use airllm_engine::store::write_atomic;
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -57,6 +58,9 @@ pub struct GenerateArgs {
     /// Keys and values of one wave of prompts.
     #[arg(long, default_value = "2GiB", value_parser = ByteSize::parse)]
     pub kv_budget: ByteSize,
+    /// How the KV cache stores keys and values: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub kv_dtype: KvDtype,
     /// Keep the layers in memory while generating when the store is no larger than this.
     #[arg(long, default_value = "4GiB", value_parser = ByteSize::parse)]
     pub resident_budget: ByteSize,
@@ -82,7 +86,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let template = if args.chat { Some(chat_template(&local)?) } else { None };
     let options = Default::default();
     let store = fetch::prepare_store(&model, &fetch::default_store_dir(&model, &options)?, &options)?;
-    let mut engine = Engine::open(&store, EngineOptions::default())?;
+    let mut engine = Engine::open(&store, EngineOptions { kv_dtype: args.kv_dtype, ..EngineOptions::default() })?;
     engine.set_resident(engine.store_size() <= args.resident_budget.0);
     let prompts = encode(&engine, &inputs, &args, template.as_deref())?;
     let waves = generation::plan(&prompts, generation::kv_bytes(&engine), args.kv_budget.0).context("--kv-budget")?;

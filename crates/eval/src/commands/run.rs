@@ -343,6 +343,7 @@ pub fn engine_options(job: &Job) -> EngineOptions {
         resident: false,
         precision: job.spec.backend.precision,
         host_kernels: true,
+        kv_dtype: memory.kv_dtype,
     }
 }
 
