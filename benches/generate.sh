@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Generation side by side, on the same prompts and token budgets, in one run:
 #   ours with the layers resident, ours streaming the store at every decode step (AirLLM's
-#   memory, layer-major), and Hugging Face transformers' batched greedy `generate` (resident).
+#   memory, layer-major), Hugging Face transformers' batched greedy `generate` (resident), and
+#   AirLLM 4.0 itself on the first 4 prompts, one at a time (its own venv, as benches/airllm.sh).
 # Prints tokens/s, peak RSS and store bytes read per generated token.
 #
 #   benches/generate.sh [PROMPTS=32] [MAX_TOKENS=64]
@@ -37,3 +38,6 @@ echo "|---|---|---|---|---|---|"
 run_ours resident
 run_ours streaming --resident-budget 0
 "$(scripts/venv.sh)" benches/hf_generate.py --gguf "$gguf" --prompts "$out/prompts.jsonl" --max-tokens "$max" --threads 2
+airllm_py="$(scripts/venv.sh venv-airllm airllm==4.0.0 huggingface_hub==2.4.0 scipy==1.17.1 sentencepiece==0.2.3 tqdm==4.70.1)"
+HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "$airllm_py" benches/airllm_generate.py --gguf "$gguf" \
+  --prompts "$out/prompts.jsonl" --limit 4 --max-tokens 16 --threads 2 2>/dev/null
