@@ -105,3 +105,19 @@ pub fn drift(a: &[Vec<f32>], b: &[Vec<f32>], vocab: usize) -> (f32, f32, f32) {
     }
     (max, (sum / n as f64) as f32, agree as f32 / rows as f32)
 }
+
+/// xorshift64*, for the random-input tests: a fixed seed gives the same cases on every run.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+}

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use airllm_engine::store::{LayerStore, SplitOptions, split};
+use common::Rng;
 
 /// The system allocator, recording the largest single allocation.
 struct Watch;
@@ -38,28 +39,13 @@ unsafe impl GlobalAlloc for Watch {
 #[global_allocator]
 static ALLOCATOR: Watch = Watch;
 
-/// xorshift64*: a fixed seed gives the same cases on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 /// One random change to `bytes`, aimed at the first `focus` bytes (headers) half of the time.
 fn mutate(rng: &mut Rng, bytes: &mut Vec<u8>, focus: usize) {
     let span = if rng.below(2) == 0 { focus.min(bytes.len()) } else { bytes.len() };
     let at = rng.below(span);
     match rng.below(5) {
         0 => bytes[at] ^= 1 << rng.below(8),
-        1 => bytes[at] = rng.next() as u8,
+        1 => bytes[at] = rng.next_u64() as u8,
         2 => bytes.truncate(at),
         3 => {
             let big = [u64::MAX, u32::MAX as u64, 1 << 40, 1 << 31, 0][rng.below(5)].to_le_bytes();

@@ -3,26 +3,16 @@
 //! valid file with a fixed seed (flipped bytes, overwritten runs, truncation, deep nesting) and
 //! loads it: an error is fine, a panic is not. `fuzz/` holds cargo-fuzz targets for longer runs.
 
+#[path = "../../engine/tests/common.rs"]
+mod common;
+
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
 use airllm_eval::dataset::rows::read_rows;
 use airllm_eval::job::{Job, parse_spec};
 use airllm_eval::task::{hellaswag, registry, truthfulqa};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use common::Rng;
 
 /// Changes a few bytes of `text` in ways that hit parsers: syntax characters, deletions,
 /// duplications, truncation; the result may not be UTF-8.
@@ -44,7 +34,7 @@ fn mutate(rng: &mut Rng, bytes: &mut Vec<u8>) {
                 bytes.splice(at..at, copy);
             }
             3 => bytes.truncate(at),
-            _ => bytes[at] = rng.next() as u8,
+            _ => bytes[at] = rng.next_u64() as u8,
         }
     }
 }
