@@ -501,3 +501,25 @@ fn a_gsm8k_job_writes_generations_and_resumes_them() {
     assert!(!output.status.success() && stderr(&output).contains("memory.kv_budget"), "{}", stderr(&output));
     assert!(!d.join("small").exists(), "a KV budget too small for one sequence is refused before anything is written");
 }
+
+#[test]
+fn every_shipped_job_file_loads_with_its_tasks() {
+    let mut checked = 0;
+    for dir in ["jobs", "benches"] {
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
+            let job = airllm_eval::job::Job::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            // The bigger-than-RAM job reads data its script generates first.
+            if job.spec.tasks.iter().all(|t| t.path.as_ref().is_none_or(|p| p.exists())) {
+                let tasks =
+                    airllm_eval::task::registry::load(&job).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                assert!(!tasks.is_empty(), "{}", path.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 6, "only {checked} job files found");
+}
