@@ -17,8 +17,8 @@ pub use generate::{GenerationStats, kv_bytes_per_token};
 
 use crate::backend::DefaultBackend;
 use crate::error::{EngineError, Result};
-use crate::model::kv_cache::KvDtype;
-use crate::model::{Compute, DecoderLayer, Head, Precision, Rope, to_device};
+use crate::model::kv_cache::{KvDtype, SequenceKv};
+use crate::model::{Compute, DecoderLayer, Head, KeepKv, Precision, Rope, to_device};
 use crate::spec::ModelSpec;
 use crate::store::{EMBED, LayerStore, Prefetcher};
 
@@ -120,6 +120,13 @@ pub struct Engine<B: Backend = DefaultBackend> {
     resident_head: Option<Head<B>>,
     tokens: u64,
     waves: u64,
+}
+
+/// A generation's prefill: the wave's sequences, and each layer's caches their keys and values go
+/// to (`caches[layer][sequence]`).
+pub(crate) struct Prefill<'a> {
+    pub sequences: &'a [&'a [u32]],
+    pub caches: &'a mut [Vec<SequenceKv>],
 }
 
 /// Sequences of a wave that run together, padded to the longest.
@@ -239,7 +246,7 @@ impl<B: Backend> Engine<B> {
         drop(table);
         let max_seq = batches.iter().map(|b| b.seq).max().unwrap_or(0);
         let rope = Rope::<B>::new(&spec, max_seq.max(1), &self.device);
-        self.run_layers(&spec, &mut batches, &rope, observer)?;
+        self.run_layers(&spec, &mut batches, &rope, observer, None)?;
         let head = self.head()?;
         for batch in batches {
             self.apply_head(&head, batch, rows, output, sink)?;
@@ -250,24 +257,39 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Every micro-batch through every layer, layer-major. The last layer computes only the
-    /// rows the head reads.
+    /// rows the head reads. With `keep` (the wave's sequences and each layer's caches, for a
+    /// generation's prefill), every sequence's keys and values also go to its cache.
     fn run_layers(
         &mut self,
         spec: &ModelSpec,
         batches: &mut [MicroBatch<B>],
         rope: &Rope<B>,
         observer: &dyn WaveObserver,
+        mut keep: Option<Prefill>,
     ) -> Result<()> {
         let device = self.device.clone();
         self.for_each_layer(observer, &mut |layer, index| {
             for batch in batches.iter_mut().filter(|b| !b.scored.is_empty()) {
+                // This micro-batch's caches, taken out of the layer's list for the call.
+                let mut taken: Option<(Vec<usize>, Vec<SequenceKv>)> =
+                    keep.as_mut().map(|Prefill { sequences, caches }| {
+                        let lengths = batch.requests.iter().map(|&r| sequences[r].len()).collect();
+                        let kv = batch.requests.iter().map(|&r| std::mem::take(&mut caches[index][r])).collect();
+                        (lengths, kv)
+                    });
+                let kv = taken.as_mut().map(|(lengths, kv)| KeepKv { lengths, caches: kv });
                 let hidden = batch.hidden.take().expect("hidden state present");
                 batch.hidden = Some(if index + 1 < spec.num_layers {
-                    layer.forward(hidden, rope, None)
+                    layer.forward(hidden, rope, kv)
                 } else {
                     let rows = TensorData::new(batch.scored.clone(), [batch.scored.len()]);
-                    layer.forward_rows(hidden, rope, Tensor::from_data(rows, &device), None)
+                    layer.forward_rows(hidden, rope, Tensor::from_data(rows, &device), kv)
                 });
+                if let (Some(Prefill { caches, .. }), Some((_, kv))) = (keep.as_mut(), taken) {
+                    for (&r, kv) in batch.requests.iter().zip(kv) {
+                        caches[index][r] = kv;
+                    }
+                }
             }
             Ok(())
         })

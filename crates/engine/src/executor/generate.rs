@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use burn::prelude::*;
 
-use super::{Engine, HeadOutput, WaveObserver, first_argmax};
+use super::{Engine, HeadOutput, Prefill, WaveObserver, first_argmax};
 use crate::error::{EngineError, Result};
 use crate::model::kv_cache::{KvDtype, SequenceKv};
-use crate::model::{KeepKv, Rope, to_device};
+use crate::model::{Rope, to_device};
 
 /// What a generating wave did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -95,26 +95,8 @@ impl<B: Backend> Engine<B> {
         let table = self.embed_table()?;
         let mut batches = self.embed(&table, sequences, last_rows, &self.plan_micro_batches(sequences));
         drop(table);
-        let (device, layers) = (self.device.clone(), self.spec().num_layers);
-        self.for_each_layer(observer, &mut |layer, index| {
-            for batch in batches.iter_mut() {
-                let lengths: Vec<usize> = batch.requests.iter().map(|&r| sequences[r].len()).collect();
-                let mut kv: Vec<SequenceKv> =
-                    batch.requests.iter().map(|&r| std::mem::take(&mut caches[index][r])).collect();
-                let keep = Some(KeepKv { lengths: &lengths, caches: &mut kv });
-                let hidden = batch.hidden.take().expect("hidden state present");
-                batch.hidden = Some(if index + 1 < layers {
-                    layer.forward(hidden, rope, keep)
-                } else {
-                    let rows = TensorData::new(batch.scored.clone(), [batch.scored.len()]);
-                    layer.forward_rows(hidden, rope, Tensor::from_data(rows, &device), keep)
-                });
-                for (&r, kv) in batch.requests.iter().zip(kv) {
-                    caches[index][r] = kv;
-                }
-            }
-            Ok(())
-        })?;
+        let spec = self.spec().clone();
+        self.run_layers(&spec, &mut batches, rope, observer, Some(Prefill { sequences, caches }))?;
         let head = self.head()?;
         let mut next = vec![0u32; sequences.len()];
         for batch in batches {
