@@ -6,6 +6,7 @@
 //! its stop sequences, or after its token budget. The completion is the generated text decoded
 //! without special tokens and cut before the first stop sequence (lm-eval's `until` handling).
 
+use airllm_engine::ModelSpec;
 use airllm_engine::executor::{Engine, GenerationStats, WaveObserver, kv_bytes_per_token};
 use anyhow::{Context, Result, bail};
 use burn::prelude::Backend;
@@ -27,27 +28,21 @@ pub struct Completion {
     pub tokens: usize,
 }
 
-/// Encodes a context as lm-eval's HFLM does for `generate_until`, keeping its last
-/// `max_positions - max_new` tokens so the completion fits the model's context.
-pub fn encode_context(tokenizer: &Tokenizer, text: &str, max_positions: usize, max_new: usize) -> Result<Vec<u32>> {
-    let mut ids = crate::task::encode(tokenizer, text)?;
-    let keep = max_positions.saturating_sub(max_new).max(1);
+/// A prompt from its token ids, as lm-eval's HFLM prepares one for `generate_until`: the last
+/// `max_positions - max_new` ids kept so the completion fits the model's context, and the stop
+/// sequences with the model's end-of-text token as text added.
+pub fn prompt(tokenizer: &Tokenizer, model: &ModelSpec, mut ids: Vec<u32>, until: &[String], max_new: usize) -> Prompt {
+    let keep = model.max_position_embeddings.saturating_sub(max_new).max(1);
     if ids.len() > keep {
         ids.drain(..ids.len() - keep);
     }
-    Ok(ids)
-}
-
-/// The stop sequences of a prompt: the task's, and the model's end-of-text token as text (HFLM
-/// adds it too).
-pub fn stop_sequences(until: &[String], tokenizer: &Tokenizer, eos: Option<u32>) -> Vec<String> {
-    let mut stops = until.to_vec();
-    if let Some(text) = eos.and_then(|id| tokenizer.id_to_token(id))
-        && !stops.contains(&text)
+    let mut until = until.to_vec();
+    if let Some(text) = model.eos_token_id.and_then(|id| tokenizer.id_to_token(id))
+        && !until.contains(&text)
     {
-        stops.push(text);
+        until.push(text);
     }
-    stops
+    Prompt { ids, until, max_new }
 }
 
 /// The text before the first stop sequence.

@@ -17,6 +17,7 @@
 //! whole waves (a torn last line is dropped), and the next run of the same job skips the
 //! documents found there.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::report::Report;
 use crate::shard::Shard;
 use crate::task::Response;
+use crate::task::{Doc, Task};
 
 pub const JOB: &str = "job.json";
 pub const JOURNAL: &str = "responses.partial.csv";
@@ -71,6 +73,49 @@ pub struct Finished {
     pub tokens: usize,
     /// A generated document's completion.
     pub completion: Option<String>,
+}
+
+/// Finds the job's document a journal line is about, and checks that the line is shaped like it
+/// (one response per choice, one for a rolling text, a completion for a generated one): the same
+/// rule for a resumed run and for a merge of shards.
+pub struct JournalIndex<'a> {
+    tasks: &'a [Task],
+    /// (task name, row) -> (document number across tasks, task, position in the task).
+    docs: HashMap<(&'a str, usize), (usize, usize, usize)>,
+}
+
+impl<'a> JournalIndex<'a> {
+    pub fn new(tasks: &'a [Task]) -> Self {
+        let positions = tasks
+            .iter()
+            .enumerate()
+            .flat_map(|(t, task)| task.docs.iter().enumerate().map(move |(d, doc)| (t, d, doc)));
+        let docs =
+            positions.enumerate().map(|(n, (t, d, doc))| ((tasks[t].name.as_str(), doc.row), (n, t, d))).collect();
+        Self { tasks, docs }
+    }
+
+    /// `(document number across tasks, task, position in the task)` of a finished document.
+    pub fn locate(&self, finished: &Finished) -> Result<(usize, usize, usize)> {
+        let &(n, t, d) = self
+            .docs
+            .get(&(finished.task.as_str(), finished.doc))
+            .with_context(|| format!("document {} {} is not part of this job", finished.task, finished.doc))?;
+        let doc = &self.tasks[t].docs[d].doc;
+        let expected = doc.responses_expected();
+        let generated = matches!(doc, Doc::Generate(_));
+        if finished.responses.len() != expected || finished.completion.is_some() != generated {
+            bail!(
+                "document {} {} has {} responses{}, expected {expected}{}",
+                finished.task,
+                finished.doc,
+                finished.responses.len(),
+                if finished.completion.is_some() { " and a completion" } else { "" },
+                if generated { " and a completion" } else { "" }
+            );
+        }
+        Ok((n, t, d))
+    }
 }
 
 /// An output folder opened for a run: locked, and holding the documents finished so far.

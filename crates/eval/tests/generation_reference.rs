@@ -125,7 +125,6 @@ fn gsm8k_cot_matches_lm_eval() {
     let options = EngineOptions { resident: true, ..EngineOptions::default() };
     let (_store, mut engine) = common::engine_for(&common::smollm2_gguf(), options);
     let tokenizer = engine.tokenizer().clone();
-    let (max_positions, eos) = (engine.spec().max_position_embeddings, engine.spec().eos_token_id);
     let until: Vec<String> =
         reference["until"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_string()).collect();
     let mut prompts = Vec::new();
@@ -134,11 +133,11 @@ fn gsm8k_cot_matches_lm_eval() {
         let Doc::Generate(g) = &task.docs[row].doc else { panic!("gsm8k_cot documents generate") };
         assert_eq!(g.context, theirs["context"].as_str().unwrap(), "doc {row}: context");
         assert_eq!(g.target, theirs["target"].as_str().unwrap(), "doc {row}: target");
-        let stops = generation::stop_sequences(&g.until, &tokenizer, eos);
-        assert_eq!(stops, until, "HFLM's stop sequences");
-        let ids = generation::encode_context(&tokenizer, &g.context, max_positions, g.max_gen_toks).unwrap();
-        assert_eq!(ids, self::ids(&theirs["context_ids"]), "doc {row}: context ids");
-        prompts.push(Prompt { ids, until: stops, max_new: g.max_gen_toks });
+        let ids = airllm_eval::task::encode(&tokenizer, &g.context).unwrap();
+        let prompt = generation::prompt(&tokenizer, engine.spec(), ids, &g.until, g.max_gen_toks);
+        assert_eq!(prompt.until, until, "HFLM's stop sequences");
+        assert_eq!(prompt.ids, self::ids(&theirs["context_ids"]), "doc {row}: context ids");
+        prompts.push(prompt);
     }
     let batch: Vec<&Prompt> = prompts.iter().collect();
     let (completions, _) = generation::generate_wave(&mut engine, &batch, &Quiet, &mut |_, _| {}).unwrap();

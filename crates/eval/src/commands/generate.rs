@@ -166,13 +166,10 @@ fn encode<B: burn::prelude::Backend>(
                     )?;
                     crate::task::encode_plain(tokenizer, &text)?
                 }
-                None => {
-                    generation::encode_context(tokenizer, &input.text, spec.max_position_embeddings, args.max_tokens)?
-                }
+                None => crate::task::encode(tokenizer, &input.text)?,
             };
             let stops: Vec<String> = args.stop.iter().chain(&input.stop).cloned().collect();
-            let until = generation::stop_sequences(&stops, tokenizer, spec.eos_token_id);
-            Ok(Prompt { ids, until, max_new: args.max_tokens })
+            Ok(generation::prompt(tokenizer, spec, ids, &stops, args.max_tokens))
         })
         .collect()
 }

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::job::{Job, JobSpec};
-use crate::outputs::{self, Finished, JOB, JobRecord, RUN};
+use crate::outputs::{self, Finished, JOB, JobRecord, JournalIndex, RUN};
 use crate::report::{self, Scores};
 use crate::shard::Shard;
 use crate::task::{Response, Task, registry};
@@ -111,33 +111,16 @@ fn same_job(folders: &[(Shard, JobRecord, Vec<Finished>)]) -> Result<JobRecord> 
 
 /// Every document's responses, from exactly one shard each.
 fn gather(tasks: &[Task], folders: &[(Shard, JobRecord, Vec<Finished>)], unfinished: &[String]) -> Result<Scores> {
-    let mut index: HashMap<(&str, usize), (usize, usize)> = HashMap::new();
-    for (t, task) in tasks.iter().enumerate() {
-        for (d, document) in task.docs.iter().enumerate() {
-            index.insert((task.name.as_str(), document.row), (t, d));
-        }
-    }
+    let index = JournalIndex::new(tasks);
     let mut responses: Vec<Vec<Option<Vec<Response>>>> = tasks.iter().map(|t| vec![None; t.docs.len()]).collect();
     let mut tokens: Vec<Vec<usize>> = tasks.iter().map(|t| vec![0; t.docs.len()]).collect();
     let mut completions: Vec<Vec<Option<String>>> = tasks.iter().map(|t| vec![None; t.docs.len()]).collect();
     let mut owner: HashMap<(usize, usize), Shard> = HashMap::new();
     for (shard, _, finished) in folders {
         for f in finished {
-            let &(t, d) = index.get(&(f.task.as_str(), f.doc)).with_context(|| {
-                format!("{}: document {} {} is not part of the job", shard.dir_name(), f.task, f.doc)
-            })?;
+            let (_, t, d) = index.locate(f).with_context(|| shard.dir_name())?;
             if let Some(other) = owner.insert((t, d), *shard) {
                 bail!("document {} {} is in both {} and {}", f.task, f.doc, other.dir_name(), shard.dir_name());
-            }
-            let expected = tasks[t].docs[d].doc.responses_expected();
-            if f.responses.len() != expected {
-                bail!(
-                    "{}: document {} {} has {} responses, expected {expected}",
-                    shard.dir_name(),
-                    f.task,
-                    f.doc,
-                    f.responses.len()
-                );
             }
             responses[t][d] = Some(f.responses.clone());
             tokens[t][d] = f.tokens;

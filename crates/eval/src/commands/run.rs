@@ -5,7 +5,6 @@
 //! Everything that can be wrong with the job (spec, tasks, data rows, model) is checked before
 //! the output folder is touched, so a bad job leaves nothing behind.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -20,7 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::fetch::{self, ModelRef};
 use crate::generation::{self, Completion, Prompt};
 use crate::job::{Job, MemoryConfig, Overrides};
-use crate::outputs::{Finished, JobRecord, OutputDir};
+use crate::outputs::{Finished, JobRecord, JournalIndex, OutputDir};
 use crate::progress::Progress;
 use crate::report::{self, Scores};
 use crate::schedule::{self, Sequence};
@@ -417,23 +416,9 @@ impl RunState {
     }
 
     fn resume(&mut self, tasks: &[Task], done: Vec<Finished>) -> Result<()> {
-        let index: HashMap<(&str, usize), usize> =
-            self.names.iter().enumerate().map(|(i, (name, row))| ((name.as_str(), *row), i)).collect();
+        let index = JournalIndex::new(tasks);
         for finished in done {
-            let Some(&doc) = index.get(&(finished.task.as_str(), finished.doc)) else {
-                bail!("journal document {} {} is not part of this job", finished.task, finished.doc);
-            };
-            let (t, d) = self.docs[doc];
-            let generated = matches!(tasks[t].docs[d].doc, Doc::Generate(_));
-            let expected = tasks[t].docs[d].doc.responses_expected();
-            if finished.responses.len() != expected || finished.completion.is_some() != generated {
-                bail!(
-                    "journal document {} {} has {} responses, expected {expected}",
-                    finished.task,
-                    finished.doc,
-                    finished.responses.len()
-                );
-            }
+            let (doc, _, _) = index.locate(&finished).context("the journal")?;
             self.remaining[doc] = 0;
             self.tokens[doc] = finished.tokens;
             self.results[doc] = Some(finished.responses);
@@ -512,16 +497,14 @@ impl RunState {
 /// encoded and cut to fit the model, its stop sequences with the model's end-of-text.
 fn generation_prompts<B: Backend>(engine: &Engine<B>, tasks: &[Task]) -> Result<Vec<(usize, Prompt)>> {
     let tokenizer = engine.tokenizer();
-    let (max_positions, eos) = (engine.spec().max_position_embeddings, engine.spec().eos_token_id);
     let docs = tasks.iter().flat_map(|t| &t.docs).enumerate();
     docs.filter_map(|(doc, document)| match &document.doc {
         Doc::Generate(g) => Some((doc, g)),
         _ => None,
     })
     .map(|(doc, g)| {
-        let ids = generation::encode_context(tokenizer, &g.context, max_positions, g.max_gen_toks)?;
-        let until = generation::stop_sequences(&g.until, tokenizer, eos);
-        Ok((doc, Prompt { ids, until, max_new: g.max_gen_toks }))
+        let ids = task::encode(tokenizer, &g.context)?;
+        Ok((doc, generation::prompt(tokenizer, engine.spec(), ids, &g.until, g.max_gen_toks)))
     })
     .collect()
 }
