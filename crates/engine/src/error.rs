@@ -10,10 +10,9 @@ pub enum EngineError {
     Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
-    #[error(
-        "{path}: unsupported architecture {found:?}; supported: llama, mistral, qwen2 (config.json `architectures`/`model_type`, GGUF `general.architecture`)"
-    )]
-    UnsupportedArchitecture { path: PathBuf, found: String },
+    /// `supported` lists the families (or GGUF architectures) that would have been read.
+    #[error("{path}: unsupported architecture {found}; supported: {supported}")]
+    UnsupportedArchitecture { path: PathBuf, found: String, supported: String },
     #[error("{path}: tensor {name:?} is missing")]
     MissingTensor { path: PathBuf, name: String },
     #[error(
@@ -22,6 +21,10 @@ pub enum EngineError {
     UnsafePath { base: PathBuf, name: String },
     #[error("layer store {dir}: {message}")]
     Store { dir: PathBuf, message: String },
+    /// The model has no tokenizer the engine reads; `reason` says what was found and what to
+    /// provide. Scoring token ids (`logits --ids`) needs none.
+    #[error("{model}: no tokenizer: {reason}")]
+    NoTokenizer { model: String, reason: String },
     #[error("{0}")]
     Other(String),
 }

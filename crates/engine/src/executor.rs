@@ -18,7 +18,7 @@ pub use generate::{GenerationStats, kv_bytes_per_token};
 use crate::backend::DefaultBackend;
 use crate::error::{EngineError, Result};
 use crate::model::kv_cache::{KvDtype, SequenceKv};
-use crate::model::{Compute, DecoderLayer, Head, KeepKv, Precision, Rope, to_device};
+use crate::model::{Compute, DecoderLayer, Head, Positions, Precision, Sequences, to_device};
 use crate::spec::ModelSpec;
 use crate::store::{EMBED, LayerStore, Prefetcher};
 
@@ -111,7 +111,8 @@ pub enum HeadOutput {
 
 pub struct Engine<B: Backend = DefaultBackend> {
     store: Arc<LayerStore>,
-    tokenizer: tokenizers::Tokenizer,
+    /// The tokenizer, or why there is none.
+    tokenizer: std::result::Result<tokenizers::Tokenizer, String>,
     device: B::Device,
     options: EngineOptions,
     /// Layers, embedding table and head kept when `options.resident` is set.
@@ -125,7 +126,6 @@ pub struct Engine<B: Backend = DefaultBackend> {
 /// A generation's prefill: the wave's sequences, and each layer's caches their keys and values go
 /// to (`caches[layer][sequence]`).
 pub(crate) struct Prefill<'a> {
-    pub sequences: &'a [&'a [u32]],
     pub caches: &'a mut [Vec<SequenceKv>],
 }
 
@@ -133,6 +133,8 @@ pub(crate) struct Prefill<'a> {
 struct MicroBatch<B: Backend> {
     requests: Vec<usize>,
     seq: usize,
+    /// Each request's true length (at most `seq`).
+    lengths: Vec<usize>,
     /// `[batch, seq, hidden]`; after the last layer, `[1, scored rows, hidden]`.
     hidden: Option<Tensor<B, 3>>,
     /// Flat indices (into `batch x seq`) of the rows whose head output is wanted, in request order.
@@ -156,7 +158,11 @@ impl<B: Backend> Engine<B> {
             ));
         }
         let store = Arc::new(LayerStore::open(store)?);
-        let tokenizer = store.tokenizer()?;
+        let tokenizer = match store.tokenizer() {
+            Ok(tokenizer) => Ok(tokenizer),
+            Err(EngineError::NoTokenizer { reason, .. }) => Err(reason),
+            Err(e) => return Err(e),
+        };
         Ok(Self {
             store,
             tokenizer,
@@ -189,8 +195,13 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
-        &self.tokenizer
+    /// The model's tokenizer; [`EngineError::NoTokenizer`] where the store has none (token ids
+    /// can still be scored).
+    pub fn tokenizer(&self) -> Result<&tokenizers::Tokenizer> {
+        self.tokenizer.as_ref().map_err(|reason| EngineError::NoTokenizer {
+            model: self.store.dir().display().to_string(),
+            reason: reason.clone(),
+        })
     }
 
     /// Total bytes of the store's files.
@@ -245,8 +256,8 @@ impl<B: Backend> Engine<B> {
         let mut batches = self.embed(&table, sequences, rows, &self.plan_micro_batches(sequences));
         drop(table);
         let max_seq = batches.iter().map(|b| b.seq).max().unwrap_or(0);
-        let rope = Rope::<B>::new(&spec, max_seq.max(1), &self.device);
-        self.run_layers(&spec, &mut batches, &rope, observer, None)?;
+        let positions = Positions::<B>::new(&spec, max_seq.max(1), &self.device);
+        self.run_layers(&spec, &mut batches, &positions, observer, None)?;
         let head = self.head()?;
         for batch in batches {
             self.apply_head(&head, batch, rows, output, sink)?;
@@ -263,7 +274,7 @@ impl<B: Backend> Engine<B> {
         &mut self,
         spec: &ModelSpec,
         batches: &mut [MicroBatch<B>],
-        rope: &Rope<B>,
+        positions: &Positions<B>,
         observer: &dyn WaveObserver,
         mut keep: Option<Prefill>,
     ) -> Result<()> {
@@ -271,21 +282,18 @@ impl<B: Backend> Engine<B> {
         self.for_each_layer(observer, &mut |layer, index| {
             for batch in batches.iter_mut().filter(|b| !b.scored.is_empty()) {
                 // This micro-batch's caches, taken out of the layer's list for the call.
-                let mut taken: Option<(Vec<usize>, Vec<SequenceKv>)> =
-                    keep.as_mut().map(|Prefill { sequences, caches }| {
-                        let lengths = batch.requests.iter().map(|&r| sequences[r].len()).collect();
-                        let kv = batch.requests.iter().map(|&r| std::mem::take(&mut caches[index][r])).collect();
-                        (lengths, kv)
-                    });
-                let kv = taken.as_mut().map(|(lengths, kv)| KeepKv { lengths, caches: kv });
+                let mut taken: Option<Vec<SequenceKv>> = keep.as_mut().map(|Prefill { caches, .. }| {
+                    batch.requests.iter().map(|&r| std::mem::take(&mut caches[index][r])).collect()
+                });
+                let sequences = Sequences { lengths: &batch.lengths, keep: taken.as_deref_mut() };
                 let hidden = batch.hidden.take().expect("hidden state present");
                 batch.hidden = Some(if index + 1 < spec.num_layers {
-                    layer.forward(hidden, rope, kv)
+                    layer.forward(hidden, positions, sequences)
                 } else {
                     let rows = TensorData::new(batch.scored.clone(), [batch.scored.len()]);
-                    layer.forward_rows(hidden, rope, Tensor::from_data(rows, &device), kv)
+                    layer.forward_rows(hidden, positions, Tensor::from_data(rows, &device), sequences)
                 });
-                if let (Some(Prefill { caches, .. }), Some((_, kv))) = (keep.as_mut(), taken) {
+                if let (Some(Prefill { caches, .. }), Some(kv)) = (keep.as_mut(), taken) {
                     for (&r, kv) in batch.requests.iter().zip(kv) {
                         caches[index][r] = kv;
                     }
@@ -414,7 +422,8 @@ impl<B: Backend> Engine<B> {
                     .enumerate()
                     .flat_map(|(slot, &request)| rows[request].iter().map(move |&p| (slot * seq + p) as i64))
                     .collect();
-                MicroBatch { requests: requests.clone(), seq, hidden: Some(tensor), scored }
+                let lengths = requests.iter().map(|&r| sequences[r].len()).collect();
+                MicroBatch { requests: requests.clone(), seq, lengths, hidden: Some(tensor), scored }
             })
             .collect()
     }

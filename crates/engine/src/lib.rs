@@ -19,5 +19,5 @@ pub mod store;
 pub mod tensor;
 
 pub use error::{EngineError, Result};
-pub use spec::{Family, ModelSpec, RopeScaling};
+pub use spec::{ModelSpec, PositionEncoding, RopeLayout, RopeScaling};
 pub use tensor::{DType, HostTensor};

@@ -26,7 +26,7 @@ fn cached_generation_matches_recomputing_every_token() {
     let prompts: Vec<Vec<u32>> =
         ["The capital of France is", "1, 2, 3, 4,", "Once upon a time, in a small village by the sea, there lived"]
             .iter()
-            .map(|text| engine.tokenizer().encode(*text, false).unwrap().get_ids().to_vec())
+            .map(|text| engine.tokenizer().unwrap().encode(*text, false).unwrap().get_ids().to_vec())
             .collect();
     let max_new = [12, 5, 16];
     let mut generated = vec![Vec::new(); prompts.len()];
@@ -46,7 +46,7 @@ fn cached_generation_matches_recomputing_every_token() {
             tokens.push(argmax(&logits[logits.len() - vocab..]));
         }
         assert_eq!(&tokens[prompt.len()..], generated[i].as_slice(), "prompt {i}");
-        eprintln!("prompt {i}: {:?}", engine.tokenizer().decode(&generated[i], false).unwrap());
+        eprintln!("prompt {i}: {:?}", engine.tokenizer().unwrap().decode(&generated[i], false).unwrap());
     }
 }
 

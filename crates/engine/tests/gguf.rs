@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use airllm_engine::EngineError;
 use airllm_engine::fingerprint::FileHashes;
 use airllm_engine::source::gguf::dequant::{GgmlType, dequantize};
-use airllm_engine::source::gguf::{GgufSource, unpermute_rows};
+use airllm_engine::families::unpermute_ranges;
+use airllm_engine::source::gguf::GgufSource;
 use airllm_engine::source::{LayerTensor, ModelSource, TensorName, hf::HfSource};
-use airllm_engine::{Family, ModelSpec};
+use airllm_engine::ModelSpec;
 use half::{bf16, f16};
 use safetensors::SafeTensors;
 
@@ -24,7 +25,7 @@ fn smollm2() -> GgufSource {
 fn smollm2_spec() {
     let source = smollm2();
     let expected = ModelSpec {
-        family: Family::Llama,
+        family: "llama".into(),
         vocab_size: 49152,
         hidden_size: 576,
         intermediate_size: 1536,
@@ -34,13 +35,11 @@ fn smollm2_spec() {
         head_dim: 64,
         rms_norm_eps: 1e-5,
         rope_theta: 100000.0,
-        rope_scaling: None,
-        sliding_window: None,
-        qkv_bias: false,
         tie_word_embeddings: true,
         max_position_embeddings: 8192,
         bos_token_id: Some(1),
         eos_token_id: Some(2),
+        ..ModelSpec::default()
     };
     assert_eq!(source.spec(), &expected);
     assert_eq!(source.header().version, 3);
@@ -220,7 +219,7 @@ fn unpermute_inverts_convert_permute() {
         let w: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
         let permuted = permute_rows(&w, rows, n_head);
         assert_ne!(permuted, w);
-        assert_eq!(unpermute_rows(&permuted, rows, n_head), w, "rows {rows}, heads {n_head}");
+        assert_eq!(unpermute_ranges(rows, n_head).gather(&permuted), w, "rows {rows}, heads {n_head}");
     }
     // head_dim 4, one head: rows [0 1 2 3] are stored as [0 2 1 3] (pairs interleaved).
     assert_eq!(permute_rows(&[0., 1., 2., 3.], 4, 1), [0., 2., 1., 3.]);
@@ -377,7 +376,10 @@ fn unsupported_architecture_is_refused() {
     let path = dir.path().join("gpt2.gguf");
     tiny_llama("gpt2").write(&path);
     match GgufSource::open(&path) {
-        Err(EngineError::UnsupportedArchitecture { path: p, found }) => assert_eq!((p, found.as_str()), (path, "gpt2")),
+        Err(EngineError::UnsupportedArchitecture { path: p, found, supported }) => {
+            assert_eq!((p, found.as_str()), (path, "\"gpt2\""));
+            assert!(supported.contains("llama, mistral, qwen2"), "{supported}");
+        }
         other => panic!("expected UnsupportedArchitecture, got {:?}", other.err()),
     }
 }

@@ -90,7 +90,7 @@ pub fn generate_wave<B: Backend>(
     observer: &dyn WaveObserver,
     on_text: &mut dyn FnMut(usize, &str),
 ) -> Result<(Vec<Completion>, GenerationStats)> {
-    let tokenizer = engine.tokenizer().clone();
+    let tokenizer = engine.tokenizer()?.clone();
     let eos = engine.spec().eos_token_id;
     let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
     let max_new: Vec<usize> = prompts.iter().map(|p| p.max_new).collect();

@@ -54,7 +54,7 @@ fn generate_references(kv_dtype: KvDtype) -> (Value, Vec<Vec<u32>>, tokenizers::
             !eos.contains(&token)
         })
         .unwrap();
-    (reference, generated, engine.tokenizer().clone())
+    (reference, generated, engine.tokenizer().unwrap().clone())
 }
 
 /// A half-precision cache rounds every cached key and value: the drift it causes, stated as
@@ -124,7 +124,7 @@ fn gsm8k_cot_matches_lm_eval() {
 
     let options = EngineOptions { resident: true, ..EngineOptions::default() };
     let (_store, mut engine) = common::engine_for(&common::smollm2_gguf(), options);
-    let tokenizer = engine.tokenizer().clone();
+    let tokenizer = engine.tokenizer().unwrap().clone();
     let until: Vec<String> =
         reference["until"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_string()).collect();
     let mut prompts = Vec::new();

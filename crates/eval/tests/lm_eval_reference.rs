@@ -168,7 +168,7 @@ fn mmlu_prompts_tokens_and_loglikelihoods_match_lm_eval() {
     for ((shots, name), group) in &groups {
         let limit = group.iter().map(|i| i.index).max().unwrap() + 1;
         let task = mmlu::subject_task(&mmlu_root, name, *shots, Some(limit), 0).unwrap();
-        let built = build_requests(std::slice::from_ref(&task), engine.tokenizer(), engine.spec()).unwrap();
+        let built = build_requests(std::slice::from_ref(&task), engine.tokenizer().unwrap(), engine.spec()).unwrap();
         for item in group {
             let label = format!("{} row {} {}-shot", item.subject, item.index, item.num_fewshot);
             let Doc::Choice(doc) = &task.docs[item.index].doc else { panic!("mmlu documents are choices") };
@@ -281,7 +281,7 @@ fn compare_task(
     let rows: Vec<usize> = docs.iter().map(|d| d["doc"].as_u64().unwrap() as usize).collect();
     let task = load_task(key, rows.iter().max().unwrap() + 1);
     let subset = Task { docs: rows.iter().map(|&r| task.docs[r].clone()).collect(), ..task.clone() };
-    let requests = build_requests(std::slice::from_ref(&subset), engine.tokenizer(), engine.spec()).unwrap();
+    let requests = build_requests(std::slice::from_ref(&subset), engine.tokenizer().unwrap(), engine.spec()).unwrap();
     for (i, (doc, theirs)) in subset.docs.iter().zip(docs).enumerate() {
         let label = format!("{key} doc {}", doc.row);
         let mine: Vec<&Request> = requests.iter().filter(|r| r.doc == i).collect();

@@ -15,7 +15,7 @@ use burn::prelude::*;
 use super::{Engine, HeadOutput, Prefill, WaveObserver, first_argmax};
 use crate::error::{EngineError, Result};
 use crate::model::kv_cache::{KvDtype, SequenceKv};
-use crate::model::{Rope, to_device};
+use crate::model::{Positions, to_device};
 
 /// What a generating wave did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -53,10 +53,10 @@ impl<B: Backend> Engine<B> {
         self.validate(&sequences, &last_rows)?;
         let spec = self.spec().clone();
         let longest = prompts.iter().zip(max_new).map(|(p, m)| p.len() + m).max().unwrap_or(1);
-        let rope = Rope::<B>::new(&spec, longest, &self.device);
+        let positions = Positions::<B>::new(&spec, longest, &self.device);
         let empty = SequenceKv::new(self.options.kv_dtype);
         let mut caches: Vec<Vec<SequenceKv>> = vec![vec![empty; prompts.len()]; spec.num_layers];
-        let mut last = self.prefill(&sequences, &last_rows, &rope, &mut caches, observer)?;
+        let mut last = self.prefill(&sequences, &last_rows, &positions, &mut caches, observer)?;
         let mut stats = GenerationStats { peak_kv_bytes: kv_bytes(&caches), ..Default::default() };
         let mut produced = vec![0usize; prompts.len()];
         let mut active: Vec<usize> = (0..prompts.len()).collect();
@@ -73,7 +73,7 @@ impl<B: Backend> Engine<B> {
             if active.is_empty() {
                 return Ok(stats);
             }
-            let next = self.decode_step(&active, &last, &rope, &mut caches, observer)?;
+            let next = self.decode_step(&active, &last, &positions, &mut caches, observer)?;
             for (&i, token) in active.iter().zip(next) {
                 last[i] = token;
             }
@@ -88,7 +88,7 @@ impl<B: Backend> Engine<B> {
         &mut self,
         sequences: &[&[u32]],
         last_rows: &[Vec<usize>],
-        rope: &Rope<B>,
+        positions: &Positions<B>,
         caches: &mut [Vec<SequenceKv>],
         observer: &dyn WaveObserver,
     ) -> Result<Vec<u32>> {
@@ -96,7 +96,7 @@ impl<B: Backend> Engine<B> {
         let mut batches = self.embed(&table, sequences, last_rows, &self.plan_micro_batches(sequences));
         drop(table);
         let spec = self.spec().clone();
-        self.run_layers(&spec, &mut batches, rope, observer, Some(Prefill { sequences, caches }))?;
+        self.run_layers(&spec, &mut batches, positions, observer, Some(Prefill { caches }))?;
         let head = self.head()?;
         let mut next = vec![0u32; sequences.len()];
         for batch in batches {
@@ -114,7 +114,7 @@ impl<B: Backend> Engine<B> {
         &mut self,
         active: &[usize],
         last: &[u32],
-        rope: &Rope<B>,
+        positions: &Positions<B>,
         caches: &mut [Vec<SequenceKv>],
         observer: &dyn WaveObserver,
     ) -> Result<Vec<u32>> {
@@ -128,7 +128,7 @@ impl<B: Backend> Engine<B> {
         let mut x: Tensor<B, 3> = to_device(&[active.len(), 1, hidden], values, &self.device);
         self.for_each_layer(observer, &mut |layer, index| {
             let mut kv: Vec<SequenceKv> = active.iter().map(|&i| std::mem::take(&mut caches[index][i])).collect();
-            x = layer.decode_step(x.clone(), rope, &mut kv);
+            x = layer.decode_step(x.clone(), positions, &mut kv);
             for (&i, kv) in active.iter().zip(kv) {
                 caches[index][i] = kv;
             }

@@ -1,20 +1,53 @@
-//! Llama (1, 2, 3, SmolLM2, ...): rotary scaling `llama3` or `linear`, optional attention bias.
+//! Llama (1, 2, 3, SmolLM2, ...): Hugging Face's `LlamaForCausalLM` layout, rotary scaling
+//! `llama3`, `linear` or `dynamic`, optional attention bias.
 
 use serde_json::Value;
 
-use super::ConfigFields;
+use super::{Architecture, ConfigFields, TensorSource, llama_gguf_tensor, llama_hf_name};
 use crate::error::Result;
+use crate::source::TensorName;
 use crate::spec::{ModelSpec, RopeScaling};
 
-pub fn apply_quirks(spec: &mut ModelSpec, fields: &ConfigFields) -> Result<()> {
-    spec.qkv_bias = fields.opt_bool("attention_bias")?.unwrap_or(false);
-    spec.rope_scaling = rope_scaling(fields)?;
-    Ok(())
+pub struct Llama;
+
+impl Architecture for Llama {
+    fn name(&self) -> &'static str {
+        "llama"
+    }
+
+    fn hf_architectures(&self) -> &'static [&'static str] {
+        &["LlamaForCausalLM"]
+    }
+
+    fn hf_model_types(&self) -> &'static [&'static str] {
+        &["llama"]
+    }
+
+    fn spec_from_config(&self, fields: &ConfigFields) -> Result<ModelSpec> {
+        let mut spec = fields.llama_common(self)?;
+        spec.qkv_bias = fields.opt_bool("attention_bias")?.unwrap_or(false);
+        spec.o_bias = spec.qkv_bias;
+        spec.rope_scaling = rope_scaling(fields, spec.max_position_embeddings)?;
+        Ok(spec)
+    }
+
+    fn hf_tensor(&self, name: TensorName, _spec: &ModelSpec) -> TensorSource {
+        TensorSource::whole(llama_hf_name(name))
+    }
+
+    fn gguf_architecture(&self) -> Option<&'static str> {
+        Some("llama")
+    }
+
+    fn gguf_tensor(&self, name: TensorName, spec: &ModelSpec) -> TensorSource {
+        llama_gguf_tensor(name, spec, true)
+    }
 }
 
-/// Parses `rope_scaling`; kinds other than llama3 and linear are refused, not ignored, since
-/// ignoring them would silently give wrong logits.
-pub fn rope_scaling(fields: &ConfigFields) -> Result<Option<RopeScaling>> {
+/// Parses `rope_scaling`; kinds other than llama3, linear and dynamic are refused, not ignored,
+/// since ignoring them would silently give wrong logits. `max_positions` is the context a
+/// dynamic scaling starts beyond.
+pub fn rope_scaling(fields: &ConfigFields, max_positions: usize) -> Result<Option<RopeScaling>> {
     let Some(scaling) = fields.rope_scaling_object() else {
         return Ok(None);
     };
@@ -30,9 +63,13 @@ pub fn rope_scaling(fields: &ConfigFields) -> Result<Option<RopeScaling>> {
             original_max_position_embeddings: number("original_max_position_embeddings")? as usize,
         })),
         "linear" => Ok(Some(RopeScaling::Linear { factor: number("factor")? })),
-        other => {
-            Err(fields
-                .error("rope_scaling.rope_type", &format!("{other:?} is not supported (supported: llama3, linear)")))
-        }
+        "dynamic" => Ok(Some(RopeScaling::Dynamic {
+            factor: number("factor")?,
+            original_max_position_embeddings: max_positions,
+        })),
+        other => Err(fields.error(
+            "rope_scaling.rope_type",
+            &format!("{other:?} is not supported (supported: llama3, linear, dynamic)"),
+        )),
     }
 }

@@ -11,6 +11,8 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 use rayon::prelude::*;
 
+use super::position::{Positions, alibi_score};
+
 /// Rows per rayon task: large enough that scheduling costs little next to the work.
 const ROWS_PER_TASK: usize = 16;
 
@@ -170,55 +172,60 @@ pub struct Heads {
 }
 
 /// Causal self-attention straight from the stacked q/k/v projection `[batch, seq, (heads + 2
-/// kv_heads) * head_dim]` (rows right-padded, positions `0..seq`): rotary embedding of q and k in
-/// place, then for every query row and head, softmax over the keys it may see and the weighted
-/// sum of values, written as `[batch, seq, heads * head_dim]`. Grouped-query heads index their
-/// shared key/value head instead of copying it, and only the causal half is computed; rows run in
-/// parallel. `cos`/`sin` are `[positions, head_dim]`.
-/// `tiled` allows the AVX-512 kernel of `attention_tiles` where the CPU and head size suit it.
+/// kv_heads) * head_dim]` (rows right-padded to `seq`, sequence `i` `lengths[i]` long): q and k
+/// prepared in place ([`Positions::prepare_qk`]: rotary embedding, logn), then for every query
+/// row and head, softmax over the keys it may see (plus ALiBi's offsets) and the weighted sum of
+/// values, written as `[batch, seq, heads * head_dim]`. Grouped-query heads index their shared
+/// key/value head instead of copying it, and only the causal half is computed; rows run in
+/// parallel. `tiled` allows the AVX-512 kernel of `attention_tiles` where the CPU, the head size
+/// and the model (no ALiBi) suit it.
 pub fn attention_host<B: Backend>(
     qkv: Tensor<B, 3>,
     shape: Heads,
-    cos: &[f32],
-    sin: &[f32],
+    positions: &Positions<B>,
+    lengths: &[usize],
     tiled: bool,
 ) -> Tensor<B, 3> {
     let [batch, seq, width] = qkv.dims();
     let Heads { heads, kv_heads, head_dim, .. } = shape;
     let device = qkv.device();
     let mut data = host_values(qkv);
+    let angles: Vec<_> = lengths.iter().map(|&length| positions.angles(length, seq)).collect();
     let rotated = heads + kv_heads;
     slice_mut(&mut data).par_chunks_mut(width).enumerate().for_each(|(row, values)| {
-        let at = (row % seq) * head_dim;
-        rotate_heads(&mut values[..rotated * head_dim], head_dim, &cos[at..at + head_dim], &sin[at..at + head_dim]);
+        let angles = angles[row / seq].as_deref();
+        positions.prepare_qk(angles, &mut values[..rotated * head_dim], heads, row % seq);
     });
     let qkv = data.as_slice::<f32>().expect("f32 data");
     let keys_t = transposed_keys(qkv, batch, seq, width, shape);
+    let alibi = positions.alibi_slopes();
     #[cfg(target_arch = "x86_64")]
-    if tiled && super::attention_tiles::available(head_dim) {
+    if tiled && alibi.is_none() && super::attention_tiles::available(head_dim) {
         let out = super::attention_tiles::attend(qkv, &keys_t, batch, seq, shape);
         return Tensor::from_data(TensorData::new(out, [batch, seq, heads * head_dim]), &device);
     }
+    let _ = tiled;
     let out_width = heads * head_dim;
     let mut out = vec![0f32; batch * seq * out_width];
-    let layout = RowLayout { seq, width, shape };
+    let layout = RowLayout { seq, width, shape, alibi };
     out.par_chunks_mut(out_width).enumerate().for_each_init(Vec::new, |scores, (row, out)| {
         attend_row(qkv, &keys_t, layout, row, out, scores);
     });
     Tensor::from_data(TensorData::new(out, [batch, seq, out_width]), &device)
 }
 
-/// Where a row's q, k and v sit in the stacked projection.
+/// Where a row's q, k and v sit in the stacked projection, and ALiBi's slopes.
 #[derive(Clone, Copy)]
-struct RowLayout {
+struct RowLayout<'a> {
     seq: usize,
     width: usize,
     shape: Heads,
+    alibi: Option<&'a [f32]>,
 }
 
 widest_simd! {
     /// One query row, every head.
-    fn attend_row(qkv: &[f32], keys_t: &[f32], layout: RowLayout, row: usize, out: &mut [f32], scores: &mut Vec<f32>)
+    fn attend_row(qkv: &[f32], keys_t: &[f32], layout: RowLayout<'_>, row: usize, out: &mut [f32], scores: &mut Vec<f32>)
         => attend_row_portable
 }
 
@@ -226,12 +233,12 @@ widest_simd! {
 fn attend_row_portable(
     qkv: &[f32],
     keys_t: &[f32],
-    layout: RowLayout,
+    layout: RowLayout<'_>,
     row: usize,
     out: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
-    let RowLayout { seq, width, shape: Heads { heads, kv_heads, head_dim, window } } = layout;
+    let RowLayout { seq, width, shape: Heads { heads, kv_heads, head_dim, window }, alibi } = layout;
     let (sequence, query) = (row / seq, row % seq);
     let first_key = window.map_or(0, |w| (query + 1).saturating_sub(w));
     let count = query + 1 - first_key;
@@ -261,6 +268,9 @@ fn attend_row_portable(
             }
             scores.copy_from_slice(&lanes[..scores.len()]);
         }
+        if let Some(slopes) = alibi {
+            add_alibi(scores, slopes[head], query, first_key);
+        }
         let largest = max(scores);
         for score in scores.iter_mut() {
             *score = exp(*score - largest);
@@ -275,6 +285,14 @@ fn attend_row_portable(
                 *o += weight * v;
             }
         }
+    }
+}
+
+/// Adds ALiBi's offsets to the scores of keys `first_key..` of query `query`.
+#[inline(always)]
+pub(crate) fn add_alibi(scores: &mut [f32], slope: f32, query: usize, first_key: usize) {
+    for (i, score) in scores.iter_mut().enumerate() {
+        *score += alibi_score(slope, query, first_key + i);
     }
 }
 
@@ -297,19 +315,6 @@ pub(crate) fn transposed_keys(qkv: &[f32], batch: usize, seq: usize, width: usiz
         }
     });
     keys_t
-}
-
-/// Rotates each `head_dim` slice of `values` by one position's angles (`rotate_half` layout).
-pub(crate) fn rotate_heads(values: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
-    let half = head_dim / 2;
-    for head in values.chunks_exact_mut(head_dim) {
-        let (first, second) = head.split_at_mut(half);
-        for i in 0..half {
-            let (a, b) = (first[i], second[i]);
-            first[i] = a * cos[i] - b * sin[i];
-            second[i] = b * cos[i + half] + a * sin[i + half];
-        }
-    }
 }
 
 /// Sum with eight partial sums, so the loop vectorizes.

@@ -13,7 +13,10 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::fused::{Heads, exp, max, rotate_heads, sum};
+use burn::prelude::Backend;
+
+use super::fused::{Heads, add_alibi, exp, max, sum};
+use super::position::Positions;
 
 /// How the cache stores keys and values.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +106,8 @@ impl Rows {
 pub struct SequenceKv {
     keys: Rows,
     values: Rows,
+    /// The prompt's length: some rotary scalings keep the prompt's angles for generated tokens.
+    prompt: usize,
 }
 
 impl Default for SequenceKv {
@@ -113,7 +118,7 @@ impl Default for SequenceKv {
 
 impl SequenceKv {
     pub fn new(dtype: KvDtype) -> Self {
-        Self { keys: Rows::new(dtype), values: Rows::new(dtype) }
+        Self { keys: Rows::new(dtype), values: Rows::new(dtype), prompt: 0 }
     }
 
     /// Cached positions, for rows of `width` values.
@@ -129,24 +134,25 @@ impl SequenceKv {
 
 /// Appends positions `0..lengths[i]` of each sequence `i` of a right-padded stacked projection
 /// `qkv` (`[batch * seq, (heads + 2 kv_heads) * head_dim]`, before the rotary embedding) to
-/// `caches[i]`, rotating the keys with the per-position `cos`/`sin` rows.
-pub fn keep(
+/// `caches[i]`, rotating the keys as the prefill's attention does.
+pub fn keep<B: Backend>(
     qkv: &[f32],
     seq: usize,
     lengths: &[usize],
     shape: Heads,
-    tables: (&[f32], &[f32]),
+    positions: &Positions<B>,
     caches: &mut [SequenceKv],
 ) {
     let Heads { heads, kv_heads, head_dim, .. } = shape;
     let (q_width, kv_width) = (heads * head_dim, kv_heads * head_dim);
     let width = q_width + 2 * kv_width;
     caches.par_iter_mut().zip(lengths).enumerate().for_each(|(sequence, (cache, &length))| {
+        let angles = positions.angles(length, seq);
+        cache.prompt = length;
         for position in 0..length {
             let row = &qkv[(sequence * seq + position) * width..][..width];
-            let at = position * head_dim;
             let mut key = row[q_width..q_width + kv_width].to_vec();
-            rotate_heads(&mut key, head_dim, &tables.0[at..at + head_dim], &tables.1[at..at + head_dim]);
+            positions.rotate_keys(angles.as_deref(), &mut key, position);
             cache.keys.extend(&key);
             cache.values.extend(&row[q_width + kv_width..]);
         }
@@ -154,30 +160,45 @@ pub fn keep(
 }
 
 /// One decode step's attention: row `i` of `qkv` (`[n, width]`) is the new token of sequence `i`,
-/// at position `caches[i].len()`. Rotates its query and key, appends its key and value to the
+/// at position `caches[i].len()`. Prepares its query and key, appends its key and value to the
 /// cache, and returns the attention output `[n, heads * head_dim]`.
-pub fn attend_new_tokens(qkv: &[f32], shape: Heads, tables: (&[f32], &[f32]), caches: &mut [SequenceKv]) -> Vec<f32> {
+pub fn attend_new_tokens<B: Backend>(
+    qkv: &[f32],
+    shape: Heads,
+    positions: &Positions<B>,
+    caches: &mut [SequenceKv],
+) -> Vec<f32> {
     let Heads { heads, kv_heads, head_dim, window } = shape;
     let (q_width, kv_width) = (heads * head_dim, kv_heads * head_dim);
     let width = q_width + 2 * kv_width;
     let mut out = vec![0f32; caches.len() * q_width];
     out.par_chunks_mut(q_width).zip(caches.par_iter_mut()).enumerate().for_each(|(i, (out, cache))| {
         let position = cache.len(kv_width);
-        let at = position * head_dim;
-        let (cos, sin) = (&tables.0[at..at + head_dim], &tables.1[at..at + head_dim]);
+        let angles = positions.angles(positions.decode_context(cache.prompt, position), position + 1);
         let mut row = qkv[i * width..(i + 1) * width].to_vec();
-        rotate_heads(&mut row[..q_width + kv_width], head_dim, cos, sin);
+        positions.prepare_qk(angles.as_deref(), &mut row[..q_width + kv_width], heads, position);
         cache.keys.extend(&row[q_width..q_width + kv_width]);
         cache.values.extend(&row[q_width + kv_width..]);
         let first = window.map_or(0, |w| (position + 1).saturating_sub(w));
-        attend_one(&row[..q_width], cache, shape, first, out);
+        let query = Query { values: &row[..q_width], position, first, alibi: positions.alibi_slopes() };
+        attend_one(query, cache, shape, out);
     });
     out
 }
 
+/// A decode step's query row (every head): its position, the first cached position it sees, and
+/// ALiBi's slopes where the model has them.
+struct Query<'a> {
+    values: &'a [f32],
+    position: usize,
+    first: usize,
+    alibi: Option<&'a [f32]>,
+}
+
 /// One query row (every head) against cached positions `first..`.
-fn attend_one(query: &[f32], cache: &SequenceKv, shape: Heads, first: usize, out: &mut [f32]) {
+fn attend_one(query: Query, cache: &SequenceKv, shape: Heads, out: &mut [f32]) {
     let Heads { heads, kv_heads, head_dim, .. } = shape;
+    let first = query.first;
     let kv_width = kv_heads * head_dim;
     let count = cache.len(kv_width) - first;
     let scale = 1.0 / (head_dim as f32).sqrt();
@@ -185,11 +206,14 @@ fn attend_one(query: &[f32], cache: &SequenceKv, shape: Heads, first: usize, out
     let mut scores = vec![0f32; count];
     let mut row = vec![0f32; head_dim];
     for (head, out) in out.chunks_exact_mut(head_dim).enumerate() {
-        let q = &query[head * head_dim..][..head_dim];
+        let q = &query.values[head * head_dim..][..head_dim];
         let column = (head / group) * head_dim;
         for (t, score) in scores.iter_mut().enumerate() {
             cache.keys.read((first + t) * kv_width + column, &mut row);
             *score = q.iter().zip(&row).map(|(a, b)| a * scale * b).sum();
+        }
+        if let Some(slopes) = query.alibi {
+            add_alibi(&mut scores, slopes[head], query.position, first);
         }
         let largest = max(&scores);
         for score in scores.iter_mut() {

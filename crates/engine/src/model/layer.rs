@@ -1,22 +1,24 @@
-//! One decoder layer (llama, mistral, qwen2): pre-norm attention with rotary embeddings and
-//! grouped-query heads, then a pre-norm SwiGLU MLP, each with a residual connection.
+//! One decoder layer, the same for every family: pre-norm attention with grouped-query heads
+//! (positions as [`Positions`] says: rotary, logn, ALiBi), then a pre-norm SwiGLU MLP, each with
+//! a residual connection. What differs between families is in the spec's switches (biases, the
+//! sliding window of this layer) and in how the families map their checkpoints' tensors.
 
 use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use super::kv_cache::{self, SequenceKv};
-use super::{Compute, Linear, Rope, fused, rms_norm, to_device};
+use super::{Compute, Linear, Positions, fused, rms_norm, to_device};
 use crate::error::{EngineError, Result};
 use crate::source::LayerTensor;
 use crate::spec::ModelSpec;
 use crate::store::LayerHost;
 
-/// Where a prefill keeps keys and values: the true length of each right-padded sequence of the
-/// micro-batch, and the caches they go to.
-pub struct KeepKv<'a> {
+/// A right-padded micro-batch's sequences: the true length of each, and, for a prefill, the
+/// caches their keys and values go to.
+pub struct Sequences<'a> {
     pub lengths: &'a [usize],
-    pub caches: &'a mut [SequenceKv],
+    pub keep: Option<&'a mut [SequenceKv]>,
 }
 
 /// The q, k and v projections are stacked into one weight, and gate and up into another: one
@@ -74,6 +76,7 @@ impl<B: Backend> DecoderLayer<B> {
         let qkv_bias =
             if spec.qkv_bias { Some(concat(&[(QBias, &[q]), (KBias, &[kv]), (VBias, &[kv])])?) } else { None };
         let o = concat(&[(OProj, &[h, q])])?;
+        let o_bias = if spec.o_bias { Some(concat(&[(OBias, &[h])])?) } else { None };
         let gate_up = concat(&[(GateProj, &[ffn, h]), (UpProj, &[ffn, h])])?;
         let down = concat(&[(DownProj, &[h, ffn])])?;
         let attn_norm = concat(&[(AttnNorm, &[h])])?;
@@ -82,7 +85,7 @@ impl<B: Backend> DecoderLayer<B> {
         Ok(Self {
             attn_norm: to_device(&[h], attn_norm, device),
             qkv_proj: linear([q + 2 * kv, h], qkv, qkv_bias),
-            o_proj: linear([h, q], o, None),
+            o_proj: linear([h, q], o, o_bias),
             ffn_norm: to_device(&[h], ffn_norm, device),
             gate_up_proj: linear([2 * ffn, h], gate_up, None),
             down_proj: linear([h, ffn], down, None),
@@ -90,15 +93,14 @@ impl<B: Backend> DecoderLayer<B> {
             num_kv_heads: spec.num_kv_heads,
             head_dim: spec.head_dim,
             eps: spec.rms_norm_eps,
-            sliding_window: spec.sliding_window,
+            sliding_window: spec.layer_window(host.index),
             host_kernels: compute.host_kernels,
         })
     }
 
-    /// Runs `x` `[batch, seq, hidden]` (right-padded, so every row starts at position 0); with
-    /// `keep`, each sequence's keys and values also go to its cache.
-    pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope<B>, keep: Option<KeepKv>) -> Tensor<B, 3> {
-        let heads = self.attention(rms_norm(x.clone(), &self.attn_norm, self.eps), rope, keep);
+    /// Runs `x` `[batch, seq, hidden]` (right-padded, so every row starts at position 0).
+    pub fn forward(&self, x: Tensor<B, 3>, positions: &Positions<B>, sequences: Sequences) -> Tensor<B, 3> {
+        let heads = self.attention(rms_norm(x.clone(), &self.attn_norm, self.eps), positions, sequences);
         self.mlp(x + self.o_proj.forward(heads))
     }
 
@@ -108,12 +110,12 @@ impl<B: Backend> DecoderLayer<B> {
     pub fn forward_rows(
         &self,
         x: Tensor<B, 3>,
-        rope: &Rope<B>,
+        positions: &Positions<B>,
         rows: Tensor<B, 1, Int>,
-        keep: Option<KeepKv>,
+        sequences: Sequences,
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
-        let heads = self.attention(rms_norm(x.clone(), &self.attn_norm, self.eps), rope, keep);
+        let heads = self.attention(rms_norm(x.clone(), &self.attn_norm, self.eps), positions, sequences);
         let pick = |t: Tensor<B, 3>| {
             let width = t.dims()[2];
             t.reshape([batch * seq, width]).select(0, rows.clone()).unsqueeze::<3>()
@@ -130,13 +132,13 @@ impl<B: Backend> DecoderLayer<B> {
 
     /// One decode step: `x` `[n, 1, hidden]` holds the newest token of each sequence, `caches[i]`
     /// sequence `i`'s keys and values so far (the token's own are appended).
-    pub fn decode_step(&self, x: Tensor<B, 3>, rope: &Rope<B>, caches: &mut [SequenceKv]) -> Tensor<B, 3> {
+    pub fn decode_step(&self, x: Tensor<B, 3>, positions: &Positions<B>, caches: &mut [SequenceKv]) -> Tensor<B, 3> {
         let [n, _, _] = x.dims();
         let qkv = self.qkv_proj.forward(rms_norm(x.clone(), &self.attn_norm, self.eps));
         let device = qkv.device();
         let qkv = qkv.into_data().convert::<f32>();
         let out =
-            kv_cache::attend_new_tokens(qkv.as_slice::<f32>().expect("f32 data"), self.heads(), rope.tables(), caches);
+            kv_cache::attend_new_tokens(qkv.as_slice::<f32>().expect("f32 data"), self.heads(), positions, caches);
         let heads = to_device(&[n, 1, self.num_heads * self.head_dim], out, &device);
         self.mlp(x + self.o_proj.forward(heads))
     }
@@ -150,41 +152,38 @@ impl<B: Backend> DecoderLayer<B> {
         }
     }
 
-    /// Rotary embedding and attention of every head: `[batch, seq, hidden]` -> `[batch, seq,
-    /// heads * head_dim]`, before the output projection.
-    fn attention(&self, x: Tensor<B, 3>, rope: &Rope<B>, keep: Option<KeepKv>) -> Tensor<B, 3> {
+    /// Positions and attention of every head: `[batch, seq, hidden]` -> `[batch, seq, heads *
+    /// head_dim]`, before the output projection.
+    fn attention(&self, x: Tensor<B, 3>, positions: &Positions<B>, sequences: Sequences) -> Tensor<B, 3> {
         let qkv = self.qkv_proj.forward(x);
-        if let Some(KeepKv { lengths, caches }) = keep {
+        let Sequences { lengths, keep } = sequences;
+        if let Some(caches) = keep {
             let seq = qkv.dims()[1];
             let values = qkv.clone().into_data().convert::<f32>();
-            kv_cache::keep(
-                values.as_slice::<f32>().expect("f32 data"),
-                seq,
-                lengths,
-                self.heads(),
-                rope.tables(),
-                caches,
-            );
+            let values = values.as_slice::<f32>().expect("f32 data");
+            kv_cache::keep(values, seq, lengths, self.heads(), positions, caches);
         }
-        match rope.host_tables() {
-            Some((cos, sin)) => fused::attention_host(qkv, self.heads(), cos, sin, self.host_kernels),
-            None => self.attention_ops(qkv, rope),
+        if fused::on_host::<B>() {
+            fused::attention_host(qkv, self.heads(), positions, lengths, self.host_kernels)
+        } else {
+            self.attention_ops(qkv, positions, lengths)
         }
     }
 
     /// Attention as burn ops, for device backends: `[batch, seq, q + 2 kv]` -> `[batch, seq, q]`.
-    fn attention_ops(&self, qkv: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 3> {
+    fn attention_ops(&self, qkv: Tensor<B, 3>, positions: &Positions<B>, lengths: &[usize]) -> Tensor<B, 3> {
         let [batch, seq, _] = qkv.dims();
         let (q_width, kv_width) = (self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim);
-        let q = rope.apply(qkv.clone().narrow(2, 0, q_width), self.num_heads);
-        let k = rope.apply(qkv.clone().narrow(2, q_width, kv_width), self.num_kv_heads);
+        let q = positions.rotate_ops(qkv.clone().narrow(2, 0, q_width), self.num_heads, lengths, true);
+        let k = positions.rotate_ops(qkv.clone().narrow(2, q_width, kv_width), self.num_kv_heads, lengths, false);
         let (q, k) = (self.split_heads(q, self.num_heads), self.split_heads(k, self.num_kv_heads));
         let v = self.split_heads(qkv.narrow(2, q_width + kv_width, kv_width), self.num_kv_heads);
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
         let window = self.sliding_window.filter(|&w| w < seq);
         let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: window.is_none() };
         let mask = window.map(|w| window_mask::<B>(batch, self.num_heads, seq, w, &q.device()));
-        let out = attention(q, k, v, mask, None, options);
+        let bias = positions.alibi_bias_ops(batch, seq);
+        let out = attention(q, k, v, mask, bias, options);
         out.swap_dims(1, 2).reshape([batch, seq, q_width])
     }
 

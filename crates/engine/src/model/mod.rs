@@ -1,5 +1,5 @@
-//! The decoder's burn code, generic over `B: Backend`: rotary embeddings, one decoder layer, and
-//! the head. Weights arrive per layer from the store; nothing here knows about files.
+//! The decoder's burn code, generic over `B: Backend`: positions (rotary embeddings, ALiBi), one
+//! decoder layer, and the head. Weights arrive per layer from the store; nothing here knows about files.
 
 #[cfg(target_arch = "x86_64")]
 mod attention_tiles;
@@ -9,11 +9,11 @@ pub mod gemm;
 mod head;
 pub mod kv_cache;
 mod layer;
-mod rope;
+mod position;
 
 pub use head::Head;
-pub use layer::{DecoderLayer, KeepKv};
-pub use rope::Rope;
+pub use layer::{DecoderLayer, Sequences};
+pub use position::{Positions, alibi_slopes};
 
 use burn::prelude::*;
 

@@ -11,9 +11,9 @@ use memmap2::Mmap;
 use safetensors::SafeTensors;
 use serde_json::Value;
 
-use super::{ModelSource, TensorName, check_tensors, layer_index};
+use super::{ModelSource, TensorName, apply_source, check_tensors, layer_index, picked_shape};
 use crate::error::{EngineError, Result};
-use crate::families;
+use crate::families::{self, Architecture, TensorSource};
 use crate::fingerprint::FileHashes;
 use crate::paths::safe_join;
 use crate::spec::ModelSpec;
@@ -21,6 +21,7 @@ use crate::tensor::{DType, HostTensor};
 
 pub struct HfSource {
     dir: PathBuf,
+    family: &'static dyn Architecture,
     spec: ModelSpec,
     shards: Vec<Shard>,
     /// Tensor name -> where it is and what it is.
@@ -46,7 +47,8 @@ impl HfSource {
     pub fn open(dir: &Path) -> Result<Self> {
         let config_path = dir.join("config.json");
         let config: Value = read_json(&config_path)?;
-        let spec = families::spec_from_config(&config, &config_path)?;
+        let family = families::detect(&config, &config_path)?;
+        let spec = family.spec_from_config(&families::ConfigFields { config: &config, path: &config_path })?;
         let shard_names = shard_files(dir)?;
         let mut shards = Vec::with_capacity(shard_names.len());
         let mut index = HashMap::new();
@@ -64,21 +66,21 @@ impl HfSource {
             }
             shards.push(Shard { path, mmap });
         }
-        let source = Self { dir: dir.to_path_buf(), spec, shards, index };
+        let source = Self { dir: dir.to_path_buf(), family, spec, shards, index };
         check_tensors(&source)?;
         Ok(source)
     }
 
-    /// The Hugging Face name a canonical tensor is stored under (tied heads: the embedding's).
-    fn hf_name(&self, name: TensorName) -> Result<String> {
-        let hf_name = families::hf_tensor_name(name);
-        if self.index.contains_key(&hf_name) {
-            return Ok(hf_name);
+    /// Where the family keeps a canonical tensor (tied heads: the embedding).
+    fn locate(&self, name: TensorName) -> Result<TensorSource> {
+        let source = self.family.hf_tensor(name, &self.spec);
+        if self.index.contains_key(&source.name) {
+            return Ok(source);
         }
         if name == TensorName::LmHead && self.spec.tie_word_embeddings {
-            return self.hf_name(TensorName::Embed);
+            return self.locate(TensorName::Embed);
         }
-        Err(EngineError::MissingTensor { path: self.dir.clone(), name: hf_name })
+        Err(EngineError::MissingTensor { path: self.dir.clone(), name: source.name })
     }
 
     /// The entry of a tensor whose dtype this source reads.
@@ -98,30 +100,44 @@ impl ModelSource for HfSource {
         &self.spec
     }
 
+    /// `tokenizer.json`. ChatGLM and Qwen (v1) ship a sentencepiece `tokenizer.model` or a
+    /// tiktoken `qwen.tiktoken` instead, which are not read: [`EngineError::NoTokenizer`] says so.
     fn tokenizer(&self) -> Result<tokenizers::Tokenizer> {
         let path = self.dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(EngineError::NoTokenizer { model: self.describe(), reason: missing_tokenizer(&self.dir) });
+        }
         tokenizers::Tokenizer::from_file(&path).map_err(|e| EngineError::format(&path, e.to_string()))
     }
 
     fn tensor(&self, name: TensorName) -> Result<HostTensor> {
-        let hf_name = self.hf_name(name)?;
-        let entry = self.entry(&hf_name)?;
+        let source = self.locate(name)?;
+        let entry = self.entry(&source.name)?;
         let shard = &self.shards[entry.shard];
         let tensors =
             SafeTensors::deserialize(&shard.mmap).map_err(|e| EngineError::format(&shard.path, e.to_string()))?;
-        let view = tensors.tensor(&hf_name).map_err(|e| EngineError::format(&shard.path, e.to_string()))?;
+        let view = tensors.tensor(&source.name).map_err(|e| EngineError::format(&shard.path, e.to_string()))?;
         let dtype = DType::from_safetensors(view.dtype()).expect("dtype checked by entry()");
-        Ok(HostTensor { dtype, shape: view.shape().to_vec(), bytes: view.data().to_vec() })
+        picked_shape(&source, view.shape()).map_err(|e| EngineError::format(&shard.path, e))?;
+        let whole = HostTensor { dtype, shape: view.shape().to_vec(), bytes: view.data().to_vec() };
+        Ok(apply_source(&source, whole))
     }
 
     fn tensor_shape(&self, name: TensorName) -> Result<(String, Vec<usize>)> {
-        let hf_name = self.hf_name(name)?;
-        let shape = self.entry(&hf_name)?.shape.clone();
-        Ok((hf_name, shape))
+        let source = self.locate(name)?;
+        let entry = self.entry(&source.name)?;
+        let shape = picked_shape(&source, &entry.shape)
+            .map_err(|e| EngineError::format(&self.shards[entry.shard].path, e))?;
+        Ok((source.name, shape))
     }
 
+    /// Layers are counted by the family's naming of layer tensors (`model.layers.N.`, ...).
     fn layers_present(&self) -> usize {
-        self.index.keys().filter_map(|name| layer_index(name, "model.layers.")).map(|i| i + 1).max().unwrap_or(0)
+        let first = self.family.hf_tensor(TensorName::Layer(0, super::LayerTensor::AttnNorm), &self.spec).name;
+        let Some(prefix) = first.split_once(".0.").map(|(prefix, _)| format!("{prefix}.")) else {
+            return 0;
+        };
+        self.index.keys().filter_map(|name| layer_index(name, &prefix)).map(|i| i + 1).max().unwrap_or(0)
     }
 
     /// config.json, tokenizer.json, the shard index and every shard, every byte.
@@ -138,6 +154,20 @@ impl ModelSource for HfSource {
     fn describe(&self) -> String {
         self.dir.display().to_string()
     }
+}
+
+/// Why a folder without `tokenizer.json` has no tokenizer here, and what to provide.
+fn missing_tokenizer(dir: &Path) -> String {
+    let other = ["tokenizer.model", "qwen.tiktoken", "ice_text.model"].into_iter().find(|name| dir.join(name).is_file());
+    let found = match other {
+        Some(name) => format!("it ships {name}, which this build does not read"),
+        None => "the folder has no tokenizer.json".into(),
+    };
+    format!(
+        "{found}; put a Hugging Face tokenizer.json for this model in the folder (transformers writes one with \
+         `AutoTokenizer.from_pretrained(...).save_pretrained(...)` for tokenizers it can convert), or score token \
+         ids (`airllm-eval logits --ids`)"
+    )
 }
 
 fn read_json(path: &Path) -> Result<Value> {

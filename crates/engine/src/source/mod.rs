@@ -15,6 +15,7 @@ pub mod hf;
 pub mod synth;
 
 use crate::error::{EngineError, Result};
+use crate::families::{TensorSource, Transform};
 use crate::fingerprint::FileHashes;
 use crate::spec::ModelSpec;
 use crate::store::quant::{QuantScheme, QuantTensor};
@@ -31,6 +32,7 @@ pub enum LayerTensor {
     QBias,
     KBias,
     VBias,
+    OBias,
     FfnNorm,
     GateProj,
     UpProj,
@@ -38,7 +40,7 @@ pub enum LayerTensor {
 }
 
 impl LayerTensor {
-    pub const ALL: [LayerTensor; 12] = [
+    pub const ALL: [LayerTensor; 13] = [
         LayerTensor::AttnNorm,
         LayerTensor::QProj,
         LayerTensor::KProj,
@@ -47,6 +49,7 @@ impl LayerTensor {
         LayerTensor::QBias,
         LayerTensor::KBias,
         LayerTensor::VBias,
+        LayerTensor::OBias,
         LayerTensor::FfnNorm,
         LayerTensor::GateProj,
         LayerTensor::UpProj,
@@ -55,11 +58,15 @@ impl LayerTensor {
 
     /// The tensors a layer of `spec` has (biases only where the family uses them).
     pub fn present(spec: &ModelSpec) -> impl Iterator<Item = LayerTensor> + '_ {
-        Self::ALL.into_iter().filter(|t| spec.qkv_bias || !t.is_bias())
+        Self::ALL.into_iter().filter(|t| match t {
+            LayerTensor::OBias => spec.o_bias,
+            t if t.is_bias() => spec.qkv_bias,
+            _ => true,
+        })
     }
 
     pub fn is_bias(self) -> bool {
-        matches!(self, LayerTensor::QBias | LayerTensor::KBias | LayerTensor::VBias)
+        matches!(self, LayerTensor::QBias | LayerTensor::KBias | LayerTensor::VBias | LayerTensor::OBias)
     }
 
     /// The 2-D linear weights (attention and MLP projections), the tensors a compressed store
@@ -88,6 +95,7 @@ impl LayerTensor {
             LayerTensor::QBias => "q_bias",
             LayerTensor::KBias => "k_bias",
             LayerTensor::VBias => "v_bias",
+            LayerTensor::OBias => "o_bias",
             LayerTensor::FfnNorm => "ffn_norm",
             LayerTensor::GateProj => "gate_proj",
             LayerTensor::UpProj => "up_proj",
@@ -123,7 +131,7 @@ impl TensorName {
             TensorName::Embed | TensorName::LmHead => vec![spec.vocab_size, h],
             TensorName::FinalNorm => vec![h],
             TensorName::Layer(_, t) => match t {
-                LayerTensor::AttnNorm | LayerTensor::FfnNorm => vec![h],
+                LayerTensor::AttnNorm | LayerTensor::FfnNorm | LayerTensor::OBias => vec![h],
                 LayerTensor::QProj => vec![q, h],
                 LayerTensor::KProj | LayerTensor::VProj => vec![kv, h],
                 LayerTensor::OProj => vec![h, q],
@@ -193,6 +201,50 @@ pub fn check_tensors(source: &dyn ModelSource) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The shape a [`TensorSource`] gives from a file tensor of shape `file_shape`: its picked rows.
+/// An error (for the caller to prefix with the file) where the file tensor has another number of
+/// rows than the pick was made for.
+pub(crate) fn picked_shape(source: &TensorSource, file_shape: &[usize]) -> std::result::Result<Vec<usize>, String> {
+    let Some(pick) = &source.rows else {
+        return Ok(file_shape.to_vec());
+    };
+    match file_shape.split_first() {
+        Some((&rows, rest)) if rows == pick.total => Ok([&[pick.len()], rest].concat()),
+        _ => Err(format!(
+            "tensor {} has shape {file_shape:?}; {} rows were expected, holding several projections",
+            source.name, pick.total
+        )),
+    }
+}
+
+/// Applies a [`TensorSource`]'s row pick and transform to the whole file tensor `tensor`.
+pub(crate) fn apply_source(source: &TensorSource, tensor: HostTensor) -> HostTensor {
+    let tensor = match &source.rows {
+        None => tensor,
+        Some(pick) => {
+            let shape = [&[pick.len()], &tensor.shape[1..]].concat();
+            HostTensor { dtype: tensor.dtype, shape, bytes: pick.gather(&tensor.bytes) }
+        }
+    };
+    match source.transform {
+        Transform::None => tensor,
+        Transform::NormalizeRows => {
+            let mut values = tensor.to_f32();
+            normalize_rows(&mut values, tensor.shape[0]);
+            HostTensor::from_f32(tensor.shape, &values)
+        }
+    }
+}
+
+/// Divides each of `rows` rows by its L2 norm, as torch's `F.normalize` (eps 1e-12) does.
+fn normalize_rows(values: &mut [f32], rows: usize) {
+    let width = values.len() / rows.max(1);
+    for row in values.chunks_exact_mut(width.max(1)) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
 }
 
 /// The layer index of a tensor name such as `blk.3.attn_q.weight` after `prefix` (`blk.`).

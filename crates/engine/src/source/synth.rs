@@ -7,7 +7,7 @@ use tokenizers::Tokenizer;
 use super::{LayerTensor, ModelSource, TensorName};
 use crate::error::{EngineError, Result};
 use crate::fingerprint::FileHashes;
-use crate::spec::{Family, ModelSpec};
+use crate::spec::ModelSpec;
 use crate::tensor::{DType, HostTensor};
 
 pub struct SynthSource {
@@ -46,7 +46,7 @@ impl SynthSource {
             return Err(EngineError::Other("synthetic model: vocab must be at least 256 (byte tokens)".into()));
         }
         let spec = ModelSpec {
-            family: Family::Llama,
+            family: "llama".into(),
             vocab_size: shape.vocab,
             hidden_size: shape.hidden,
             intermediate_size: shape.intermediate,
@@ -56,13 +56,9 @@ impl SynthSource {
             head_dim: shape.hidden / shape.heads,
             rms_norm_eps: 1e-5,
             rope_theta: 10000.0,
-            rope_scaling: None,
-            sliding_window: None,
-            qkv_bias: false,
             tie_word_embeddings: false,
             max_position_embeddings: 4096,
-            bos_token_id: None,
-            eos_token_id: None,
+            ..ModelSpec::default()
         };
         spec.validate().map_err(|e| EngineError::Other(format!("synthetic model: {e}")))?;
         Ok(Self { spec, seed, dtype, tokenizer: None })

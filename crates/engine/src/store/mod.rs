@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! STORE/manifest.json        format version, source fingerprint, spec, dtype, files + checksums
-//! STORE/tokenizer.json
+//! STORE/tokenizer.json     or {"no_tokenizer": REASON} where the source had none it reads
 //! STORE/embed.safetensors    embed
 //! STORE/layer-NNN.safetensors attn_norm, q_proj, ..., down_proj (compressed: q_proj.q,
 //!                            q_proj.scale, ...; see [`quant`])

@@ -23,6 +23,9 @@ pub struct LayerStore {
 }
 
 /// One layer's tensors in host memory, as f32 values ready for a device.
+/// The key of the tokenizer file of a store whose source had no tokenizer.
+pub(crate) const NO_TOKENIZER: &str = "no_tokenizer";
+
 pub struct LayerHost {
     pub index: usize,
     pub tensors: HashMap<LayerTensor, (Vec<usize>, Vec<f32>)>,
@@ -98,8 +101,14 @@ impl LayerStore {
         Ok(bytes)
     }
 
+    /// The store's tokenizer; [`EngineError::NoTokenizer`] where its source had none.
     pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer> {
         let bytes = self.read_file(TOKENIZER)?;
+        if let Ok(serde_json::Value::Object(marker)) = serde_json::from_slice(&bytes)
+            && let Some(reason) = marker.get(NO_TOKENIZER).and_then(serde_json::Value::as_str)
+        {
+            return Err(EngineError::NoTokenizer { model: self.dir.display().to_string(), reason: reason.into() });
+        }
         tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| EngineError::format(self.dir.join(TOKENIZER), e.to_string()))
     }

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::manifest::{Compression, FORMAT_VERSION, FileEntry, Manifest};
 use super::quant::{BLOCK, QuantScheme, QuantTensor, quantizable, quantize};
-use super::reader::size_problem;
+use super::reader::{NO_TOKENIZER, size_problem};
 use super::{MANIFEST, SPLIT_PROGRESS, TOKENIZER, checksum, file_tensors, store_files, write_atomic};
 use crate::error::{EngineError, Result};
 use crate::fingerprint::FileHashes;
@@ -308,8 +308,14 @@ fn file_bytes(source: &dyn ModelSource, name: &str, dtype: DType, options: &Spli
     let embed_head = options.quantize_embed_head.then_some(QuantScheme::Int8);
     let layer_scheme = options.compression.scheme();
     if name == TOKENIZER {
-        let tokenizer = source.tokenizer()?;
-        let json = tokenizer.to_string(false).map_err(|e| EngineError::Other(format!("tokenizer: {e}")))?;
+        let json = match source.tokenizer() {
+            Ok(tokenizer) => tokenizer.to_string(false).map_err(|e| EngineError::Other(format!("tokenizer: {e}")))?,
+            Err(EngineError::NoTokenizer { reason, .. }) => {
+                tracing::warn!("{}: no tokenizer ({reason}); token ids can still be scored", source.describe());
+                serde_json::json!({ NO_TOKENIZER: reason }).to_string()
+            }
+            Err(e) => return Err(e),
+        };
         return Ok(json.into_bytes());
     }
     let tensors = file_tensors(name, spec).into_iter().map(|(store_name, tensor)| {

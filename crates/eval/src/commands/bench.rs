@@ -146,7 +146,7 @@ fn load(args: &BenchArgs) -> Result<Workload> {
     let tasks = crate::task::registry::load(&job)?;
     let store = prepare_model(&job)?;
     let engine = Engine::open(&store, EngineOptions::default())?;
-    let requests = build_requests(&tasks, engine.tokenizer(), engine.spec())?;
+    let requests = build_requests(&tasks, engine.tokenizer()?, engine.spec())?;
     let sequences = schedule::sequences(&requests, engine.spec().max_position_embeddings);
     let waves = schedule::waves(engine.spec(), &sequences, job.spec.memory.activation_budget.0);
     let (store_size, spec) = (engine.store_size(), engine.spec().clone());

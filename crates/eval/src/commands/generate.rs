@@ -150,7 +150,7 @@ fn encode<B: burn::prelude::Backend>(
     args: &GenerateArgs,
     template: Option<&str>,
 ) -> Result<Vec<Prompt>> {
-    let tokenizer = engine.tokenizer();
+    let tokenizer = engine.tokenizer()?;
     let spec = engine.spec();
     inputs
         .iter()

@@ -48,7 +48,7 @@ pub fn run(args: LogitsArgs) -> Result<()> {
         .with_context(|| format!("opening layer store {}", store_dir.display()))?;
     let ids = match (args.ids, args.text) {
         (Some(ids), _) => ids,
-        (None, Some(text)) => crate::task::encode(engine.tokenizer(), &text)?,
+        (None, Some(text)) => crate::task::encode(engine.tokenizer()?, &text)?,
         (None, None) => unreachable!("clap requires --ids or --text"),
     };
     check_ids(&ids, engine.spec().vocab_size)?;

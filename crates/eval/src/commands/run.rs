@@ -153,7 +153,7 @@ impl BackendTask for Execute<'_> {
         let spec = &self.job.spec;
         let mut engine = Engine::<B>::open_on(self.store, engine_options(self.job), device)
             .with_context(|| format!("opening layer store {}", self.store.display()))?;
-        let requests = build_requests(self.tasks, engine.tokenizer(), engine.spec())?;
+        let requests = build_requests(self.tasks, engine.tokenizer()?, engine.spec())?;
         let (tasks, requests, dir) = match self.shard {
             None => (self.tasks.to_vec(), requests, spec.output.clone()),
             Some(shard) => {
@@ -270,7 +270,7 @@ impl Execute<'_> {
             "model_args": spec.model.source,
             "model_sha256": spec.model.sha256,
             "store_compression": spec.model.compress,
-            "family": engine.spec().family.name(),
+            "family": engine.spec().family,
             "backend": backend_label(&spec.backend.name),
             "precision": spec.backend.precision,
             "job_hash": self.hash,
@@ -289,7 +289,7 @@ impl Execute<'_> {
                 "store": self.store,
                 "store_bytes": engine.store_size(),
                 "compress": spec.model.compress,
-                "family": engine.spec().family.name(),
+                "family": engine.spec().family,
                 "layers": engine.spec().num_layers,
             },
             "job": self.job.path,
@@ -496,7 +496,7 @@ impl RunState {
 /// Every generation document of the tasks (numbered across tasks) as a prompt: its context
 /// encoded and cut to fit the model, its stop sequences with the model's end-of-text.
 fn generation_prompts<B: Backend>(engine: &Engine<B>, tasks: &[Task]) -> Result<Vec<(usize, Prompt)>> {
-    let tokenizer = engine.tokenizer();
+    let tokenizer = engine.tokenizer()?;
     let docs = tasks.iter().flat_map(|t| &t.docs).enumerate();
     docs.filter_map(|(doc, document)| match &document.doc {
         Doc::Generate(g) => Some((doc, g)),

@@ -15,10 +15,11 @@ use std::path::Path;
 use half::f16;
 use memmap2::Mmap;
 
-use super::{LayerTensor, ModelSource, TensorName, check_tensors, layer_index};
+use super::{ModelSource, TensorName, apply_source, check_tensors, layer_index, picked_shape};
 use crate::error::{EngineError, Result};
+use crate::families::{self, Architecture, TensorSource, Transform};
 use crate::fingerprint::FileHashes;
-use crate::spec::{Family, ModelSpec, RopeScaling};
+use crate::spec::{ModelSpec, RopeScaling};
 use crate::store::quant::{BLOCK, QuantScheme, QuantTensor, quantizable};
 use crate::tensor::HostTensor;
 use dequant::GgmlType;
@@ -27,6 +28,7 @@ use reader::{GgufHeader, TensorInfo, Value};
 pub struct GgufSource {
     mmap: Mmap,
     header: GgufHeader,
+    family: &'static dyn Architecture,
     spec: ModelSpec,
 }
 
@@ -42,8 +44,8 @@ impl GgufSource {
         // every access goes through the bounds checked at parse time, not through raw pointers.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
         let header = GgufHeader::parse(&mmap, path)?;
-        let spec = build_spec(&header)?;
-        let source = Self { mmap, header, spec };
+        let (family, spec) = build_spec(&header)?;
+        let source = Self { mmap, header, family, spec };
         check_tensors(&source)?;
         Ok(source)
     }
@@ -77,53 +79,27 @@ impl GgufSource {
         ))
     }
 
-    /// Undoes llama.cpp's Q/K row permutation where the converter applied it.
-    fn unpermute_if_needed(&self, layer_tensor: LayerTensor, info: &TensorInfo, values: Vec<f32>) -> Result<Vec<f32>> {
-        match self.permuted_heads(layer_tensor, info)? {
-            Some(n_head) => Ok(unpermute_rows(&values, info.shape()[0], n_head)),
-            None => Ok(values),
+    /// Where the family keeps a canonical tensor, and its info (`LmHead` of a tied model: the
+    /// embedding). Picked rows are checked against the tensor's shape.
+    fn locate(&self, name: TensorName) -> Result<(TensorSource, &TensorInfo)> {
+        let mut source = self.family.gguf_tensor(name, &self.spec);
+        if name == TensorName::LmHead && self.header.tensor(&source.name).is_none() {
+            source = self.family.gguf_tensor(TensorName::Embed, &self.spec);
         }
-    }
-
-    /// The head count llama.cpp permuted the rows of this tensor by, `None` where it did not.
-    fn permuted_heads(&self, layer_tensor: LayerTensor, info: &TensorInfo) -> Result<Option<usize>> {
-        let n_head = match layer_tensor {
-            LayerTensor::QProj | LayerTensor::QBias => self.spec.num_heads,
-            LayerTensor::KProj | LayerTensor::KBias => self.spec.num_kv_heads,
-            _ => return Ok(None),
-        };
-        // Only LlamaModel in convert_hf_to_gguf.py permutes; Qwen2Model writes rows as they are.
-        if self.spec.family == Family::Qwen2 {
-            return Ok(None);
-        }
-        let rows = info.shape()[0];
-        if n_head == 0 || !rows.is_multiple_of(2 * n_head) {
-            let message = format!("tensor {}: {rows} rows do not split into {n_head} heads of even size", info.name);
-            return Err(self.header.error(message));
-        }
-        Ok(Some(n_head))
-    }
-
-    fn info_for(&self, name: TensorName) -> Result<&TensorInfo> {
-        let gguf_name = match name {
-            TensorName::LmHead if self.header.tensor("output.weight").is_none() => "token_embd.weight".to_string(),
-            _ => gguf_tensor_name(name),
-        };
-        self.header.tensor(&gguf_name).ok_or_else(|| self.missing(&gguf_name))
+        let info = self.header.tensor(&source.name).ok_or_else(|| self.missing(&source.name))?;
+        picked_shape(&source, &info.shape()).map_err(|e| self.header.error(e))?;
+        Ok((source, info))
     }
 }
 
 /// Builds the spec from `general.architecture` and the `{arch}.*` hyperparameters.
-fn build_spec(header: &GgufHeader) -> Result<ModelSpec> {
+fn build_spec(header: &GgufHeader) -> Result<(&'static dyn Architecture, ModelSpec)> {
     let arch = header.str("general.architecture")?;
-    let family = match arch {
-        "llama" => Family::Llama,
-        "mistral" => Family::Mistral,
-        "qwen2" => Family::Qwen2,
-        other => {
-            return Err(EngineError::UnsupportedArchitecture { path: header.path.clone(), found: other.to_string() });
-        }
-    };
+    let family = families::by_gguf_architecture(arch).ok_or_else(|| EngineError::UnsupportedArchitecture {
+        path: header.path.clone(),
+        found: format!("{arch:?}"),
+        supported: format!("{} (GGUF `general.architecture`)", families::supported_gguf()),
+    })?;
     if header.tensor("rope_freqs.weight").is_some() {
         return Err(header.error(
             "tensor rope_freqs.weight (llama3 rope scaling) is present; GGUF rope frequency factors are not supported yet".into(),
@@ -135,8 +111,8 @@ fn build_spec(header: &GgufHeader) -> Result<ModelSpec> {
     if num_heads == 0 {
         return Err(header.error(format!("metadata {} is 0", key("attention.head_count"))));
     }
-    Ok(ModelSpec {
-        family,
+    let mut spec = ModelSpec {
+        family: family.name().into(),
         vocab_size: vocab_size(header, arch)?,
         hidden_size,
         intermediate_size: header.usize(&key("feed_forward_length"))?,
@@ -148,12 +124,14 @@ fn build_spec(header: &GgufHeader) -> Result<ModelSpec> {
         rope_theta: header.opt_f64(&key("rope.freq_base"))?.unwrap_or(10000.0),
         rope_scaling: rope_scaling(header, arch)?,
         sliding_window: header.opt_usize(&key("attention.sliding_window"))?,
-        qkv_bias: header.tensor("blk.0.attn_q.bias").is_some(),
         tie_word_embeddings: header.tensor("output.weight").is_none(),
         max_position_embeddings: header.opt_usize(&key("context_length"))?.unwrap_or(4096),
         bos_token_id: header.opt_usize("tokenizer.ggml.bos_token_id")?.map(|v| v as u32),
         eos_token_id: header.opt_usize("tokenizer.ggml.eos_token_id")?.map(|v| v as u32),
-    })
+        ..ModelSpec::default()
+    };
+    family.gguf_quirks(&mut spec, &|name| header.tensor(name).is_some());
+    Ok((family, spec))
 }
 
 /// `{arch}.vocab_size`, else the token list's length, else `token_embd.weight`'s row count.
@@ -195,22 +173,19 @@ impl ModelSource for GgufSource {
     }
 
     fn tensor(&self, name: TensorName) -> Result<HostTensor> {
-        let info = self.info_for(name)?;
-        let mut values = self.dequantize(info)?;
-        if let TensorName::Layer(_, layer_tensor) = name {
-            values = self.unpermute_if_needed(layer_tensor, info, values)?;
-        }
-        Ok(HostTensor::from_f32(info.shape(), &values))
+        let (source, info) = self.locate(name)?;
+        let values = self.dequantize(info)?;
+        Ok(apply_source(&source, HostTensor::from_f32(info.shape(), &values)))
     }
 
     /// The name, and an error for a type [`dequant`] does not read: checked for every tensor
     /// when the file is opened, before a split writes anything.
     fn tensor_shape(&self, name: TensorName) -> Result<(String, Vec<usize>)> {
-        let info = self.info_for(name)?;
+        let (source, info) = self.locate(name)?;
         if !info.ggml_type.is_supported() {
             return Err(self.unsupported_type(info));
         }
-        Ok((info.name.clone(), info.shape()))
+        Ok((info.name.clone(), picked_shape(&source, &info.shape()).expect("checked by locate")))
     }
 
     fn layers_present(&self) -> usize {
@@ -231,10 +206,13 @@ impl ModelSource for GgufSource {
     /// overflows (`|d| > 8188`), and `q * d + min` reproduces ggml's dequantized f32 values bit for
     /// bit. A tensor with a `d` or `m` that is not finite, or whose `-8d` overflows, is not handed
     /// over (`None`): the split quantizes its f32 values, or stores it uncompressed.
-    /// Q/K rows are un-permuted as in [`ModelSource::tensor`]: the permutation moves whole rows, so
-    /// it moves whole rows of blocks.
+    /// Rows are picked (un-permuted) as in [`ModelSource::tensor`]: the pick moves whole rows, so
+    /// it moves whole rows of blocks. A tensor with a value transform is not handed over.
     fn quantized_tensor(&self, name: TensorName, scheme: QuantScheme) -> Result<Option<QuantTensor>> {
-        let info = self.info_for(name)?;
+        let (source, info) = self.locate(name)?;
+        if source.transform != Transform::None {
+            return Ok(None);
+        }
         let shape = info.shape();
         if !quantizable(&shape) {
             return Ok(None);
@@ -277,15 +255,13 @@ impl ModelSource for GgufSource {
             tracing::warn!(tensor = %info.name, "a block scale or minimum is not finite, not handed over as {}", scheme.name());
             return Ok(None);
         }
-        if let TensorName::Layer(_, layer_tensor) = name
-            && let Some(n_head) = self.permuted_heads(layer_tensor, info)?
-        {
-            let rows = shape[0];
-            quant.q = unpermute_rows(&quant.q, rows, n_head);
-            quant.scale = unpermute_rows(&quant.scale, rows, n_head);
+        if let Some(pick) = &source.rows {
+            quant.q = pick.gather(&quant.q);
+            quant.scale = pick.gather(&quant.scale);
             if !quant.min.is_empty() {
-                quant.min = unpermute_rows(&quant.min, rows, n_head);
+                quant.min = pick.gather(&quant.min);
             }
+            quant.shape[0] = pick.len();
         }
         quant.check().map_err(|e| self.header.error(format!("tensor {}: {e}", info.name)))?;
         Ok(Some(quant))
@@ -298,54 +274,4 @@ pub fn q4_0_min(d: f16) -> Option<f16> {
     let min = -8.0 * d.to_f32();
     let stored = f16::from_f32(min);
     (stored.is_finite() && stored.to_f32() == min).then_some(stored)
-}
-
-/// llama.cpp's name for a canonical tensor (`LmHead` answers `output.weight`; tied models have
-/// none and fall back to `token_embd.weight`).
-pub fn gguf_tensor_name(name: TensorName) -> String {
-    match name {
-        TensorName::Embed => "token_embd.weight".into(),
-        TensorName::FinalNorm => "output_norm.weight".into(),
-        TensorName::LmHead => "output.weight".into(),
-        TensorName::Layer(i, t) => {
-            let suffix = match t {
-                LayerTensor::AttnNorm => "attn_norm.weight",
-                LayerTensor::QProj => "attn_q.weight",
-                LayerTensor::KProj => "attn_k.weight",
-                LayerTensor::VProj => "attn_v.weight",
-                LayerTensor::OProj => "attn_output.weight",
-                LayerTensor::QBias => "attn_q.bias",
-                LayerTensor::KBias => "attn_k.bias",
-                LayerTensor::VBias => "attn_v.bias",
-                LayerTensor::FfnNorm => "ffn_norm.weight",
-                LayerTensor::GateProj => "ffn_gate.weight",
-                LayerTensor::UpProj => "ffn_up.weight",
-                LayerTensor::DownProj => "ffn_down.weight",
-            };
-            format!("blk.{i}.{suffix}")
-        }
-    }
-}
-
-/// Inverts convert_hf_to_gguf.py's `permute`, which reorders the `rows` rows of a Q or K
-/// projection (or bias) as `w.reshape(n_head, 2, head_dim / 2, -1).swapaxes(1, 2)`: the GGUF
-/// row `(h, i, j)` holds Hugging Face row `(h, j, i)`. `values` is row-major; rows may be any
-/// length (1 for biases), and of any element type (a row of quantized bytes or of block scales).
-/// `rows` must be a multiple of `2 * n_head`.
-pub fn unpermute_rows<T: Copy + Default>(values: &[T], rows: usize, n_head: usize) -> Vec<T> {
-    let cols = values.len() / rows;
-    let head_dim = rows / n_head;
-    let half = head_dim / 2;
-    let mut out = vec![T::default(); values.len()];
-    for h in 0..n_head {
-        for i in 0..half {
-            for j in 0..2 {
-                let hf_row = h * head_dim + j * half + i;
-                let gguf_row = h * head_dim + i * 2 + j;
-                out[hf_row * cols..(hf_row + 1) * cols]
-                    .copy_from_slice(&values[gguf_row * cols..(gguf_row + 1) * cols]);
-            }
-        }
-    }
-    out
 }
