@@ -102,6 +102,33 @@ fn logits_command_tokenizes_text_and_rejects_bad_ids() {
     assert!(!bad.exists());
 }
 
+/// A ChatGLM folder has no tokenizer.json (the real one ships a sentencepiece tokenizer.model):
+/// token ids are scored all the same, and text is refused with what to provide.
+#[test]
+fn logits_command_scores_ids_without_a_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = root().join("tests/fixtures/archs/chatglm");
+    let reference = common::read_references(&fixture.join("reference.logits.safetensors"));
+    let id_list = reference[0].ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let out = dir.path().join("logits.safetensors");
+    let output =
+        run(airllm(dir.path()).args(["logits", "--model"]).arg(&fixture).args(["--ids", &id_list, "--out"]).arg(&out));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let bytes = std::fs::read(&out).unwrap();
+    let ours = f32s(SafeTensors::deserialize(&bytes).unwrap().tensor("logits").unwrap().data());
+    let (max_err, same) = common::compare(&ours, &reference[0].logits, 256);
+    assert!(max_err <= 1e-4 && same, "max |error| {max_err}, argmax identical: {same}");
+
+    let text = dir.path().join("text.safetensors");
+    let output =
+        run(airllm(dir.path()).args(["logits", "--model"]).arg(&fixture).args(["--text", "hello", "--out"]).arg(&text));
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("no tokenizer") && message.contains("tokenizer.json"), "{message}");
+    assert!(message.contains("--ids"), "{message}");
+    assert!(!text.exists());
+}
+
 /// Runs a job that must fail; checks the message and that no output folder was made.
 fn assert_job_fails(dir: &Path, job: &Path, expected: &[&str]) {
     let output = run(airllm(dir).arg(job));
