@@ -118,3 +118,48 @@ fn fused_tensor_of_the_wrong_height_is_refused() {
     let err = airllm_engine::source::open(dir.path()).err().expect("must fail").to_string();
     assert!(err.contains("W_pack") && err.contains("128 rows"), "{err}");
 }
+
+fn spec_of(config: serde_json::Value) -> airllm_engine::Result<airllm_engine::ModelSpec> {
+    airllm_engine::families::spec_from_config(&config, std::path::Path::new("config.json"))
+}
+
+fn fixture_config(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(arch_dir(name).join("config.json")).unwrap()).unwrap()
+}
+
+/// The switches each family reads from its config, including those the fixtures leave at their
+/// defaults (GLM-4's `rope_ratio`, qwen2's `max_window_layers`).
+#[test]
+fn family_switches_come_from_the_config() {
+    use airllm_engine::{PositionEncoding, RopeScaling};
+    let chatglm = spec_of(fixture_config("chatglm")).unwrap();
+    assert_eq!((chatglm.num_kv_heads, chatglm.rotary_dims(), chatglm.rope_layout.interleaved), (2, 8, true));
+    let mut glm4 = fixture_config("chatglm");
+    glm4["rope_ratio"] = 500.into();
+    assert_eq!(spec_of(glm4).unwrap().rope_theta, 5_000_000.0);
+    let mut post_norm = fixture_config("chatglm");
+    post_norm["apply_residual_connection_post_layernorm"] = true.into();
+    let err = spec_of(post_norm).unwrap_err().to_string();
+    assert!(err.contains("apply_residual_connection_post_layernorm") && err.contains("config.json"), "{err}");
+
+    let baichuan2 = spec_of(fixture_config("baichuan2_13b")).unwrap();
+    assert_eq!((baichuan2.position_encoding, baichuan2.norm_head), (PositionEncoding::Alibi, true));
+    let baichuan = spec_of(fixture_config("baichuan_7b")).unwrap();
+    assert_eq!((baichuan.position_encoding, baichuan.norm_head), (PositionEncoding::Rotary, false));
+
+    let internlm2 = spec_of(fixture_config("internlm2")).unwrap();
+    let dynamic = RopeScaling::Dynamic { factor: 2.0, original_max_position_embeddings: 32768 };
+    assert_eq!(internlm2.rope_scaling, Some(dynamic));
+    let qwen = spec_of(fixture_config("qwen_longctx")).unwrap();
+    assert_eq!((qwen.rope_scaling, qwen.logn_attention), (Some(RopeScaling::QwenNtk { seq_length: 16 }), Some(16)));
+    assert_eq!(qwen.intermediate_size, 128);
+
+    let qwen2 = serde_json::json!({
+        "architectures": ["Qwen2ForCausalLM"], "hidden_size": 64, "num_attention_heads": 4,
+        "intermediate_size": 128, "num_hidden_layers": 4, "vocab_size": 256,
+        "use_sliding_window": true, "sliding_window": 16, "max_window_layers": 2
+    });
+    let qwen2 = spec_of(qwen2).unwrap();
+    let windows: Vec<_> = (0..4).map(|layer| qwen2.layer_window(layer)).collect();
+    assert_eq!(windows, [None, None, Some(16), Some(16)]);
+}
