@@ -5,7 +5,8 @@
 //!
 //! Each checkpoint is split into an f32 store (the Hugging Face folder's values as they are),
 //! which must match within 1e-4 with identical argmax at every position, one prompt at a time and
-//! all prompts in one padded wave, streamed and resident (seen: at most 1.0e-5). The int8 and
+//! all prompts in one padded wave, streamed and resident (seen: at most 1.0e-5), and again on
+//! burn's ndarray backend, which runs burn's ops as device backends do (see [`NDARRAY_TOLERANCE`]). The int8 and
 //! int4 stores re-quantize these random f32 weights, so their drift is stated, not held to the
 //! f32 tolerance: seen at most 0.36 (int8) and 4.2 (int4, InternLM2) in logits spanning about 8;
 //! the bounds below leave some margin. The tiny random models amplify weight errors far more than
@@ -15,7 +16,15 @@ mod common;
 
 use airllm_engine::executor::{Engine, EngineOptions};
 use airllm_engine::store::{Compression, SplitOptions, split};
+use burn::backend::NdArray;
 use common::*;
+
+/// On burn's ndarray backend, a 32- or 33-token prompt differs from the reference by up to
+/// 1.3e-3 from position 4 on, in every family alike (Baichuan-7B's plain llama math included),
+/// while its 16-token prefix and the 7- and 19-token prompts match within 1e-5 and the same store
+/// on flex within 1e-5: a precision property of that backend's ops at that length, not of a
+/// family's mapping (argmax stays identical).
+const NDARRAY_TOLERANCE: f32 = 2e-3;
 
 fn arch_dir(name: &str) -> std::path::PathBuf {
     fixtures().join("archs").join(name)
@@ -41,6 +50,10 @@ fn check(name: &str, family: &str, drift: [f32; 2]) {
     check_references(&mut engine, &references, 1e-4);
     engine.set_resident(true);
     check_references(&mut engine, &references, 1e-4);
+    // burn's ops (rotary, logn and ALiBi as tensors), as device backends run them.
+    let options = EngineOptions { micro_batch_tokens: 40, ..Default::default() };
+    let mut ops = Engine::<NdArray>::open_on(_store.path(), options, Default::default()).unwrap();
+    check_references(&mut ops, &references, NDARRAY_TOLERANCE);
     for (compression, bound) in [(Compression::Int8, drift[0]), (Compression::Int4, drift[1])] {
         let (_store, mut engine) = open_split(name, compression);
         let vocab = engine.spec().vocab_size;

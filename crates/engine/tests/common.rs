@@ -62,7 +62,7 @@ pub fn engine_for(source: &std::path::Path, options: EngineOptions) -> (tempfile
 }
 
 /// Checks every reference prompt, one at a time and all in one wave, against `tolerance`.
-pub fn check_references(engine: &mut Engine, references: &[Reference], tolerance: f32) {
+pub fn check_references<B: burn::prelude::Backend>(engine: &mut Engine<B>, references: &[Reference], tolerance: f32) {
     let vocab = engine.spec().vocab_size;
     for (i, r) in references.iter().enumerate() {
         let ours = engine.logits(&r.ids).unwrap();
