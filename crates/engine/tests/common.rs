@@ -23,6 +23,18 @@ pub fn smollm2_gguf() -> PathBuf {
     path
 }
 
+/// The Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF fetched by `scripts/fetch-qwen2.5-coder.sh` (or
+/// `AIRLLM_QWEN2_5_CODER_GGUF`).
+pub fn qwen2_5_coder_gguf() -> PathBuf {
+    if let Ok(path) = std::env::var("AIRLLM_QWEN2_5_CODER_GGUF") {
+        return PathBuf::from(path);
+    }
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    assert!(path.is_file(), "{} is missing: run scripts/fetch-qwen2.5-coder.sh first", path.display());
+    path
+}
+
 /// A reference prompt: input ids and transformers' logits `[T, vocab]`.
 pub struct Reference {
     pub ids: Vec<u32>,

