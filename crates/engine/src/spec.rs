@@ -6,16 +6,28 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RopeScaling {
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: usize },
-    Linear { factor: f64 },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+    Linear {
+        factor: f64,
+    },
     /// Hugging Face's dynamic NTK scaling (`"type": "dynamic"`, InternLM2): a forward over a context
     /// longer than `original_max_position_embeddings` rotates with the base raised to
     /// `(factor * len / original - (factor - 1))^(d / (d - 2))`.
-    Dynamic { factor: f64, original_max_position_embeddings: usize },
+    Dynamic {
+        factor: f64,
+        original_max_position_embeddings: usize,
+    },
     /// Qwen (v1)'s dynamic NTK: a context of `len` tokens past `seq_length` rotates with the base
     /// times `alpha^(d / (d - 2))`, `alpha = max(2^ceil(log2(len / seq_length) + 1) - 1, 1)`,
     /// fixed for a sequence by its prompt.
-    QwenNtk { seq_length: usize },
+    QwenNtk {
+        seq_length: usize,
+    },
 }
 
 /// Which dimensions of a head the rotary embedding turns, and how it pairs them.

@@ -7,12 +7,12 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use airllm_engine::EngineError;
-use airllm_engine::fingerprint::FileHashes;
-use airllm_engine::source::gguf::dequant::{GgmlType, dequantize};
-use airllm_engine::families::unpermute_ranges;
-use airllm_engine::source::gguf::GgufSource;
-use airllm_engine::source::{LayerTensor, ModelSource, TensorName, hf::HfSource};
 use airllm_engine::ModelSpec;
+use airllm_engine::families::unpermute_ranges;
+use airllm_engine::fingerprint::FileHashes;
+use airllm_engine::source::gguf::GgufSource;
+use airllm_engine::source::gguf::dequant::{GgmlType, dequantize};
+use airllm_engine::source::{LayerTensor, ModelSource, TensorName, hf::HfSource};
 use half::{bf16, f16};
 use safetensors::SafeTensors;
 

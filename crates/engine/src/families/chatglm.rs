@@ -86,8 +86,12 @@ impl Architecture for ChatGlm {
         }
         let ffn = spec.intermediate_size;
         match tensor {
-            LayerTensor::GateProj => TensorSource::rows(at("mlp.dense_h_to_4h.weight"), RowPick::slice(2 * ffn, 0, ffn)),
-            LayerTensor::UpProj => TensorSource::rows(at("mlp.dense_h_to_4h.weight"), RowPick::slice(2 * ffn, ffn, ffn)),
+            LayerTensor::GateProj => {
+                TensorSource::rows(at("mlp.dense_h_to_4h.weight"), RowPick::slice(2 * ffn, 0, ffn))
+            }
+            LayerTensor::UpProj => {
+                TensorSource::rows(at("mlp.dense_h_to_4h.weight"), RowPick::slice(2 * ffn, ffn, ffn))
+            }
             LayerTensor::AttnNorm => TensorSource::whole(at("input_layernorm.weight")),
             LayerTensor::FfnNorm => TensorSource::whole(at("post_attention_layernorm.weight")),
             LayerTensor::DownProj => TensorSource::whole(at("mlp.dense_4h_to_h.weight")),

@@ -68,9 +68,7 @@ impl Rotary {
     fn base(&self, context: usize) -> f64 {
         let exponent = self.dims as f64 / (self.dims as f64 - 2.0);
         match self.scaling {
-            Some(RopeScaling::Dynamic { factor, original_max_position_embeddings: original })
-                if context > original =>
-            {
+            Some(RopeScaling::Dynamic { factor, original_max_position_embeddings: original }) if context > original => {
                 self.theta * (factor * context as f64 / original as f64 - (factor - 1.0)).powf(exponent)
             }
             Some(RopeScaling::QwenNtk { seq_length }) => {
@@ -247,7 +245,8 @@ impl<B: Backend> Positions<B> {
         };
         let x = if query && self.logn_from.is_some() {
             let scales: Vec<f32> = (0..batch).flat_map(|_| (0..seq).map(|p| self.query_scale(p))).collect();
-            x * Tensor::<B, 1>::from_data(TensorData::new(scales, [batch * seq]), &self.device).reshape([batch, seq, 1, 1])
+            x * Tensor::<B, 1>::from_data(TensorData::new(scales, [batch * seq]), &self.device)
+                .reshape([batch, seq, 1, 1])
         } else {
             x
         };

@@ -126,8 +126,8 @@ impl ModelSource for HfSource {
     fn tensor_shape(&self, name: TensorName) -> Result<(String, Vec<usize>)> {
         let source = self.locate(name)?;
         let entry = self.entry(&source.name)?;
-        let shape = picked_shape(&source, &entry.shape)
-            .map_err(|e| EngineError::format(&self.shards[entry.shard].path, e))?;
+        let shape =
+            picked_shape(&source, &entry.shape).map_err(|e| EngineError::format(&self.shards[entry.shard].path, e))?;
         Ok((source.name, shape))
     }
 
@@ -158,7 +158,8 @@ impl ModelSource for HfSource {
 
 /// Why a folder without `tokenizer.json` has no tokenizer here, and what to provide.
 fn missing_tokenizer(dir: &Path) -> String {
-    let other = ["tokenizer.model", "qwen.tiktoken", "ice_text.model"].into_iter().find(|name| dir.join(name).is_file());
+    let other =
+        ["tokenizer.model", "qwen.tiktoken", "ice_text.model"].into_iter().find(|name| dir.join(name).is_file());
     let found = match other {
         Some(name) => format!("it ships {name}, which this build does not read"),
         None => "the folder has no tokenizer.json".into(),
