@@ -133,3 +133,15 @@ impl Rng {
         (self.next_u64() % n.max(1) as u64) as usize
     }
 }
+
+/// Blocks of a ggml type (by name, e.g. `Q4_K`) and their values as gguf-py dequantizes them, from
+/// `tests/fixtures/gguf/kquant_blocks.safetensors` (see `make_kquant_blocks.py`).
+pub fn gguf_py_blocks(type_name: &str) -> (Vec<u8>, Vec<f32>) {
+    let path = fixtures().join("gguf/kquant_blocks.safetensors");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let blocks = tensors.tensor(&format!("{type_name}.blocks")).unwrap().data().to_vec();
+    let values = tensors.tensor(&format!("{type_name}.values")).unwrap();
+    let values = values.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    (blocks, values)
+}

@@ -1,4 +1,5 @@
-//! GGUF source: SmolLM2's spec, tensors and tokenizer; dequantization of each block type; the Q/K
+//! GGUF source: SmolLM2's spec, tensors and tokenizer; dequantization of each block type (the Q5
+//! and k-quant types against gguf-py's values); a k-quant GGUF split into compressed stores; the Q/K
 //! un-permutation; truncated and foreign files giving errors instead of panics.
 
 mod common;
@@ -189,9 +190,38 @@ fn dequant_many_blocks_in_parallel() {
 
 #[test]
 fn unsupported_types_are_refused() {
-    let q4_k = GgmlType::from_id(12).unwrap();
-    assert_eq!(q4_k.name, "Q4_K");
-    assert!(dequantize(q4_k, &[0; 144]).is_none());
+    let iq2_xxs = GgmlType::from_id(16).unwrap();
+    assert_eq!(iq2_xxs.name, "IQ2_XXS");
+    assert!(!iq2_xxs.is_supported() && dequantize(iq2_xxs, &[0; 66]).is_none());
+    assert_eq!(
+        GgmlType::supported_names(),
+        "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16"
+    );
+}
+
+/// The Q5 and k-quant types, by id.
+const GGUF_PY_TYPES: [u32; 7] =
+    [GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
+
+/// Every Q5 and k-quant type dequantizes the committed blocks (random bytes, f16 scales from
+/// subnormals to 60000, both signs: see make_kquant_blocks.py) to gguf-py 0.19.0's values, bit for
+/// bit, in one call (blocks split across rayon tasks) as one block at a time.
+#[test]
+fn kquant_blocks_dequantize_as_gguf_py() {
+    for id in GGUF_PY_TYPES {
+        let ty = GgmlType::from_id(id).unwrap();
+        let (blocks, expected) = common::gguf_py_blocks(ty.name);
+        assert!(ty.is_supported(), "{}", ty.name);
+        assert_eq!(expected.len(), blocks.len() / ty.block_bytes * ty.block_elems, "{}", ty.name);
+        let ours = dequant(id, &blocks);
+        let one_by_one: Vec<f32> = blocks.chunks(ty.block_bytes).flat_map(|b| dequant(id, b)).collect();
+        for values in [&ours, &one_by_one] {
+            assert_eq!(values.len(), expected.len(), "{}", ty.name);
+            if let Some(i) = values.iter().zip(&expected).position(|(a, b)| a.to_bits() != b.to_bits()) {
+                panic!("{} value {i}: ours {:e}, gguf-py {:e}", ty.name, values[i], expected[i]);
+            }
+        }
+    }
 }
 
 // ---- Q/K permutation ----
@@ -389,11 +419,12 @@ fn unsupported_tensor_type_names_tensor_and_type() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("q4k.gguf");
     let mut w = tiny_llama_without_ffn_up("llama");
-    w.tensor("blk.0.ffn_up.weight", &[256, 1], 12, &[0; 144]);
+    w.tensor("blk.0.ffn_up.weight", &[256, 1], 16, &[0; 66]);
     w.write(&path);
     // Found when the file is opened, before a split has written the tokenizer and embedding.
     let message = format_message(GgufSource::open(&path).err(), &path);
-    assert!(message.contains("blk.0.ffn_up.weight") && message.contains("Q4_K"), "{message}");
+    assert!(message.contains("blk.0.ffn_up.weight") && message.contains("IQ2_XXS"), "{message}");
+    assert!(message.contains(&format!("(supported: {})", GgmlType::supported_names())), "{message}");
 }
 
 /// Opening `writer` fails with a `Format` error about the file containing every one of `needles`.

@@ -2,10 +2,14 @@
 //!
 //! Dequantization follows ggml's reference `dequantize_row_*` (and gguf-py's numpy port) exactly:
 //! the f16 scales are widened to f32 first and every product is taken in f32, so results are
-//! bit-identical to llama.cpp's CPU reference path.
+//! bit-identical to llama.cpp's CPU reference path. The 32-element formats are here, the 256-element
+//! k-quants in [`super::kquants`]; `tests/fixtures/make_kquant_blocks.py` records gguf-py's values
+//! for blocks of every Q5 and k-quant type, and the engine's tests compare them bit for bit.
 
 use half::{bf16, f16};
 use rayon::prelude::*;
+
+use super::kquants;
 
 /// Elements per block of the 32-element quantization formats.
 const QK: usize = 32;
@@ -65,7 +69,14 @@ impl GgmlType {
     pub const F16: u32 = 1;
     pub const Q4_0: u32 = 2;
     pub const Q4_1: u32 = 3;
+    pub const Q5_0: u32 = 6;
+    pub const Q5_1: u32 = 7;
     pub const Q8_0: u32 = 8;
+    pub const Q2_K: u32 = 10;
+    pub const Q3_K: u32 = 11;
+    pub const Q4_K: u32 = 12;
+    pub const Q5_K: u32 = 13;
+    pub const Q6_K: u32 = 14;
     pub const BF16: u32 = 30;
 
     pub fn from_id(id: u32) -> Option<Self> {
@@ -94,22 +105,42 @@ impl GgmlType {
 
     /// Whether [`dequantize`] reads this type.
     pub fn is_supported(&self) -> bool {
-        matches!(self.id, Self::F32 | Self::F16 | Self::BF16 | Self::Q8_0 | Self::Q4_0 | Self::Q4_1)
+        block_decoder(self.id).is_some()
+    }
+
+    /// The names of the types [`dequantize`] reads, comma-separated, for error messages.
+    pub fn supported_names() -> String {
+        let supported = TYPES.iter().filter(|t| block_decoder(t.0).is_some());
+        supported.map(|t| t.1).collect::<Vec<_>>().join(", ")
     }
 }
 
-/// Dequantizes `data` (exactly the tensor's bytes) of type `ty` to f32.
-/// Returns `None` for types the engine does not read (see [`GgmlType::is_supported`]).
-pub fn dequantize(ty: GgmlType, data: &[u8]) -> Option<Vec<f32>> {
-    let block: fn(&[u8], &mut [f32]) = match ty.id {
+/// Dequantizes one block of a type (one element for the plain types).
+type BlockDecoder = fn(&[u8], &mut [f32]);
+
+fn block_decoder(id: u32) -> Option<BlockDecoder> {
+    Some(match id {
         GgmlType::F32 => |b, o| o[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
         GgmlType::F16 => |b, o| o[0] = f16::from_le_bytes([b[0], b[1]]).to_f32(),
         GgmlType::BF16 => |b, o| o[0] = bf16::from_le_bytes([b[0], b[1]]).to_f32(),
         GgmlType::Q8_0 => dequant_q8_0,
         GgmlType::Q4_0 => dequant_q4_0,
         GgmlType::Q4_1 => dequant_q4_1,
+        GgmlType::Q5_0 => dequant_q5_0,
+        GgmlType::Q5_1 => dequant_q5_1,
+        GgmlType::Q2_K => kquants::dequant_q2_k,
+        GgmlType::Q3_K => kquants::dequant_q3_k,
+        GgmlType::Q4_K => kquants::dequant_q4_k,
+        GgmlType::Q5_K => kquants::dequant_q5_k,
+        GgmlType::Q6_K => kquants::dequant_q6_k,
         _ => return None,
-    };
+    })
+}
+
+/// Dequantizes `data` (exactly the tensor's bytes) of type `ty` to f32.
+/// Returns `None` for types the engine does not read (see [`GgmlType::is_supported`]).
+pub fn dequantize(ty: GgmlType, data: &[u8]) -> Option<Vec<f32>> {
+    let block = block_decoder(ty.id)?;
     let blocks = data.len() / ty.block_bytes;
     let mut out = vec![0f32; blocks * ty.block_elems];
     let task_blocks = (TASK_ELEMS / ty.block_elems).max(1);
@@ -122,7 +153,8 @@ pub fn dequantize(ty: GgmlType, data: &[u8]) -> Option<Vec<f32>> {
     Some(out)
 }
 
-fn f16_at(b: &[u8], at: usize) -> f32 {
+/// The little-endian f16 at byte `at`, widened to f32 (exactly, as ggml's `GGML_FP16_TO_FP32`).
+pub(super) fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
@@ -151,5 +183,35 @@ pub fn dequant_q4_1(block: &[u8], out: &mut [f32]) {
     for (j, &q) in block[4..4 + QK / 2].iter().enumerate() {
         out[j] = (q & 0x0f) as f32 * d + m;
         out[j + QK / 2] = (q >> 4) as f32 * d + m;
+    }
+}
+
+/// The 32 five-bit codes of a Q5_0/Q5_1 block: the low four bits are nibbles in Q4_0's order
+/// (`qs[j]` holds elements `j` and `j + 16`), the fifth bit of element `j` is bit `j` of the
+/// little-endian `qh`.
+pub(super) fn q5_codes(qh: &[u8], qs: &[u8]) -> [u8; QK] {
+    let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    let high = |j: usize| (((qh >> j) & 1) << 4) as u8;
+    let mut codes = [0u8; QK];
+    for (j, &q) in qs[..QK / 2].iter().enumerate() {
+        codes[j] = (q & 0x0f) | high(j);
+        codes[j + QK / 2] = (q >> 4) | high(j + QK / 2);
+    }
+    codes
+}
+
+/// `block_q5_0 { f16 d; u8 qh[4]; u8 qs[16]; }`: x = d·(q − 16), q the five-bit code.
+pub fn dequant_q5_0(block: &[u8], out: &mut [f32]) {
+    let d = f16_at(block, 0);
+    for (o, q) in out.iter_mut().zip(q5_codes(&block[2..6], &block[6..])) {
+        *o = (q as i32 - 16) as f32 * d;
+    }
+}
+
+/// `block_q5_1 { f16 d; f16 m; u8 qh[4]; u8 qs[16]; }`: x = d·q + m.
+pub fn dequant_q5_1(block: &[u8], out: &mut [f32]) {
+    let (d, m) = (f16_at(block, 0), f16_at(block, 2));
+    for (o, q) in out.iter_mut().zip(q5_codes(&block[4..8], &block[8..])) {
+        *o = q as f32 * d + m;
     }
 }

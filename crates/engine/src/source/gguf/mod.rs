@@ -6,6 +6,7 @@
 //! Q/K row order of the original checkpoint (llama.cpp's converter permutes those rows).
 
 pub mod dequant;
+pub mod kquants;
 pub mod reader;
 pub mod tokenizer;
 
@@ -74,8 +75,10 @@ impl GgufSource {
 
     fn unsupported_type(&self, info: &TensorInfo) -> EngineError {
         self.header.error(format!(
-            "tensor {} has ggml type {}, which is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
-            info.name, info.ggml_type.name
+            "tensor {} has ggml type {}, which is not supported (supported: {})",
+            info.name,
+            info.ggml_type.name,
+            GgmlType::supported_names()
         ))
     }
 
