@@ -12,6 +12,7 @@ use std::sync::Arc;
 use burn::prelude::*;
 
 mod generate;
+pub mod prefix;
 
 pub use generate::{GenerationStats, kv_bytes_per_token};
 
@@ -59,8 +60,10 @@ impl WaveObserver for Quiet {}
 pub struct EngineStats {
     /// Bytes read from the layer store (every file read counts, head and embed included).
     pub store_bytes_read: u64,
-    /// Tokens that went through the layers (padding excluded).
+    /// Tokens of the sequences scored (padding excluded), as if each ran whole.
     pub tokens: u64,
+    /// Of those, tokens not run again because a shared prefix had run them ([`prefix`]).
+    pub shared_prefix_tokens: u64,
     pub waves: u64,
 }
 
@@ -81,6 +84,8 @@ pub struct EngineOptions {
     pub host_kernels: bool,
     /// How generation's KV cache stores keys and values.
     pub kv_dtype: KvDtype,
+    /// Run the prefix that sequences of a wave share once ([`prefix`]; host backends).
+    pub share_prefixes: bool,
 }
 
 impl EngineOptions {
@@ -98,6 +103,7 @@ impl Default for EngineOptions {
             precision: Precision::F32,
             host_kernels: true,
             kv_dtype: KvDtype::F32,
+            share_prefixes: true,
         }
     }
 }
@@ -120,6 +126,7 @@ pub struct Engine<B: Backend = DefaultBackend> {
     resident_embed: Option<Arc<Vec<f32>>>,
     resident_head: Option<Head<B>>,
     tokens: u64,
+    shared_prefix_tokens: u64,
     waves: u64,
 }
 
@@ -132,13 +139,17 @@ pub(crate) struct Prefill<'a> {
 /// Sequences of a wave that run together, padded to the longest.
 struct MicroBatch<B: Backend> {
     requests: Vec<usize>,
-    seq: usize,
-    /// Each request's true length (at most `seq`).
+    /// Each request's true length (at most the batch's padded length).
     lengths: Vec<usize>,
     /// `[batch, seq, hidden]`; after the last layer, `[1, scored rows, hidden]`.
     hidden: Option<Tensor<B, 3>>,
     /// Flat indices (into `batch x seq`) of the rows whose head output is wanted, in request order.
     scored: Vec<i64>,
+    /// The shared prefix each sequence continues (its rows start after it), if any.
+    past: Vec<Option<usize>>,
+    /// Whether the batch holds shared prefixes (`requests` are prefix ids), run for their keys
+    /// and values only.
+    is_prefix: bool,
 }
 
 impl Engine<DefaultBackend> {
@@ -172,6 +183,7 @@ impl<B: Backend> Engine<B> {
             resident_embed: None,
             resident_head: None,
             tokens: 0,
+            shared_prefix_tokens: 0,
             waves: 0,
         })
     }
@@ -210,7 +222,12 @@ impl<B: Backend> Engine<B> {
     }
 
     pub fn stats(&self) -> EngineStats {
-        EngineStats { store_bytes_read: self.store.bytes_read(), tokens: self.tokens, waves: self.waves }
+        EngineStats {
+            store_bytes_read: self.store.bytes_read(),
+            tokens: self.tokens,
+            shared_prefix_tokens: self.shared_prefix_tokens,
+            waves: self.waves,
+        }
     }
 
     /// Runs one wave. Returns, for each request, the scores of its targets in order.
@@ -253,9 +270,9 @@ impl<B: Backend> Engine<B> {
         self.validate(sequences, rows)?;
         let spec = self.spec().clone();
         let table = self.embed_table()?;
-        let mut batches = self.embed(&table, sequences, rows, &self.plan_micro_batches(sequences));
+        let mut batches = self.embed_sharing_prefixes(&table, sequences, rows);
         drop(table);
-        let max_seq = batches.iter().map(|b| b.seq).max().unwrap_or(0);
+        let max_seq = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
         let positions = Positions::<B>::new(&spec, max_seq.max(1), &self.device);
         self.run_layers(&spec, &mut batches, &positions, observer, None)?;
         let head = self.head()?;
@@ -279,13 +296,29 @@ impl<B: Backend> Engine<B> {
         mut keep: Option<Prefill>,
     ) -> Result<()> {
         let device = self.device.clone();
+        let prefix_count =
+            batches.iter().filter(|b| b.is_prefix).flat_map(|b| b.requests.iter()).max().map_or(0, |&id| id + 1);
         self.for_each_layer(observer, &mut |layer, index| {
-            for batch in batches.iter_mut().filter(|b| !b.scored.is_empty()) {
+            // This layer's keys and values of the shared prefixes, kept while the layer runs.
+            let mut prefix_kv = vec![SequenceKv::default(); prefix_count];
+            for batch in batches.iter_mut().filter(|b| b.is_prefix) {
+                let mut kv: Vec<SequenceKv> =
+                    batch.requests.iter().map(|&p| std::mem::take(&mut prefix_kv[p])).collect();
+                let hidden = batch.hidden.take().expect("hidden state present");
+                let sequences = Sequences { lengths: &batch.lengths, keep: Some(&mut kv), past: None };
+                batch.hidden = Some(layer.forward(hidden, positions, sequences));
+                for (&p, kv) in batch.requests.iter().zip(kv) {
+                    prefix_kv[p] = kv;
+                }
+            }
+            for batch in batches.iter_mut().filter(|b| !b.is_prefix && !b.scored.is_empty()) {
                 // This micro-batch's caches, taken out of the layer's list for the call.
                 let mut taken: Option<Vec<SequenceKv>> = keep.as_mut().map(|Prefill { caches, .. }| {
                     batch.requests.iter().map(|&r| std::mem::take(&mut caches[index][r])).collect()
                 });
-                let sequences = Sequences { lengths: &batch.lengths, keep: taken.as_deref_mut() };
+                let past: Vec<Option<&SequenceKv>> = batch.past.iter().map(|p| p.map(|p| &prefix_kv[p])).collect();
+                let past = batch.past.iter().any(Option::is_some).then_some(past.as_slice());
+                let sequences = Sequences { lengths: &batch.lengths, keep: taken.as_deref_mut(), past };
                 let hidden = batch.hidden.take().expect("hidden state present");
                 batch.hidden = Some(if index + 1 < spec.num_layers {
                     layer.forward(hidden, positions, sequences)
@@ -373,6 +406,52 @@ impl<B: Backend> Engine<B> {
         batches
     }
 
+    /// The wave's micro-batches: with [`EngineOptions::share_prefixes`] on a host backend, the
+    /// shared prefixes first, then every sequence's tokens after its prefix (see [`prefix`],
+    /// [`Self::embed_with_prefixes`]); else every sequence whole.
+    fn embed_sharing_prefixes(
+        &mut self,
+        table: &[f32],
+        sequences: &[&[u32]],
+        rows: &[Vec<usize>],
+    ) -> Vec<MicroBatch<B>> {
+        // A prefix's keys must be those each member would compute: not so where the angles
+        // depend on the whole sequence's length.
+        let rescaled = sequences.iter().any(|s| self.spec().rope_rescales_at(s.len()));
+        if self.options.share_prefixes && crate::model::on_host::<B>() && !rescaled {
+            let plan = prefix::plan(sequences, rows);
+            let run: usize = plan.prefixes.iter().map(|p| p.1).sum();
+            let skipped: usize = (0..sequences.len()).map(|i| plan.offset(i)).sum();
+            self.shared_prefix_tokens += (skipped - run) as u64;
+            if !plan.prefixes.is_empty() {
+                return self.embed_with_prefixes(table, sequences, rows, &plan);
+            }
+        }
+        self.embed(table, sequences, rows, &self.plan_micro_batches(sequences))
+    }
+
+    fn embed_with_prefixes(
+        &self,
+        table: &[f32],
+        sequences: &[&[u32]],
+        rows: &[Vec<usize>],
+        plan: &prefix::PrefixPlan,
+    ) -> Vec<MicroBatch<B>> {
+        let prefixes: Vec<&[u32]> = plan.prefixes.iter().map(|&(member, len)| &sequences[member][..len]).collect();
+        let no_rows = vec![Vec::new(); prefixes.len()];
+        let mut batches = self.embed(table, &prefixes, &no_rows, &self.plan_micro_batches(&prefixes));
+        batches.iter_mut().for_each(|batch| batch.is_prefix = true);
+        let suffixes: Vec<&[u32]> = sequences.iter().enumerate().map(|(i, s)| &s[plan.offset(i)..]).collect();
+        let suffix_rows: Vec<Vec<usize>> =
+            rows.iter().enumerate().map(|(i, rows)| rows.iter().map(|r| r - plan.offset(i)).collect()).collect();
+        let mut continued = self.embed(table, &suffixes, &suffix_rows, &self.plan_micro_batches(&suffixes));
+        for batch in &mut continued {
+            batch.past = batch.requests.iter().map(|&r| plan.of[r]).collect();
+        }
+        batches.extend(continued);
+        batches
+    }
+
     /// Looks up each micro-batch's token embeddings (zero rows for padding).
     fn embed_table(&mut self) -> Result<Arc<Vec<f32>>> {
         if let Some(table) = &self.resident_embed {
@@ -423,7 +502,8 @@ impl<B: Backend> Engine<B> {
                     .flat_map(|(slot, &request)| rows[request].iter().map(move |&p| (slot * seq + p) as i64))
                     .collect();
                 let lengths = requests.iter().map(|&r| sequences[r].len()).collect();
-                MicroBatch { requests: requests.clone(), seq, lengths, hidden: Some(tensor), scored }
+                let past = vec![None; requests.len()];
+                MicroBatch { requests: requests.clone(), lengths, hidden: Some(tensor), scored, past, is_prefix: false }
             })
             .collect()
     }

@@ -163,6 +163,19 @@ impl ModelSpec {
         self.rope_layout.dims.unwrap_or(self.head_dim)
     }
 
+    /// Whether the rotary angles of a sequence of `len` tokens differ from those of a shorter
+    /// one (dynamic NTK scalings raise the base past a length).
+    pub fn rope_rescales_at(&self, len: usize) -> bool {
+        if self.position_encoding != PositionEncoding::Rotary {
+            return false;
+        }
+        match self.rope_scaling {
+            Some(RopeScaling::Dynamic { original_max_position_embeddings: original, .. }) => len > original,
+            Some(RopeScaling::QwenNtk { seq_length }) => len > seq_length,
+            _ => false,
+        }
+    }
+
     /// The sliding window of layer `index`, if it has one.
     pub fn layer_window(&self, index: usize) -> Option<usize> {
         self.sliding_window.filter(|_| index >= self.sliding_window_from_layer)

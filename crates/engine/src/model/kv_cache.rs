@@ -181,7 +181,65 @@ pub fn attend_new_tokens<B: Backend>(
         cache.values.extend(&row[q_width + kv_width..]);
         let first = window.map_or(0, |w| (position + 1).saturating_sub(w));
         let query = Query { values: &row[..q_width], position, first, alibi: positions.alibi_slopes() };
-        attend_one(query, cache, shape, out);
+        let context = KeyValues { past: Some(cache), own_keys: &[], own_values: &[], width: kv_width };
+        attend_one(query, &context, shape, out);
+    });
+    out
+}
+
+/// Attention of sequences that continue a shared prefix already run: sequence `i` of the
+/// right-padded stacked projection `qkv` (`[batch * seq, (heads + 2 kv_heads) * head_dim]`,
+/// before the rotary embedding) has `lengths[i]` rows at positions after its prefix, whose keys
+/// and values at this layer are `past[i]` (none: positions from 0). Each row attends to the
+/// prefix and to its own sequence's rows up to itself. Returns `[batch * seq, heads * head_dim]`
+/// (padding rows zero).
+pub fn attend_after_past<B: Backend>(
+    qkv: &[f32],
+    seq: usize,
+    lengths: &[usize],
+    past: &[Option<&SequenceKv>],
+    shape: Heads,
+    positions: &Positions<B>,
+) -> Vec<f32> {
+    let Heads { heads, kv_heads, head_dim, window } = shape;
+    let (q_width, kv_width) = (heads * head_dim, kv_heads * head_dim);
+    let width = q_width + 2 * kv_width;
+    let mut prepared = qkv.to_vec();
+    let offsets: Vec<usize> = past.iter().map(|p| p.map_or(0, |p| p.len(kv_width))).collect();
+    prepared.par_chunks_mut(seq * width).enumerate().for_each(|(sequence, rows)| {
+        let offset = offsets[sequence];
+        let angles = positions.angles(offset + lengths[sequence], offset + seq);
+        for (r, row) in rows.chunks_exact_mut(width).enumerate() {
+            positions.prepare_qk(angles.as_deref(), &mut row[..q_width + kv_width], heads, offset + r);
+        }
+    });
+    // Each sequence's own keys and values, contiguous.
+    let own: Vec<(Vec<f32>, Vec<f32>)> = (0..lengths.len())
+        .into_par_iter()
+        .map(|sequence| {
+            let rows = prepared[sequence * seq * width..][..lengths[sequence] * width].chunks_exact(width);
+            let keys = rows.clone().flat_map(|row| &row[q_width..q_width + kv_width]).copied().collect();
+            (keys, rows.flat_map(|row| &row[q_width + kv_width..]).copied().collect())
+        })
+        .collect();
+    let mut out = vec![0f32; lengths.len() * seq * q_width];
+    out.par_chunks_mut(q_width).enumerate().for_each(|(row, out)| {
+        let (sequence, r) = (row / seq, row % seq);
+        if r >= lengths[sequence] {
+            return;
+        }
+        let position = offsets[sequence] + r;
+        let (keys, values) = &own[sequence];
+        let visible = (r + 1) * kv_width;
+        let context = KeyValues {
+            past: past[sequence],
+            own_keys: &keys[..visible],
+            own_values: &values[..visible],
+            width: kv_width,
+        };
+        let first = window.map_or(0, |w| (position + 1).saturating_sub(w));
+        let values = &prepared[row * width..][..q_width];
+        attend_one(Query { values, position, first, alibi: positions.alibi_slopes() }, &context, shape, out);
     });
     out
 }
@@ -195,12 +253,45 @@ struct Query<'a> {
     alibi: Option<&'a [f32]>,
 }
 
-/// One query row (every head) against cached positions `first..`.
-fn attend_one(query: Query, cache: &SequenceKv, shape: Heads, out: &mut [f32]) {
+/// The keys and values a query attends to: a sequence's cached positions (`past`), then rows of
+/// its own not cached (`own_keys`/`own_values`, `[n, kv_heads * head_dim]`).
+struct KeyValues<'a> {
+    past: Option<&'a SequenceKv>,
+    own_keys: &'a [f32],
+    own_values: &'a [f32],
+    width: usize,
+}
+
+impl KeyValues<'_> {
+    fn past_len(&self) -> usize {
+        self.past.map_or(0, |past| past.len(self.width))
+    }
+
+    fn len(&self) -> usize {
+        self.past_len() + self.own_keys.len() / self.width
+    }
+
+    /// `out.len()` values of position `t`'s key (or value) from `column`.
+    fn read(&self, values: bool, t: usize, column: usize, out: &mut [f32]) {
+        let past_len = self.past_len();
+        match self.past {
+            Some(past) if t < past_len => {
+                let rows = if values { &past.values } else { &past.keys };
+                rows.read(t * self.width + column, out);
+            }
+            _ => {
+                let own = if values { self.own_values } else { self.own_keys };
+                out.copy_from_slice(&own[(t - past_len) * self.width + column..][..out.len()]);
+            }
+        }
+    }
+}
+
+/// One query row (every head) against positions `first..` of `context`.
+fn attend_one(query: Query, context: &KeyValues, shape: Heads, out: &mut [f32]) {
     let Heads { heads, kv_heads, head_dim, .. } = shape;
     let first = query.first;
-    let kv_width = kv_heads * head_dim;
-    let count = cache.len(kv_width) - first;
+    let count = context.len() - first;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let group = heads / kv_heads;
     let mut scores = vec![0f32; count];
@@ -209,7 +300,7 @@ fn attend_one(query: Query, cache: &SequenceKv, shape: Heads, out: &mut [f32]) {
         let q = &query.values[head * head_dim..][..head_dim];
         let column = (head / group) * head_dim;
         for (t, score) in scores.iter_mut().enumerate() {
-            cache.keys.read((first + t) * kv_width + column, &mut row);
+            context.read(false, first + t, column, &mut row);
             *score = q.iter().zip(&row).map(|(a, b)| a * scale * b).sum();
         }
         if let Some(slopes) = query.alibi {
@@ -221,7 +312,7 @@ fn attend_one(query: Query, cache: &SequenceKv, shape: Heads, out: &mut [f32]) {
         }
         let total = sum(&scores);
         for (t, &score) in scores.iter().enumerate() {
-            cache.values.read((first + t) * kv_width + column, &mut row);
+            context.read(true, first + t, column, &mut row);
             let weight = score / total;
             for (o, v) in out.iter_mut().zip(&row) {
                 *o += weight * v;

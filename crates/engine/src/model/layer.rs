@@ -14,11 +14,13 @@ use crate::source::LayerTensor;
 use crate::spec::ModelSpec;
 use crate::store::LayerHost;
 
-/// A right-padded micro-batch's sequences: the true length of each, and, for a prefill, the
-/// caches their keys and values go to.
+/// A right-padded micro-batch's sequences: the true length of each; for a prefill, the caches
+/// their keys and values go to; for sequences that continue a shared prefix already run, that
+/// prefix's keys and values at this layer (host backends only).
 pub struct Sequences<'a> {
     pub lengths: &'a [usize],
     pub keep: Option<&'a mut [SequenceKv]>,
+    pub past: Option<&'a [Option<&'a SequenceKv>]>,
 }
 
 /// The q, k and v projections are stacked into one weight, and gate and up into another: one
@@ -156,7 +158,15 @@ impl<B: Backend> DecoderLayer<B> {
     /// head_dim]`, before the output projection.
     fn attention(&self, x: Tensor<B, 3>, positions: &Positions<B>, sequences: Sequences) -> Tensor<B, 3> {
         let qkv = self.qkv_proj.forward(x);
-        let Sequences { lengths, keep } = sequences;
+        let Sequences { lengths, keep, past } = sequences;
+        if let Some(past) = past {
+            let [batch, seq, _] = qkv.dims();
+            let device = qkv.device();
+            let values = qkv.into_data().convert::<f32>();
+            let values = values.as_slice::<f32>().expect("f32 data");
+            let out = kv_cache::attend_after_past(values, seq, lengths, past, self.heads(), positions);
+            return to_device(&[batch, seq, self.num_heads * self.head_dim], out, &device);
+        }
         if let Some(caches) = keep {
             let seq = qkv.dims()[1];
             let values = qkv.clone().into_data().convert::<f32>();

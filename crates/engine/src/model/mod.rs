@@ -146,7 +146,7 @@ impl<B: Backend> Linear<B> {
     }
 }
 
-pub(crate) use fused::rms_norm;
+pub(crate) use fused::{on_host, rms_norm};
 
 /// Builds a device tensor from host values.
 pub(crate) fn to_device<B: Backend, const D: usize>(

@@ -1,0 +1,111 @@
+//! Shared prefixes: sequences of a wave that begin with the same tokens (a task's few-shot
+//! examples, a question repeated before each of its answers) run those tokens once.
+//!
+//! The wave's sequences are sorted by their tokens, so that sequences sharing a prefix sit side by
+//! side, and cut into groups whose common prefix is at least [`MIN_PREFIX`] tokens. A group's
+//! prefix runs through each layer as a sequence of its own, keeping its keys and values for that
+//! layer; the members then run only their remaining tokens, at the positions after the prefix,
+//! attending to the prefix's keys and values (`model::kv_cache::attend_after_past`). Layer-major
+//! order means a prefix's keys and values are needed only while its layer runs.
+//!
+//! A prefix never reaches a row whose head output is asked for, and leaves every sequence at
+//! least one token of its own, so every scored row is computed as before: the log-likelihoods
+//! change only by float rounding (the tests hold them to 1e-4 of the unshared path).
+
+/// Common prefixes shorter than this are not worth a sequence of their own.
+pub const MIN_PREFIX: usize = 16;
+
+/// Which sequences continue which prefix.
+#[derive(Debug, Default, PartialEq)]
+pub struct PrefixPlan {
+    /// Each prefix as (a sequence that starts with it, its length).
+    pub prefixes: Vec<(usize, usize)>,
+    /// For each sequence, the prefix it continues, if any.
+    pub of: Vec<Option<usize>>,
+}
+
+impl PrefixPlan {
+    /// The number of leading tokens sequence `i` shares with its prefix.
+    pub fn offset(&self, i: usize) -> usize {
+        self.of[i].map_or(0, |p| self.prefixes[p].1)
+    }
+}
+
+/// Groups `sequences` by shared prefixes; `rows[i]` are the positions of sequence `i` whose head
+/// output is wanted, which the prefix must not reach.
+pub fn plan(sequences: &[&[u32]], rows: &[Vec<usize>]) -> PrefixPlan {
+    let limit =
+        |i: usize| rows[i].iter().copied().min().unwrap_or(usize::MAX).min(sequences[i].len().saturating_sub(1));
+    let mut order: Vec<usize> = (0..sequences.len()).collect();
+    order.sort_by(|&a, &b| sequences[a].cmp(sequences[b]));
+    let mut plan = PrefixPlan { prefixes: Vec::new(), of: vec![None; sequences.len()] };
+    let mut group: Vec<usize> = Vec::new();
+    let mut shared = 0;
+    for i in order {
+        let extended = match group.last() {
+            Some(&last) => common_len(sequences[last], sequences[i]).min(shared).min(limit(i)),
+            None => 0,
+        };
+        // Join where the group keeps a useful prefix, and at least half of the one it had.
+        let joins = extended >= MIN_PREFIX && (group.len() == 1 || 2 * extended >= shared);
+        if joins {
+            group.push(i);
+            shared = extended;
+        } else {
+            close(&mut plan, &group, shared);
+            group = vec![i];
+            shared = limit(i);
+        }
+    }
+    close(&mut plan, &group, shared);
+    plan
+}
+
+fn close(plan: &mut PrefixPlan, group: &[usize], shared: usize) {
+    if group.len() < 2 || shared < MIN_PREFIX {
+        return;
+    }
+    let id = plan.prefixes.len();
+    plan.prefixes.push((group[0], shared));
+    for &member in group {
+        plan.of[member] = Some(id);
+    }
+}
+
+fn common_len(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq(prefix: u32, len: usize, tail: &[u32]) -> Vec<u32> {
+        (0..len as u32).map(|t| prefix * 1000 + t).chain(tail.iter().copied()).collect()
+    }
+
+    #[test]
+    fn groups_by_shared_prefix_and_stops_before_scored_rows() {
+        let few_shot_a = [seq(1, 40, &[7, 8]), seq(1, 40, &[9]), seq(1, 40, &[5, 5, 5])];
+        let alone = seq(2, 30, &[1]);
+        let short_common = [seq(3, 10, &[1]), seq(3, 10, &[2])];
+        let all: Vec<&[u32]> = few_shot_a.iter().chain([&alone]).chain(&short_common).map(Vec::as_slice).collect();
+        let mut rows: Vec<Vec<usize>> = all.iter().map(|s| vec![s.len() - 1]).collect();
+        // The first sequence wants position 35: the prefix must stop there.
+        rows[0] = vec![35, 41];
+        let plan = plan(&all, &rows);
+        assert_eq!(plan.prefixes.len(), 1);
+        assert_eq!(plan.prefixes[0].1, 35);
+        assert_eq!(&plan.of[..3], &[Some(0); 3]);
+        assert_eq!(&plan.of[3..], &[None; 3]);
+        assert_eq!(plan.offset(1), 35);
+    }
+
+    #[test]
+    fn a_sequence_keeps_a_token_of_its_own() {
+        let a = seq(1, 20, &[]);
+        let b = seq(1, 20, &[3]);
+        let plan = plan(&[&a, &b], &[vec![], vec![]]);
+        assert_eq!(plan.prefixes, vec![(0, 19)]);
+    }
+}

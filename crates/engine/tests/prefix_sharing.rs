@@ -1,0 +1,73 @@
+//! Shared prefixes run once (`executor::prefix`) must not change what is scored: every family's
+//! tiny model, and SmolLM2, score sequences that share long prefixes with sharing on and off;
+//! logits agree within 1e-4 and argmax is identical at every scored row.
+
+mod common;
+
+use airllm_engine::executor::{Engine, EngineOptions, HeadOutput, Quiet};
+use common::*;
+
+/// Sequences sharing prefixes as few-shot prompts do: two groups of three, each member with a
+/// tail of its own; and one sequence alone. Rows: the last four positions of each.
+fn few_shot_like(vocab: u32, seed: u64) -> (Vec<Vec<u32>>, Vec<Vec<usize>>) {
+    let mut rng = Rng(seed);
+    let mut tokens = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.below(vocab as usize) as u32).collect() };
+    let mut sequences = Vec::new();
+    for prefix_len in [24, 40] {
+        let prefix = tokens(prefix_len);
+        for tail in [5, 9, 14] {
+            sequences.push([prefix.clone(), tokens(tail)].concat());
+        }
+    }
+    sequences.push(tokens(30));
+    let rows = sequences.iter().map(|s| (s.len() - 4..s.len()).collect()).collect();
+    (sequences, rows)
+}
+
+fn scores(engine: &mut Engine, sequences: &[Vec<u32>], rows: &[Vec<usize>]) -> Vec<Vec<f32>> {
+    let slices: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
+    let mut out = vec![Vec::new(); sequences.len()];
+    engine
+        .run_wave(&slices, rows, HeadOutput::Logits, &Quiet, &mut |i, _, values| out[i].extend_from_slice(values))
+        .unwrap();
+    out
+}
+
+fn check(source: &std::path::Path) {
+    let options = |share_prefixes| EngineOptions { micro_batch_tokens: 48, share_prefixes, ..Default::default() };
+    let (store, mut shared) = engine_for(source, options(true));
+    let mut whole = Engine::open(store.path(), options(false)).unwrap();
+    let vocab = shared.spec().vocab_size;
+    let (sequences, rows) = few_shot_like(vocab as u32, 7);
+    let (a, b) = (scores(&mut shared, &sequences, &rows), scores(&mut whole, &sequences, &rows));
+    let (max, _, agree) = drift(&a, &b, vocab);
+    let saved = shared.stats().shared_prefix_tokens;
+    eprintln!("{}: {saved} tokens shared, max |Δ logit| {max:.3e}, argmax agreement {agree}", source.display());
+    // Two groups of three: each prefix runs once instead of three times.
+    let rescaled = sequences.iter().any(|s| shared.spec().rope_rescales_at(s.len()));
+    let expected = if rescaled { 0 } else { 2 * (24 + 40) };
+    assert_eq!(saved, expected);
+    assert_eq!(whole.stats().shared_prefix_tokens, 0);
+    assert!(max <= 1e-4 && agree == 1.0, "{}: max |Δ| {max}, argmax agreement {agree}", source.display());
+}
+
+#[test]
+fn tiny_models_score_the_same_with_shared_prefixes() {
+    for name in ["tiny-llama", "tiny-mistral", "tiny-qwen2"] {
+        check(&fixtures().join("models").join(name));
+    }
+}
+
+#[test]
+fn remote_code_families_score_the_same_with_shared_prefixes() {
+    // qwen_longctx's angles depend on the sequence length past 16 tokens: sharing is off there,
+    // and must be.
+    for name in ["chatglm", "baichuan_7b", "baichuan2_13b", "internlm", "internlm2", "qwen", "qwen_longctx"] {
+        check(&fixtures().join("archs").join(name));
+    }
+}
+
+#[test]
+fn smollm2_scores_the_same_with_shared_prefixes() {
+    check(&smollm2_gguf());
+}
