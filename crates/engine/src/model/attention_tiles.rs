@@ -40,7 +40,8 @@ pub fn attend(qkv: &[f32], keys_t: &[f32], batch: usize, seq: usize, shape: Head
     (0..batch * shape.kv_heads).into_par_iter().for_each(|task| {
         let (sequence, kv_head) = (task / shape.kv_heads, task % shape.kv_heads);
         let rows = &qkv[sequence * seq * width..][..seq * width];
-        let group = Group { rows, width, keys_t: &keys_t[task * block..][..block], seq, shape, kv_head };
+        let keys_t = &keys_t[task * block..][..block];
+        let group = Group { rows, width, keys_t, seq, first_query: 0, shape, kv_head };
         // SAFETY: `available` was checked by the caller; `out` has room for every row, and this
         // task writes only its own sequence's rows and its own heads' columns.
         unsafe { group.run(target.at(sequence * seq * out_width), out_width) };
@@ -50,12 +51,45 @@ pub fn attend(qkv: &[f32], keys_t: &[f32], batch: usize, seq: usize, shape: Head
     out
 }
 
-/// One sequence's rows and one key/value head with the query heads that share it.
+/// One sequence that continues a prefix: `rows` `[seq, width]` hold the prefix's keys and values
+/// then the sequence's own rows (queries from `first_query` on), `keys_t` its keys as
+/// `[kv_heads, head_dim, seq + KEY_PADDING]`.
+pub struct Continued<'a> {
+    pub rows: &'a [f32],
+    pub keys_t: &'a [f32],
+    pub seq: usize,
+    pub first_query: usize,
+}
+
+/// Attention of the query rows `first_query..seq` of each sequence, to every key up to them:
+/// returns `[sequences, rows, heads * head_dim]` with `rows` = the most query rows of any
+/// sequence (a sequence's other rows are zero). Callers check [`available`] first.
+pub fn attend_continued(sequences: &[Continued], width: usize, shape: Heads) -> Vec<f32> {
+    let out_width = shape.heads * shape.head_dim;
+    let rows = sequences.iter().map(|s| s.seq - s.first_query).max().unwrap_or(0);
+    let mut out = vec![0f32; sequences.len() * rows * out_width];
+    let target = SharedOut(out.as_mut_ptr());
+    (0..sequences.len() * shape.kv_heads).into_par_iter().for_each(|task| {
+        let (index, kv_head) = (task / shape.kv_heads, task % shape.kv_heads);
+        let Continued { rows: values, keys_t, seq, first_query } = sequences[index];
+        let block = shape.head_dim * (seq + KEY_PADDING);
+        let keys_t = &keys_t[kv_head * block..][..block];
+        let group = Group { rows: values, width, keys_t, seq, first_query, shape, kv_head };
+        // SAFETY: `available` was checked by the caller; `out` has `rows` rows for each sequence,
+        // and this task writes only its own sequence's rows and its own heads' columns.
+        unsafe { group.run(target.at(index * rows * out_width), out_width) };
+    });
+    out
+}
+
+/// One sequence's rows and one key/value head with the query heads that share it; queries are
+/// the rows from `first_query` on, written to `out` from its first row.
 struct Group<'a> {
     rows: &'a [f32],
     width: usize,
     keys_t: &'a [f32],
     seq: usize,
+    first_query: usize,
     shape: Heads,
     kv_head: usize,
 }
@@ -68,7 +102,7 @@ impl Group<'_> {
         let stride = self.seq + KEY_PADDING;
         let mut scores = vec![0f32; QUERY_TILE * stride];
         for head in self.kv_head * group..(self.kv_head + 1) * group {
-            for first in (0..self.seq).step_by(QUERY_TILE) {
+            for first in (self.first_query..self.seq).step_by(QUERY_TILE) {
                 let tile = QUERY_TILE.min(self.seq - first);
                 // SAFETY: (for all three) rows `first..first + tile` lie in the sequence, `scores`
                 // holds QUERY_TILE rows of `stride`, and `out` rows belong to this sequence.
@@ -174,7 +208,8 @@ impl Group<'_> {
                 for (c, acc) in acc.iter().enumerate() {
                     // SAFETY: row `first + i` of this sequence, columns inside this head.
                     unsafe {
-                        let at = out.add((first + i) * out_width + head * head_dim + dims + c * 16);
+                        let row = first + i - self.first_query;
+                        let at = out.add(row * out_width + head * head_dim + dims + c * 16);
                         _mm512_storeu_ps(at, _mm512_mul_ps(*acc, scale));
                     }
                 }

@@ -193,6 +193,7 @@ pub fn attend_new_tokens<B: Backend>(
 /// and values at this layer are `past[i]` (none: positions from 0). Each row attends to the
 /// prefix and to its own sequence's rows up to itself. Returns `[batch * seq, heads * head_dim]`
 /// (padding rows zero).
+/// `tiled` allows the AVX-512 tiled kernel where the CPU, head size and model (no ALiBi) suit it.
 pub fn attend_after_past<B: Backend>(
     qkv: &[f32],
     seq: usize,
@@ -200,6 +201,7 @@ pub fn attend_after_past<B: Backend>(
     past: &[Option<&SequenceKv>],
     shape: Heads,
     positions: &Positions<B>,
+    tiled: bool,
 ) -> Vec<f32> {
     let Heads { heads, kv_heads, head_dim, window } = shape;
     let (q_width, kv_width) = (heads * head_dim, kv_heads * head_dim);
@@ -213,6 +215,11 @@ pub fn attend_after_past<B: Backend>(
             positions.prepare_qk(angles.as_deref(), &mut row[..q_width + kv_width], heads, offset + r);
         }
     });
+    #[cfg(target_arch = "x86_64")]
+    if tiled && positions.alibi_slopes().is_none() && super::attention_tiles::available(head_dim) {
+        return attend_after_past_tiled(&prepared, seq, past, shape);
+    }
+    let _ = tiled;
     // Each sequence's own keys and values, contiguous.
     let own: Vec<(Vec<f32>, Vec<f32>)> = (0..lengths.len())
         .into_par_iter()
@@ -242,6 +249,39 @@ pub fn attend_after_past<B: Backend>(
         attend_one(Query { values, position, first, alibi: positions.alibi_slopes() }, &context, shape, out);
     });
     out
+}
+
+/// [`attend_after_past`] with the tiled kernel: each sequence's prefix keys and values are laid
+/// out before its own (prepared) rows, so that the kernel sees one sequence whose queries start
+/// after the prefix.
+#[cfg(target_arch = "x86_64")]
+fn attend_after_past_tiled(prepared: &[f32], seq: usize, past: &[Option<&SequenceKv>], shape: Heads) -> Vec<f32> {
+    use super::attention_tiles::{Continued, attend_continued};
+    let Heads { heads, kv_heads, head_dim, .. } = shape;
+    let (q_width, kv_width) = (heads * head_dim, kv_heads * head_dim);
+    let width = q_width + 2 * kv_width;
+    let laid_out: Vec<(Vec<f32>, Vec<f32>, usize)> = past
+        .par_iter()
+        .enumerate()
+        .map(|(sequence, past)| {
+            let offset = past.map_or(0, |p| p.len(kv_width));
+            let mut rows = vec![0f32; (offset + seq) * width];
+            if let Some(past) = past {
+                for (t, row) in rows.chunks_exact_mut(width).take(offset).enumerate() {
+                    past.keys.read(t * kv_width, &mut row[q_width..q_width + kv_width]);
+                    past.values.read(t * kv_width, &mut row[q_width + kv_width..]);
+                }
+            }
+            rows[offset * width..].copy_from_slice(&prepared[sequence * seq * width..][..seq * width]);
+            let keys_t = super::fused::transposed_keys(&rows, 1, offset + seq, width, shape);
+            (rows, keys_t, offset)
+        })
+        .collect();
+    let sequences: Vec<Continued> = laid_out
+        .iter()
+        .map(|(rows, keys_t, offset)| Continued { rows, keys_t, seq: offset + seq, first_query: *offset })
+        .collect();
+    attend_continued(&sequences, width, shape)
 }
 
 /// A decode step's query row (every head): its position, the first cached position it sees, and

@@ -164,7 +164,8 @@ impl<B: Backend> DecoderLayer<B> {
             let device = qkv.device();
             let values = qkv.into_data().convert::<f32>();
             let values = values.as_slice::<f32>().expect("f32 data");
-            let out = kv_cache::attend_after_past(values, seq, lengths, past, self.heads(), positions);
+            let out =
+                kv_cache::attend_after_past(values, seq, lengths, past, self.heads(), positions, self.host_kernels);
             return to_device(&[batch, seq, self.num_heads * self.head_dim], out, &device);
         }
         if let Some(caches) = keep {
