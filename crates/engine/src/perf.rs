@@ -11,9 +11,9 @@ use std::time::Instant;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
+use crate::model::Precision;
 #[cfg(target_arch = "x86_64")]
-use crate::model::gemm::PackedWeight;
-use crate::model::{Compute, KernelLevel, Precision};
+use crate::model::{Compute, KernelLevel, gemm::PackedWeight};
 use crate::spec::ModelSpec;
 
 /// Multiply-adds count two FLOPs.
