@@ -19,7 +19,7 @@ pub use generate::{GenerationStats, kv_bytes_per_token};
 use crate::backend::DefaultBackend;
 use crate::error::{EngineError, Result};
 use crate::model::kv_cache::{KvDtype, SequenceKv};
-use crate::model::{Compute, DecoderLayer, Head, Positions, Precision, Sequences, to_device};
+use crate::model::{Compute, DecoderLayer, Head, KernelLevel, Positions, Precision, Sequences, to_device};
 use crate::spec::ModelSpec;
 use crate::store::{EMBED, LayerStore, Prefetcher};
 
@@ -79,9 +79,12 @@ pub struct EngineOptions {
     pub resident: bool,
     /// Input precision of the layer matmuls.
     pub precision: Precision,
-    /// Run our packed matmul and tiled attention where the backend and CPU allow (else burn's
-    /// ops: the reference path the bench and tests compare against).
-    pub host_kernels: bool,
+    /// The level of our host kernels (packed matmul, tiled attention, SIMD of the element-wise
+    /// loops), which run where the backend and CPU allow. `None`: the CPU's widest, capped by
+    /// `AIRLLM_HOST_KERNELS` (`avx512`, `avx2`, `off`); `Some(level)`: that level, lowered to
+    /// what the CPU runs, whatever the environment says. [`KernelLevel::Off`] is burn's ops: the
+    /// reference path the bench and tests compare against.
+    pub kernels: Option<KernelLevel>,
     /// How generation's KV cache stores keys and values.
     pub kv_dtype: KvDtype,
     /// Run the prefix that sequences of a wave share once ([`prefix`]; host backends).
@@ -90,7 +93,8 @@ pub struct EngineOptions {
 
 impl EngineOptions {
     fn compute(&self) -> Compute {
-        Compute { precision: self.precision, host_kernels: self.host_kernels }
+        let kernels = self.kernels.map_or_else(KernelLevel::process, KernelLevel::capped);
+        Compute { precision: self.precision, kernels }
     }
 }
 
@@ -101,7 +105,7 @@ impl Default for EngineOptions {
             micro_batch_tokens: 1024,
             resident: false,
             precision: Precision::F32,
-            host_kernels: true,
+            kernels: None,
             kv_dtype: KvDtype::F32,
             share_prefixes: true,
         }
@@ -160,13 +164,20 @@ impl Engine<DefaultBackend> {
 }
 
 impl<B: Backend> Engine<B> {
-    pub fn open_on(store: &Path, options: EngineOptions, device: B::Device) -> Result<Self> {
+    pub fn open_on(store: &Path, mut options: EngineOptions, device: B::Device) -> Result<Self> {
+        // The level is settled once: an unknown AIRLLM_HOST_KERNELS is an error here.
+        let kernels = match options.kernels {
+            Some(level) => level.capped(),
+            None => KernelLevel::from_env().map_err(EngineError::Other)?,
+        };
+        options.kernels = Some(kernels);
+        tracing::debug!(kernels = kernels.name(), "host kernel level");
         // bf16 exists only in the packed kernel: refuse it where that kernel would not run.
         if options.precision == Precision::Bf16 && !options.compute().packed::<B>() {
-            return Err(EngineError::Other(
-                "precision bf16 needs the host kernels on the cpu backend and a CPU with AVX512-BF16; use f32 here"
-                    .into(),
-            ));
+            return Err(EngineError::Other(format!(
+                "precision bf16 needs the host kernels on the cpu backend and a CPU with AVX512-BF16 \
+                 (host kernel level here: {kernels}); use f32 here"
+            )));
         }
         let store = Arc::new(LayerStore::open(store)?);
         let tokenizer = match store.tokenizer() {
@@ -186,6 +197,11 @@ impl<B: Backend> Engine<B> {
             shared_prefix_tokens: 0,
             waves: 0,
         })
+    }
+
+    /// The host kernel level the layers compute at (settled when the engine opened).
+    pub fn kernels(&self) -> KernelLevel {
+        self.options.compute().kernels
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -469,7 +485,7 @@ impl<B: Backend> Engine<B> {
         if let Some(head) = &self.resident_head {
             return Ok(head.clone());
         }
-        let head = Head::<B>::load(&self.store, &self.device)?;
+        let head = Head::<B>::load(&self.store, &self.device, self.options.compute().kernels)?;
         if self.options.resident {
             self.resident_head = Some(head.clone());
         }

@@ -11,9 +11,9 @@ use std::time::Instant;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
+use crate::model::Precision;
 #[cfg(target_arch = "x86_64")]
-use crate::model::gemm::PackedWeight;
-use crate::model::{Compute, Precision};
+use crate::model::{Compute, KernelLevel, gemm::PackedWeight};
 use crate::spec::ModelSpec;
 
 /// Multiply-adds count two FLOPs.
@@ -71,13 +71,15 @@ pub fn gemm_peak<B: Backend>(spec: &ModelSpec, rows: usize, precision: Precision
             consider("burn matmul", seconds_per_call(|| a.clone().matmul(weight.clone().transpose()).into_data()));
         }
         #[cfg(target_arch = "x86_64")]
-        if (Compute { precision, host_kernels: true }).packed::<B>() {
+        let kernels = KernelLevel::process();
+        if (Compute { precision, kernels }).packed::<B>() {
             let a: Vec<f32> = (0..rows * k).map(|i| (i % 251) as f32 / 251.0 - 0.5).collect();
             let weight: Vec<f32> = (0..n * k).map(|i| (i % 241) as f32 / 241.0 - 0.5).collect();
-            let packed = PackedWeight::pack(&weight, n, k, precision);
-            let kernel = match precision {
-                Precision::F32 => "packed f32",
-                Precision::Bf16 => "packed bf16",
+            let packed = PackedWeight::pack(&weight, n, k, precision, kernels);
+            let kernel = match (precision, kernels) {
+                (Precision::F32, KernelLevel::Avx2) => "packed f32 avx2",
+                (Precision::F32, _) => "packed f32",
+                (Precision::Bf16, _) => "packed bf16",
             };
             consider(kernel, seconds_per_call(|| packed.matmul(&a, None)));
         }

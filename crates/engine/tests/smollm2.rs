@@ -5,7 +5,7 @@
 mod common;
 
 use airllm_engine::executor::EngineOptions;
-use airllm_engine::model::Precision;
+use airllm_engine::model::{KernelLevel, Precision};
 use common::*;
 
 #[test]
@@ -37,11 +37,25 @@ fn smollm2_bf16_matmuls_stay_close_to_transformers() {
 }
 
 /// burn's ops alone (no packed matmul, row-at-a-time attention): the path device backends and
-/// CPUs without AVX-512 take, held to the same tolerance.
+/// CPUs without AVX2 take, held to the same tolerance.
 #[test]
 fn smollm2_burn_ops_path_matches_transformers() {
     let references = read_references(&fixtures().join("reference/smollm2-135m-instruct.logits.safetensors"));
-    let options = EngineOptions { micro_batch_tokens: 64, host_kernels: false, ..Default::default() };
+    let options = EngineOptions { micro_batch_tokens: 64, kernels: Some(KernelLevel::Off), ..Default::default() };
     let (_store, mut engine) = engine_for(&smollm2_gguf(), options);
+    check_references(&mut engine, &references, 1e-3);
+}
+
+/// The AVX2 + FMA kernels (packed matmul, tiled attention), whatever wider level this CPU has.
+#[test]
+fn smollm2_avx2_kernels_match_transformers() {
+    if KernelLevel::cpu() < KernelLevel::Avx2 {
+        eprintln!("skipping: this CPU lacks AVX2 and FMA");
+        return;
+    }
+    let references = read_references(&fixtures().join("reference/smollm2-135m-instruct.logits.safetensors"));
+    let options = EngineOptions { micro_batch_tokens: 64, kernels: Some(KernelLevel::Avx2), ..Default::default() };
+    let (_store, mut engine) = engine_for(&smollm2_gguf(), options);
+    assert_eq!(engine.kernels(), KernelLevel::Avx2);
     check_references(&mut engine, &references, 1e-3);
 }

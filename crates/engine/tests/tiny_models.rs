@@ -5,14 +5,51 @@
 mod common;
 
 use airllm_engine::executor::EngineOptions;
+use airllm_engine::model::KernelLevel;
 use common::*;
 
 fn check(name: &str) {
+    check_at(name, None);
+}
+
+/// `kernels`: the host kernel level (`None`: this process's, as jobs run).
+fn check_at(name: &str, kernels: Option<KernelLevel>) {
     let dir = fixtures().join("models").join(name);
     // Small micro-batches so the batched wave runs several padded micro-batches.
-    let options = EngineOptions { micro_batch_tokens: 32, ..Default::default() };
+    let options = EngineOptions { micro_batch_tokens: 32, kernels, ..Default::default() };
     let (_store, mut engine) = engine_for(&dir, options);
+    if let Some(level) = kernels {
+        assert_eq!(engine.kernels(), level, "{name}");
+    }
     check_references(&mut engine, &read_references(&dir.join("reference.safetensors")), 1e-4);
+}
+
+/// Every model above at one host kernel level, set explicitly (whatever `AIRLLM_HOST_KERNELS`
+/// says); skipped where the CPU lacks it.
+fn check_level(level: KernelLevel) {
+    if level > KernelLevel::cpu() {
+        eprintln!("skipping {level}: this CPU runs at most {}", KernelLevel::cpu());
+        return;
+    }
+    for name in ["tiny-llama", "tiny-llama-bf16", "tiny-mistral", "tiny-qwen2"] {
+        check_at(name, Some(level));
+    }
+    check_gguf_at("q8_0", Some(level));
+}
+
+#[test]
+fn tiny_models_at_avx512_kernels() {
+    check_level(KernelLevel::Avx512);
+}
+
+#[test]
+fn tiny_models_at_avx2_kernels() {
+    check_level(KernelLevel::Avx2);
+}
+
+#[test]
+fn tiny_models_at_kernels_off() {
+    check_level(KernelLevel::Off);
 }
 
 #[test]
@@ -54,8 +91,12 @@ fn unknown_architecture_is_named() {
 }
 
 fn check_gguf(kind: &str) {
+    check_gguf_at(kind, None);
+}
+
+fn check_gguf_at(kind: &str, kernels: Option<KernelLevel>) {
     let dir = fixtures().join("gguf");
-    let options = EngineOptions { micro_batch_tokens: 32, ..Default::default() };
+    let options = EngineOptions { micro_batch_tokens: 32, kernels, ..Default::default() };
     let (_store, mut engine) = engine_for(&dir.join(format!("tiny-llama.{kind}.gguf")), options);
     let references = read_references(&dir.join(format!("tiny-llama.{kind}.reference.safetensors")));
     check_references(&mut engine, &references, 1e-4);

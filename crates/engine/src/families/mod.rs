@@ -143,6 +143,7 @@ pub struct RowPick {
 
 impl RowPick {
     /// Rows `start..start + len` of a tensor of `total` rows.
+    #[allow(clippy::single_range_in_vec_init)] // one range of rows, as meant
     pub fn slice(total: usize, start: usize, len: usize) -> Self {
         Self { total, ranges: vec![start..start + len] }
     }

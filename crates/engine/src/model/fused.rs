@@ -11,6 +11,7 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 use rayon::prelude::*;
 
+use super::kernels::{self, KernelLevel};
 use super::position::{Positions, alibi_score};
 
 /// Rows per rayon task: large enough that scheduling costs little next to the work.
@@ -34,8 +35,14 @@ fn slice_mut(data: &mut TensorData) -> &mut [f32] {
     data.as_mut_slice::<f32>().expect("f32 data")
 }
 
-/// `x / rms(x) * weight` over the last dimension (f32, as Hugging Face computes it).
-pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, D> {
+/// `x / rms(x) * weight` over the last dimension (f32, as Hugging Face computes it); on host
+/// backends the loop is compiled for `simd`.
+pub fn rms_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: &Tensor<B, 1>,
+    eps: f64,
+    simd: Simd,
+) -> Tensor<B, D> {
     if !on_host::<B>() {
         let variance = x.clone().powi_scalar(2).mean_dim(D - 1);
         let normed = x * (variance + eps).sqrt().recip();
@@ -46,13 +53,15 @@ pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 
     let weight = weight.as_slice::<f32>().expect("f32 data");
     let mut data = host_values(x);
     let width = weight.len();
-    slice_mut(&mut data).par_chunks_mut(width * ROWS_PER_TASK).for_each(|rows| norm_rows(rows, weight, eps as f32));
+    slice_mut(&mut data)
+        .par_chunks_mut(width * ROWS_PER_TASK)
+        .for_each(|rows| norm_rows(simd, rows, weight, eps as f32));
     Tensor::from_data(data, &device)
 }
 
 /// `silu(gate) * up` for `x` = `[batch, seq, 2 * width]` holding gate then up in each row;
-/// the result is `[batch, seq, width]`.
-pub fn silu_mul_halves<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+/// the result is `[batch, seq, width]`. On host backends the loop is compiled for `simd`.
+pub fn silu_mul_halves<B: Backend>(x: Tensor<B, 3>, simd: Simd) -> Tensor<B, 3> {
     let [batch, seq, double] = x.dims();
     let width = double / 2;
     if !on_host::<B>() {
@@ -64,11 +73,12 @@ pub fn silu_mul_halves<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
     let mut out = vec![0f32; batch * seq * width];
     out.par_chunks_mut(width * ROWS_PER_TASK)
         .zip(input.par_chunks(double * ROWS_PER_TASK))
-        .for_each(|(out, input)| silu_mul_rows(out, input, width));
+        .for_each(|(out, input)| silu_mul_rows(simd, out, input, width));
     Tensor::from_data(TensorData::new(out, [batch, seq, width]), &device)
 }
 
-/// The widest SIMD the element-wise host loops ([`widest_simd!`]) are compiled for on this CPU.
+/// The SIMD the element-wise host loops ([`widest_simd!`]) are compiled for: that of the kernel
+/// level ([`KernelLevel::simd`]), so that `AIRLLM_HOST_KERNELS` caps these loops too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Simd {
     Avx512,
@@ -77,19 +87,6 @@ pub enum Simd {
 }
 
 impl Simd {
-    pub fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") {
-                return Simd::Avx512;
-            }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                return Simd::Avx2Fma;
-            }
-        }
-        Simd::Portable
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Simd::Avx512 => "avx512",
@@ -99,13 +96,14 @@ impl Simd {
     }
 }
 
-/// Defines `$name`, which runs `$portable` compiled for the widest SIMD the CPU has (AVX-512, else
-/// AVX2 with FMA): the crate targets baseline x86-64, whose 4-wide SSE would halve these loops'
-/// speed. `$portable` must be `#[inline(always)]` so that each copy gets its own code generation.
+/// Defines `$name(simd, ..)`, which runs `$portable` compiled for `simd` (AVX-512, AVX2 with FMA,
+/// or baseline) where the CPU has it: the crate targets baseline x86-64, whose 4-wide SSE would
+/// halve these loops' speed. `$portable` must be `#[inline(always)]` so that each copy gets its
+/// own code generation.
 macro_rules! widest_simd {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => $portable:ident) => {
         $(#[$doc])*
-        fn $name($($arg: $ty),*) {
+        fn $name(simd: Simd, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
@@ -116,14 +114,19 @@ macro_rules! widest_simd {
                 fn avx2($($arg: $ty),*) {
                     $portable($($arg),*)
                 }
-                match Simd::detect() {
-                    // SAFETY: the CPU supports AVX-512F (Simd::detect checked).
-                    Simd::Avx512 => return unsafe { avx512($($arg),*) },
-                    // SAFETY: the CPU supports AVX2 and FMA (Simd::detect checked).
-                    Simd::Avx2Fma => return unsafe { avx2($($arg),*) },
-                    Simd::Portable => {}
+                match simd {
+                    // SAFETY: the CPU supports AVX-512F (checked).
+                    Simd::Avx512 if std::is_x86_feature_detected!("avx512f") => return unsafe { avx512($($arg),*) },
+                    // SAFETY: the CPU supports AVX2 and FMA (checked).
+                    Simd::Avx2Fma | Simd::Avx512
+                        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") =>
+                    {
+                        return unsafe { avx2($($arg),*) }
+                    }
+                    _ => {}
                 }
             }
+            let _ = simd;
             $portable($($arg),*)
         }
     };
@@ -177,14 +180,15 @@ pub struct Heads {
 /// row and head, softmax over the keys it may see (plus ALiBi's offsets) and the weighted sum of
 /// values, written as `[batch, seq, heads * head_dim]`. Grouped-query heads index their shared
 /// key/value head instead of copying it, and only the causal half is computed; rows run in
-/// parallel. `tiled` allows the AVX-512 kernel of `attention_tiles` where the CPU, the head size
-/// and the model (no ALiBi) suit it.
+/// parallel. At `kernels`' level the tiled kernel (`kernels::attend_tiled`) runs where the
+/// CPU, the head size and the model (no ALiBi) suit it; else rows go one at a time, compiled for
+/// the level's SIMD.
 pub fn attention_host<B: Backend>(
     qkv: Tensor<B, 3>,
     shape: Heads,
     positions: &Positions<B>,
     lengths: &[usize],
-    tiled: bool,
+    kernels: KernelLevel,
 ) -> Tensor<B, 3> {
     let [batch, seq, width] = qkv.dims();
     let Heads { heads, kv_heads, head_dim, .. } = shape;
@@ -199,17 +203,17 @@ pub fn attention_host<B: Backend>(
     let qkv = data.as_slice::<f32>().expect("f32 data");
     let keys_t = transposed_keys(qkv, batch, seq, width, shape);
     let alibi = positions.alibi_slopes();
-    #[cfg(target_arch = "x86_64")]
-    if tiled && alibi.is_none() && super::attention_tiles::available(head_dim) {
-        let out = super::attention_tiles::attend(qkv, &keys_t, batch, seq, shape);
+    if alibi.is_none()
+        && let Some(out) = kernels::attend_tiled(kernels, qkv, &keys_t, batch, seq, shape)
+    {
         return Tensor::from_data(TensorData::new(out, [batch, seq, heads * head_dim]), &device);
     }
-    let _ = tiled;
+    let simd = kernels.simd();
     let out_width = heads * head_dim;
     let mut out = vec![0f32; batch * seq * out_width];
     let layout = RowLayout { seq, width, shape, alibi };
     out.par_chunks_mut(out_width).enumerate().for_each_init(Vec::new, |scores, (row, out)| {
-        attend_row(qkv, &keys_t, layout, row, out, scores);
+        attend_row(simd, qkv, &keys_t, layout, row, out, scores);
     });
     Tensor::from_data(TensorData::new(out, [batch, seq, out_width]), &device)
 }
@@ -297,7 +301,7 @@ pub(crate) fn add_alibi(scores: &mut [f32], slope: f32, query: usize, first_key:
 }
 
 /// Zeros after each row of K^T, so that scoring reads whole chunks of keys (eight here, 32 in
-/// `attention_tiles`).
+/// the tiled kernels).
 pub(crate) const KEY_PADDING: usize = 32;
 
 /// Keys as `[batch, kv_heads, head_dim, seq + KEY_PADDING]`: for one query, a row of this holds one

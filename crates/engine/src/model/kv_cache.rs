@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use burn::prelude::Backend;
 
 use super::fused::{Heads, add_alibi, exp, max, sum};
+use super::kernels::{self, Continued, KernelLevel};
 use super::position::Positions;
 
 /// How the cache stores keys and values.
@@ -193,7 +194,7 @@ pub fn attend_new_tokens<B: Backend>(
 /// and values at this layer are `past[i]` (none: positions from 0). Each row attends to the
 /// prefix and to its own sequence's rows up to itself. Returns `[batch * seq, heads * head_dim]`
 /// (padding rows zero).
-/// `tiled` allows the AVX-512 tiled kernel where the CPU, head size and model (no ALiBi) suit it.
+/// The tiled kernel of `kernels`' level runs where the CPU, head size and model (no ALiBi) suit it.
 pub fn attend_after_past<B: Backend>(
     qkv: &[f32],
     seq: usize,
@@ -201,7 +202,7 @@ pub fn attend_after_past<B: Backend>(
     past: &[Option<&SequenceKv>],
     shape: Heads,
     positions: &Positions<B>,
-    tiled: bool,
+    kernels: KernelLevel,
 ) -> Vec<f32> {
     let Heads { heads, kv_heads, head_dim, window } = shape;
     let (q_width, kv_width) = (heads * head_dim, kv_heads * head_dim);
@@ -215,11 +216,11 @@ pub fn attend_after_past<B: Backend>(
             positions.prepare_qk(angles.as_deref(), &mut row[..q_width + kv_width], heads, offset + r);
         }
     });
-    #[cfg(target_arch = "x86_64")]
-    if tiled && positions.alibi_slopes().is_none() && super::attention_tiles::available(head_dim) {
-        return attend_after_past_tiled(&prepared, seq, past, shape);
+    if positions.alibi_slopes().is_none()
+        && let Some(out) = attend_after_past_tiled(kernels, &prepared, seq, past, shape)
+    {
+        return out;
     }
-    let _ = tiled;
     // Each sequence's own keys and values, contiguous.
     let own: Vec<(Vec<f32>, Vec<f32>)> = (0..lengths.len())
         .into_par_iter()
@@ -254,9 +255,17 @@ pub fn attend_after_past<B: Backend>(
 /// [`attend_after_past`] with the tiled kernel: each sequence's prefix keys and values are laid
 /// out before its own (prepared) rows, so that the kernel sees one sequence whose queries start
 /// after the prefix.
-#[cfg(target_arch = "x86_64")]
-fn attend_after_past_tiled(prepared: &[f32], seq: usize, past: &[Option<&SequenceKv>], shape: Heads) -> Vec<f32> {
-    use super::attention_tiles::{Continued, attend_continued};
+/// `None` where the level has no tiled kernel for this head size.
+fn attend_after_past_tiled(
+    kernels: KernelLevel,
+    prepared: &[f32],
+    seq: usize,
+    past: &[Option<&SequenceKv>],
+    shape: Heads,
+) -> Option<Vec<f32>> {
+    if !kernels.tiled_attention(shape.head_dim) {
+        return None;
+    }
     let Heads { heads, kv_heads, head_dim, .. } = shape;
     let (q_width, kv_width) = (heads * head_dim, kv_heads * head_dim);
     let width = q_width + 2 * kv_width;
@@ -281,7 +290,7 @@ fn attend_after_past_tiled(prepared: &[f32], seq: usize, past: &[Option<&Sequenc
         .iter()
         .map(|(rows, keys_t, offset)| Continued { rows, keys_t, seq: offset + seq, first_query: *offset })
         .collect();
-    attend_continued(&sequences, width, shape)
+    kernels::attend_tiled_continued(kernels, &sequences, width, shape)
 }
 
 /// A decode step's query row (every head): its position, the first cached position it sees, and

@@ -8,7 +8,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use super::kv_cache::{self, SequenceKv};
-use super::{Compute, Linear, Positions, fused, rms_norm, to_device};
+use super::{Compute, KernelLevel, Linear, Positions, fused, rms_norm, to_device};
 use crate::error::{EngineError, Result};
 use crate::source::LayerTensor;
 use crate::spec::ModelSpec;
@@ -40,8 +40,8 @@ pub struct DecoderLayer<B: Backend> {
     head_dim: usize,
     eps: f64,
     sliding_window: Option<usize>,
-    /// Whether attention may run as the tiled host kernel.
-    host_kernels: bool,
+    /// The host kernel level of attention and the element-wise loops.
+    kernels: KernelLevel,
 }
 
 impl<B: Backend> DecoderLayer<B> {
@@ -96,13 +96,14 @@ impl<B: Backend> DecoderLayer<B> {
             head_dim: spec.head_dim,
             eps: spec.rms_norm_eps,
             sliding_window: spec.layer_window(host.index),
-            host_kernels: compute.host_kernels,
+            kernels: compute.kernels,
         })
     }
 
     /// Runs `x` `[batch, seq, hidden]` (right-padded, so every row starts at position 0).
     pub fn forward(&self, x: Tensor<B, 3>, positions: &Positions<B>, sequences: Sequences) -> Tensor<B, 3> {
-        let heads = self.attention(rms_norm(x.clone(), &self.attn_norm, self.eps), positions, sequences);
+        let heads =
+            self.attention(rms_norm(x.clone(), &self.attn_norm, self.eps, self.kernels.simd()), positions, sequences);
         self.mlp(x + self.o_proj.forward(heads))
     }
 
@@ -117,7 +118,8 @@ impl<B: Backend> DecoderLayer<B> {
         sequences: Sequences,
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
-        let heads = self.attention(rms_norm(x.clone(), &self.attn_norm, self.eps), positions, sequences);
+        let heads =
+            self.attention(rms_norm(x.clone(), &self.attn_norm, self.eps, self.kernels.simd()), positions, sequences);
         let pick = |t: Tensor<B, 3>| {
             let width = t.dims()[2];
             t.reshape([batch * seq, width]).select(0, rows.clone()).unsqueeze::<3>()
@@ -127,8 +129,8 @@ impl<B: Backend> DecoderLayer<B> {
 
     /// The residual SwiGLU block.
     fn mlp(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let normed = rms_norm(x.clone(), &self.ffn_norm, self.eps);
-        let gated = fused::silu_mul_halves(self.gate_up_proj.forward(normed));
+        let normed = rms_norm(x.clone(), &self.ffn_norm, self.eps, self.kernels.simd());
+        let gated = fused::silu_mul_halves(self.gate_up_proj.forward(normed), self.kernels.simd());
         x + self.down_proj.forward(gated)
     }
 
@@ -136,7 +138,7 @@ impl<B: Backend> DecoderLayer<B> {
     /// sequence `i`'s keys and values so far (the token's own are appended).
     pub fn decode_step(&self, x: Tensor<B, 3>, positions: &Positions<B>, caches: &mut [SequenceKv]) -> Tensor<B, 3> {
         let [n, _, _] = x.dims();
-        let qkv = self.qkv_proj.forward(rms_norm(x.clone(), &self.attn_norm, self.eps));
+        let qkv = self.qkv_proj.forward(rms_norm(x.clone(), &self.attn_norm, self.eps, self.kernels.simd()));
         let device = qkv.device();
         let qkv = qkv.into_data().convert::<f32>();
         let out =
@@ -164,8 +166,7 @@ impl<B: Backend> DecoderLayer<B> {
             let device = qkv.device();
             let values = qkv.into_data().convert::<f32>();
             let values = values.as_slice::<f32>().expect("f32 data");
-            let out =
-                kv_cache::attend_after_past(values, seq, lengths, past, self.heads(), positions, self.host_kernels);
+            let out = kv_cache::attend_after_past(values, seq, lengths, past, self.heads(), positions, self.kernels);
             return to_device(&[batch, seq, self.num_heads * self.head_dim], out, &device);
         }
         if let Some(caches) = keep {
@@ -175,7 +176,7 @@ impl<B: Backend> DecoderLayer<B> {
             kv_cache::keep(values, seq, lengths, self.heads(), positions, caches);
         }
         if fused::on_host::<B>() {
-            fused::attention_host(qkv, self.heads(), positions, lengths, self.host_kernels)
+            fused::attention_host(qkv, self.heads(), positions, lengths, self.kernels)
         } else {
             self.attention_ops(qkv, positions, lengths)
         }

@@ -1,17 +1,17 @@
 //! The decoder's burn code, generic over `B: Backend`: positions (rotary embeddings, ALiBi), one
 //! decoder layer, and the head. Weights arrive per layer from the store; nothing here knows about files.
 
-#[cfg(target_arch = "x86_64")]
-mod attention_tiles;
 mod fused;
-#[cfg(target_arch = "x86_64")]
-pub mod gemm;
 mod head;
+mod kernels;
 pub mod kv_cache;
 mod layer;
 mod position;
 
 pub use head::Head;
+#[cfg(target_arch = "x86_64")]
+pub use kernels::gemm;
+pub use kernels::{KERNELS_ENV, KernelLevel};
 pub use layer::{DecoderLayer, Sequences};
 pub use position::{Positions, alibi_slopes};
 
@@ -37,15 +37,26 @@ impl Precision {
         }
     }
 
-    /// Whether this CPU runs the packed host kernel ([`gemm`]) at this precision.
+    /// Whether the packed host kernel (`gemm`) runs at this precision at this process's level
+    /// ([`KernelLevel::process`]: the CPU's, capped by `AIRLLM_HOST_KERNELS`).
     pub fn host_kernel_available(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return match self {
-            Precision::F32 => is_x86_feature_detected!("avx512f"),
-            Precision::Bf16 => is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16"),
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        false
+        self.host_kernel_available_at(KernelLevel::process())
+    }
+
+    /// Whether this CPU runs the packed host kernel of `level` at this precision: f32 at AVX2
+    /// and AVX-512, bf16 at AVX-512 with AVX512-BF16 only.
+    pub fn host_kernel_available_at(self, level: KernelLevel) -> bool {
+        if level > KernelLevel::cpu() {
+            return false;
+        }
+        match (self, level) {
+            (_, KernelLevel::Off) | (Precision::Bf16, KernelLevel::Avx2) => false,
+            (Precision::F32, _) => true,
+            #[cfg(target_arch = "x86_64")]
+            (Precision::Bf16, KernelLevel::Avx512) => is_x86_feature_detected!("avx512bf16"),
+            #[cfg(not(target_arch = "x86_64"))]
+            (Precision::Bf16, KernelLevel::Avx512) => false,
+        }
     }
 }
 
@@ -66,27 +77,37 @@ impl std::str::FromStr for Precision {
     }
 }
 
-/// What the host kernels compute with on this CPU at `precision`: our packed matmul or burn's,
-/// and the SIMD width of the element-wise loops. Each path rounds differently, so this belongs in
-/// the identity of a result (the cpu backend with host kernels on, as jobs run).
+/// What the host kernels compute with at `precision` at this process's level
+/// ([`KernelLevel::process`]); see [`host_kernel_path_at`].
 pub fn host_kernel_path(precision: Precision) -> String {
-    let matmul = if precision.host_kernel_available() { "packed" } else { "burn" };
-    format!("{matmul}-{precision}-{}", fused::Simd::detect().name())
+    host_kernel_path_at(precision, KernelLevel::process())
 }
 
-/// How the layers compute: the input precision of their matmuls, and whether our host kernels
-/// ([`gemm`] and the tiled attention) may run where the backend and the CPU allow them; without
-/// them, burn's ops do everything (the reference path, f32 only).
+/// What the host kernels compute with on this CPU at `precision` and `level`: our packed matmul
+/// or burn's, and the SIMD the element-wise loops (and the packed matmul and tiled attention)
+/// use, which names the level: `packed-f32-avx512`, `packed-f32-avx2-fma`, `burn-f32-portable`
+/// (level off). Each path rounds differently, so this belongs in the identity of a result (the
+/// cpu backend with host kernels on, as jobs run).
+pub fn host_kernel_path_at(precision: Precision, level: KernelLevel) -> String {
+    let level = level.capped();
+    let matmul = if precision.host_kernel_available_at(level) { "packed" } else { "burn" };
+    format!("{matmul}-{precision}-{}", level.simd().name())
+}
+
+/// How the layers compute: the input precision of their matmuls, and the level of our host
+/// kernels ([`gemm`], the tiled attention and the SIMD of the element-wise loops), which run
+/// where the backend and the CPU allow them; at [`KernelLevel::Off`] burn's ops do the matmuls
+/// and attention goes a row at a time (the reference path, f32 only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Compute {
     pub precision: Precision,
-    pub host_kernels: bool,
+    pub kernels: KernelLevel,
 }
 
 impl Compute {
     /// Whether the packed matmul runs for backend `B`.
     pub(crate) fn packed<B: Backend>(self) -> bool {
-        self.host_kernels && fused::on_host::<B>() && self.precision.host_kernel_available()
+        fused::on_host::<B>() && self.precision.host_kernel_available_at(self.kernels)
     }
 }
 
@@ -114,7 +135,7 @@ impl<B: Backend> Linear<B> {
     ) -> Self {
         #[cfg(target_arch = "x86_64")]
         if compute.packed::<B>() {
-            let weight = gemm::PackedWeight::pack(&weight, shape[0], shape[1], compute.precision);
+            let weight = gemm::PackedWeight::pack(&weight, shape[0], shape[1], compute.precision, compute.kernels);
             return Linear::Packed { weight, bias };
         }
         let _ = compute;

@@ -14,7 +14,9 @@
 //!
 //! More layer-major rows: `--compress int8,int4` one per compressed store (split beside the plain
 //! one on first use), `--precision bf16` one with bf16 matmul inputs, `--burn-ops` one with burn's
-//! ops in place of our host kernels. `--drop-caches` drops the page cache before every wave (every
+//! ops in place of our host kernels, `--kernels avx512,avx2,off` one per host kernel level (the
+//! child runs with `AIRLLM_HOST_KERNELS` set to it, so one machine benches every level; `off` is
+//! burn's ops, as `--burn-ops`). `--drop-caches` drops the page cache before every wave (every
 //! prompt, in per-prompt mode), so layers come from the disk as they do for a model larger than
 //! memory. The resident mode's warm-up read is not timed.
 
@@ -25,7 +27,7 @@ use std::time::Instant;
 use airllm_engine::ModelSpec;
 use airllm_engine::backend::{DEFAULT_BACKEND_NAME, DefaultBackend};
 use airllm_engine::executor::{Engine, EngineOptions, Quiet, ScoreRequest};
-use airllm_engine::model::Precision;
+use airllm_engine::model::{KERNELS_ENV, KernelLevel, Precision};
 use airllm_engine::perf;
 use airllm_engine::store::Compression;
 use anyhow::{Context, Result, bail};
@@ -56,6 +58,10 @@ pub struct BenchArgs {
     /// host kernels' gain, side by side.
     #[arg(long)]
     pub burn_ops: bool,
+    /// Also stream layer-major at these host kernel levels (comma separated: avx512,avx2,off),
+    /// each in a child process with `AIRLLM_HOST_KERNELS` set to the level.
+    #[arg(long, value_delimiter = ',', value_name = "LEVELS")]
+    pub kernels: Vec<KernelLevel>,
     /// Drop the page cache before every wave, and so before every prompt in per-prompt mode (needs
     /// root): layers come from the disk, as they do for a model larger than the page cache.
     #[arg(long)]
@@ -95,6 +101,9 @@ pub struct ModeResult {
     pub store_kind: Compression,
     pub precision: Precision,
     pub host_kernels: bool,
+    /// The host kernel level the layers ran at (`avx512`, `avx2`, `off`).
+    #[serde(default)]
+    pub kernels: Option<KernelLevel>,
     pub prompts: usize,
     pub tokens: u64,
     pub seconds: f64,
@@ -119,6 +128,8 @@ impl ModeResult {
         }
         if !self.host_kernels {
             label.push_str(" burn-ops");
+        } else if let Some(level) = self.kernels.filter(|&l| l != KernelLevel::cpu()) {
+            label = format!("{label} {level}");
         }
         label
     }
@@ -161,7 +172,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(mode) = args.mode {
         let options = EngineOptions {
             precision: args.child_precision,
-            host_kernels: !args.child_burn_ops,
+            kernels: args.child_burn_ops.then_some(KernelLevel::Off),
             ..engine_options(&workload.job)
         };
         let result = measure(mode, args.store_kind, &workload, options, args.per_prompt_limit, args.drop_caches)?;
@@ -176,13 +187,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .iter()
         .map(|&p| (p, perf::gemm_peak::<DefaultBackend>(&workload.spec, micro_batch, p, &Default::default())))
         .collect();
-    let plain = |mode| Run { mode, kind: Compression::None, precision: Precision::F32, burn_ops: false };
+    let plain = |mode| Run { mode, kind: Compression::None, precision: Precision::F32, burn_ops: false, kernels: None };
     let runs = [Mode::Resident, Mode::PerPrompt, Mode::LayerMajor]
         .into_iter()
         .map(plain)
         .chain(args.compress.iter().map(|&kind| Run { kind, ..plain(Mode::LayerMajor) }))
         .chain(precisions[1..].iter().map(|&precision| Run { precision, ..plain(Mode::LayerMajor) }))
-        .chain(args.burn_ops.then(|| Run { burn_ops: true, ..plain(Mode::LayerMajor) }));
+        .chain(args.burn_ops.then(|| Run { burn_ops: true, ..plain(Mode::LayerMajor) }))
+        .chain(args.kernels.iter().map(|&level| Run { kernels: Some(level), ..plain(Mode::LayerMajor) }));
     let mut results = Vec::new();
     for run in runs {
         tracing::info!("bench: {run:?}");
@@ -212,10 +224,12 @@ struct Run {
     kind: Compression,
     precision: Precision,
     burn_ops: bool,
+    /// The host kernel level the child is capped at (`AIRLLM_HOST_KERNELS`); `None`: inherited.
+    kernels: Option<KernelLevel>,
 }
 
 /// Runs one mode in a child process and reads its result.
-fn run_child(args: &BenchArgs, Run { mode, kind, precision, burn_ops }: Run) -> Result<ModeResult> {
+fn run_child(args: &BenchArgs, Run { mode, kind, precision, burn_ops, kernels }: Run) -> Result<ModeResult> {
     let exe = std::env::current_exe().context("finding the airllm-eval binary")?;
     let mut command = Command::new(exe);
     command.arg("bench").arg(&args.job).arg("--mode").arg(mode.to_possible_value().expect("named").get_name());
@@ -223,6 +237,9 @@ fn run_child(args: &BenchArgs, Run { mode, kind, precision, burn_ops }: Run) -> 
     command.arg("--child-precision").arg(precision.name());
     if burn_ops {
         command.arg("--child-burn-ops");
+    }
+    if let Some(level) = kernels {
+        command.env(KERNELS_ENV, level.name());
     }
     if args.drop_caches {
         command.arg("--drop-caches");
@@ -278,7 +295,8 @@ fn measure(
         mode,
         store_kind,
         precision: options.precision,
-        host_kernels: options.host_kernels,
+        host_kernels: engine.kernels() != KernelLevel::Off,
+        kernels: Some(engine.kernels()),
         prompts: lengths.len(),
         tokens,
         seconds,

@@ -341,7 +341,7 @@ pub fn engine_options(job: &Job) -> EngineOptions {
         micro_batch_tokens: memory.micro_batch_tokens,
         resident: false,
         precision: job.spec.backend.precision,
-        host_kernels: true,
+        kernels: None,
         kv_dtype: memory.kv_dtype,
     }
 }

@@ -1,37 +1,41 @@
-//! Causal attention on the host in tiles of query rows, with AVX-512.
+//! Causal attention on the host in tiles of query rows, generic over the SIMD level's
+//! [`Vector`].
 //!
 //! The row-at-a-time kernel in `fused` reloads every key and value once per query row and head,
 //! which made attention about a sixth of a wave's time for 2% of its FLOPs. Here one task takes a
 //! sequence and one key/value head, and walks the query heads that share it in tiles of
-//! [`QUERY_TILE`] rows: scores for the tile against 32 keys at a time, a masked softmax over each
-//! row, then the weighted values 64 dimensions at a time, every multiply-add accumulated in
-//! registers. A tile only looks at keys up to its last query, so the causal half is all that runs
-//! (to within a tile).
-
-use std::arch::x86_64::*;
+//! [`QUERY_TILE`] rows: scores for the tile against two vectors of keys at a time, a masked
+//! softmax over each row, then the weighted values `DIMS` vectors of dimensions at a time, every
+//! multiply-add accumulated in registers (6 x 2 accumulators for the scores; 6 x 4 for the values
+//! with AVX-512's 32 registers, 6 x 2 with AVX2's 16). A tile only looks at keys up to its last
+//! query, so the causal half is all that runs (to within a tile).
 
 use rayon::prelude::*;
 
-use super::fused::{Heads, KEY_PADDING, exp, max, sum};
-use super::gemm::SharedOut;
+use super::super::fused::{Heads, KEY_PADDING, exp, max, sum};
+use super::vector::Vector;
+use super::{Continued, SharedOut};
 
-/// Query rows per tile: 6 rows x 4 vectors of 16 dimensions is 24 accumulators of AVX-512's 32.
+/// Query rows per tile.
 const QUERY_TILE: usize = 6;
-/// Keys scored per step: two vectors of 16.
-const KEY_STEP: usize = 32;
-/// Dimensions of the values summed per pass: four vectors of 16.
-const DIM_STEP: usize = 64;
-const _: () = assert!(KEY_PADDING >= KEY_STEP, "a tile reads whole steps of keys");
+/// Most keys scored per step: two vectors of 16 (AVX-512).
+const MAX_KEY_STEP: usize = 32;
+const _: () = assert!(KEY_PADDING >= MAX_KEY_STEP, "a tile reads whole steps of keys");
 
-/// Whether this CPU and head size can use [`attend`].
-pub fn available(head_dim: usize) -> bool {
-    is_x86_feature_detected!("avx512f") && head_dim.is_multiple_of(DIM_STEP)
-}
+/// A level's entry point: runs [`Group::run`] compiled for its instructions.
+pub(super) type GroupKernel = unsafe fn(&Group, *mut f32, usize);
 
 /// Attention of every query row: `qkv` is `[batch * seq, width]` after the rotary embedding,
 /// `keys_t` is `[batch, kv_heads, head_dim, seq + KEY_PADDING]`; returns `[batch * seq, heads *
-/// head_dim]`. Callers check [`available`] first.
-pub fn attend(qkv: &[f32], keys_t: &[f32], batch: usize, seq: usize, shape: Heads) -> Vec<f32> {
+/// head_dim]`. Callers check the level's `tiled_attention` for this head size first.
+pub(super) fn attend(
+    kernel: GroupKernel,
+    qkv: &[f32],
+    keys_t: &[f32],
+    batch: usize,
+    seq: usize,
+    shape: Heads,
+) -> Vec<f32> {
     let out_width = shape.heads * shape.head_dim;
     let mut out = Vec::with_capacity(batch * seq * out_width);
     let target = SharedOut(out.as_mut_ptr());
@@ -42,29 +46,19 @@ pub fn attend(qkv: &[f32], keys_t: &[f32], batch: usize, seq: usize, shape: Head
         let rows = &qkv[sequence * seq * width..][..seq * width];
         let keys_t = &keys_t[task * block..][..block];
         let group = Group { rows, width, keys_t, seq, first_query: 0, shape, kv_head };
-        // SAFETY: `available` was checked by the caller; `out` has room for every row, and this
-        // task writes only its own sequence's rows and its own heads' columns.
-        unsafe { group.run(target.at(sequence * seq * out_width), out_width) };
+        // SAFETY: the level's `tiled_attention` was checked by the caller; `out` has room for
+        // every row, and this task writes only its own sequence's rows and its own heads' columns.
+        unsafe { kernel(&group, target.at(sequence * seq * out_width), out_width) };
     });
     // SAFETY: the tasks wrote every column (all heads) of every row.
     unsafe { out.set_len(batch * seq * out_width) };
     out
 }
 
-/// One sequence that continues a prefix: `rows` `[seq, width]` hold the prefix's keys and values
-/// then the sequence's own rows (queries from `first_query` on), `keys_t` its keys as
-/// `[kv_heads, head_dim, seq + KEY_PADDING]`.
-pub struct Continued<'a> {
-    pub rows: &'a [f32],
-    pub keys_t: &'a [f32],
-    pub seq: usize,
-    pub first_query: usize,
-}
-
 /// Attention of the query rows `first_query..seq` of each sequence, to every key up to them:
 /// returns `[sequences, rows, heads * head_dim]` with `rows` = the most query rows of any
-/// sequence (a sequence's other rows are zero). Callers check [`available`] first.
-pub fn attend_continued(sequences: &[Continued], width: usize, shape: Heads) -> Vec<f32> {
+/// sequence (a sequence's other rows are zero). Callers check the level's `tiled_attention`.
+pub(super) fn attend_continued(kernel: GroupKernel, sequences: &[Continued], width: usize, shape: Heads) -> Vec<f32> {
     let out_width = shape.heads * shape.head_dim;
     let rows = sequences.iter().map(|s| s.seq - s.first_query).max().unwrap_or(0);
     let mut out = vec![0f32; sequences.len() * rows * out_width];
@@ -75,16 +69,16 @@ pub fn attend_continued(sequences: &[Continued], width: usize, shape: Heads) -> 
         let block = shape.head_dim * (seq + KEY_PADDING);
         let keys_t = &keys_t[kv_head * block..][..block];
         let group = Group { rows: values, width, keys_t, seq, first_query, shape, kv_head };
-        // SAFETY: `available` was checked by the caller; `out` has `rows` rows for each sequence,
-        // and this task writes only its own sequence's rows and its own heads' columns.
-        unsafe { group.run(target.at(index * rows * out_width), out_width) };
+        // SAFETY: the level's `tiled_attention` was checked by the caller; `out` has `rows` rows
+        // for each sequence, and this task writes only its own sequence's rows and heads' columns.
+        unsafe { kernel(&group, target.at(index * rows * out_width), out_width) };
     });
     out
 }
 
 /// One sequence's rows and one key/value head with the query heads that share it; queries are
 /// the rows from `first_query` on, written to `out` from its first row.
-struct Group<'a> {
+pub(super) struct Group<'a> {
     rows: &'a [f32],
     width: usize,
     keys_t: &'a [f32],
@@ -95,8 +89,14 @@ struct Group<'a> {
 }
 
 impl Group<'_> {
-    #[target_feature(enable = "avx512f")]
-    unsafe fn run(&self, out: *mut f32, out_width: usize) {
+    /// Every query head of this group, tile by tile, summing values `DIMS` vectors at a time.
+    ///
+    /// # Safety
+    /// The CPU has `V`'s instructions (the caller is a `#[target_feature]` entry point), the head
+    /// size is a multiple of `DIMS * V::LANES`, and `out` holds this sequence's rows of
+    /// `out_width`.
+    #[inline(always)]
+    pub(super) unsafe fn run<V: Vector, const DIMS: usize>(&self, out: *mut f32, out_width: usize) {
         let Heads { heads, kv_heads, .. } = self.shape;
         let group = heads / kv_heads;
         let stride = self.seq + KEY_PADDING;
@@ -106,43 +106,46 @@ impl Group<'_> {
                 let tile = QUERY_TILE.min(self.seq - first);
                 // SAFETY: (for all three) rows `first..first + tile` lie in the sequence, `scores`
                 // holds QUERY_TILE rows of `stride`, and `out` rows belong to this sequence.
-                unsafe { self.score(head, first, tile, &mut scores) };
+                unsafe { self.score::<V>(head, first, tile, &mut scores) };
                 let inverse_sums = self.softmax(first, tile, &mut scores);
-                unsafe { self.weigh_values(head, first, tile, &scores, &inverse_sums, out, out_width) };
+                unsafe { self.weigh_values::<V, DIMS>(head, first, tile, &scores, &inverse_sums, out, out_width) };
             }
         }
     }
 
     /// `scores[i][key]` = q·k / sqrt(head_dim) for the tile's rows and keys `0..=last query`,
-    /// rounded up to whole steps (the excess is masked by `softmax`).
-    #[target_feature(enable = "avx512f")]
-    unsafe fn score(&self, head: usize, first: usize, tile: usize, scores: &mut [f32]) {
+    /// rounded up to whole steps of `2 V::LANES` keys (the excess is masked by `softmax`).
+    #[inline(always)]
+    unsafe fn score<V: Vector>(&self, head: usize, first: usize, tile: usize, scores: &mut [f32]) {
         let head_dim = self.shape.head_dim;
         let stride = self.seq + KEY_PADDING;
         let scale = 1.0 / (head_dim as f32).sqrt();
         // Rows past the tile repeat its last row, so the loop has no branches.
         let queries: [&[f32]; QUERY_TILE] =
             std::array::from_fn(|i| &self.rows[(first + i.min(tile - 1)) * self.width + head * head_dim..][..head_dim]);
-        for key in (0..first + tile).step_by(KEY_STEP) {
-            let mut acc = [[_mm512_setzero_ps(); 2]; QUERY_TILE];
+        for key in (0..first + tile).step_by(2 * V::LANES) {
+            // SAFETY: (all) the caller has V's instructions.
+            let mut acc = [[unsafe { V::zero() }; 2]; QUERY_TILE];
             for d in 0..head_dim {
-                // SAFETY: `key + KEY_STEP <= seq + KEY_PADDING`, the row length of K^T.
+                // SAFETY: `key + 2 V::LANES <= seq + KEY_PADDING`, the row length of K^T.
                 let (k0, k1) = unsafe {
                     let at = self.keys_t.as_ptr().add(d * stride + key);
-                    (_mm512_loadu_ps(at), _mm512_loadu_ps(at.add(16)))
+                    (V::load(at), V::load(at.add(V::LANES)))
                 };
                 for (acc, query) in acc.iter_mut().zip(&queries) {
-                    let q = _mm512_set1_ps(query[d] * scale);
-                    acc[0] = _mm512_fmadd_ps(q, k0, acc[0]);
-                    acc[1] = _mm512_fmadd_ps(q, k1, acc[1]);
+                    unsafe {
+                        let q = V::splat(query[d] * scale);
+                        acc[0] = q.mul_add(k0, acc[0]);
+                        acc[1] = q.mul_add(k1, acc[1]);
+                    }
                 }
             }
             for (i, acc) in acc.iter().enumerate().take(tile) {
-                // SAFETY: `i * stride + key + KEY_STEP <= QUERY_TILE * stride`.
+                // SAFETY: `i * stride + key + 2 V::LANES <= QUERY_TILE * stride`.
                 unsafe {
                     let at = scores.as_mut_ptr().add(i * stride + key);
-                    _mm512_storeu_ps(at, acc[0]);
-                    _mm512_storeu_ps(at.add(16), acc[1]);
+                    acc[0].store(at);
+                    acc[1].store(at.add(V::LANES));
                 }
             }
         }
@@ -150,7 +153,7 @@ impl Group<'_> {
 
     /// Turns each row's scores into unnormalized weights (zero outside the keys it may see) and
     /// returns 1 / their sum per row.
-    #[target_feature(enable = "avx512f")]
+    #[inline(always)]
     fn softmax(&self, first: usize, tile: usize, scores: &mut [f32]) -> [f32; QUERY_TILE] {
         let stride = self.seq + KEY_PADDING;
         let mut inverse_sums = [0f32; QUERY_TILE];
@@ -173,8 +176,8 @@ impl Group<'_> {
 
     /// `out[row][head]` = Σ_key weight · v[key] / sum, for the tile's rows.
     #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn weigh_values(
+    #[inline(always)]
+    unsafe fn weigh_values<V: Vector, const DIMS: usize>(
         &self,
         head: usize,
         first: usize,
@@ -187,30 +190,31 @@ impl Group<'_> {
         let Heads { heads, kv_heads, head_dim, .. } = self.shape;
         let stride = self.seq + KEY_PADDING;
         let v_at = (heads + kv_heads + self.kv_head) * head_dim;
-        for dims in (0..head_dim).step_by(DIM_STEP) {
-            let mut acc = [[_mm512_setzero_ps(); 4]; QUERY_TILE];
+        for dims in (0..head_dim).step_by(DIMS * V::LANES) {
+            // SAFETY: (all) the caller has V's instructions.
+            let mut acc = [[unsafe { V::zero() }; DIMS]; QUERY_TILE];
             // Rows past the tile reuse its last row's weights: computed, never stored.
             let weight_rows: [usize; QUERY_TILE] = std::array::from_fn(|i| i.min(tile - 1) * stride);
             for key in 0..first + tile {
-                // SAFETY: `key < seq`, and `v_at + dims + DIM_STEP <= width`.
-                let v: [__m512; 4] = std::array::from_fn(|c| unsafe {
-                    _mm512_loadu_ps(self.rows.as_ptr().add(key * self.width + v_at + dims + c * 16))
+                // SAFETY: `key < seq`, and `v_at + dims + DIMS * V::LANES <= width`.
+                let v: [V; DIMS] = std::array::from_fn(|c| unsafe {
+                    V::load(self.rows.as_ptr().add(key * self.width + v_at + dims + c * V::LANES))
                 });
                 for (acc, &row) in acc.iter_mut().zip(&weight_rows) {
-                    let weight = _mm512_set1_ps(scores[row + key]);
+                    let weight = unsafe { V::splat(scores[row + key]) };
                     for (acc, v) in acc.iter_mut().zip(&v) {
-                        *acc = _mm512_fmadd_ps(weight, *v, *acc);
+                        *acc = unsafe { weight.mul_add(*v, *acc) };
                     }
                 }
             }
             for (i, acc) in acc.iter().enumerate().take(tile) {
-                let scale = _mm512_set1_ps(inverse_sums[i]);
+                let scale = unsafe { V::splat(inverse_sums[i]) };
                 for (c, acc) in acc.iter().enumerate() {
                     // SAFETY: row `first + i` of this sequence, columns inside this head.
                     unsafe {
                         let row = first + i - self.first_query;
-                        let at = out.add(row * out_width + head * head_dim + dims + c * 16);
-                        _mm512_storeu_ps(at, _mm512_mul_ps(*acc, scale));
+                        let at = out.add(row * out_width + head * head_dim + dims + c * V::LANES);
+                        acc.mul(scale).store(at);
                     }
                 }
             }
@@ -220,6 +224,7 @@ impl Group<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::KernelLevel;
     use super::*;
 
     /// Softmax attention written out plainly: keys `seen..=query`, scaled dot products.
@@ -256,24 +261,33 @@ mod tests {
     }
 
     #[test]
-    fn tiles_match_plain_attention() {
-        for (heads, kv_heads, head_dim, seq, window) in
-            [(9, 3, 64, 37, None), (4, 4, 128, 13, None), (2, 1, 64, 40, Some(7))]
-        {
-            if !available(head_dim) {
-                eprintln!("skipping: this CPU lacks AVX-512");
-                return;
+    fn tiles_match_plain_attention_at_every_level() {
+        let mut ran = Vec::new();
+        for (heads, kv_heads, head_dim, seq, window) in [
+            (9, 3, 64, 37, None),
+            (4, 4, 128, 13, None),
+            (2, 1, 64, 40, Some(7)),
+            (3, 1, 48, 21, None),
+            (2, 2, 16, 9, Some(4)),
+        ] {
+            for level in [KernelLevel::Avx512, KernelLevel::Avx2] {
+                if !level.tiled_attention(head_dim) {
+                    eprintln!("skipping {level} at head size {head_dim}: no tiled kernel there, or not on this CPU");
+                    continue;
+                }
+                ran.push(format!("{level}/{head_dim}"));
+                let shape = Heads { heads, kv_heads, head_dim, window };
+                let batch = 2;
+                let width = (heads + 2 * kv_heads) * head_dim;
+                let qkv: Vec<f32> =
+                    (0..batch * seq * width).map(|i| ((i * 7919 % 1009) as f32 / 1009.0 - 0.5) * 2.0).collect();
+                let keys_t = super::super::super::fused::transposed_keys(&qkv, batch, seq, width, shape);
+                let got = super::super::attend_tiled(level, &qkv, &keys_t, batch, seq, shape).expect("tiled");
+                let want = reference(&qkv, batch, seq, shape);
+                let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                assert!(worst < 1e-5, "{level} heads {heads}/{kv_heads} dim {head_dim} seq {seq}: max error {worst}");
             }
-            let shape = Heads { heads, kv_heads, head_dim, window };
-            let batch = 2;
-            let width = (heads + 2 * kv_heads) * head_dim;
-            let qkv: Vec<f32> =
-                (0..batch * seq * width).map(|i| ((i * 7919 % 1009) as f32 / 1009.0 - 0.5) * 2.0).collect();
-            let keys_t = super::super::fused::transposed_keys(&qkv, batch, seq, width, shape);
-            let got = attend(&qkv, &keys_t, batch, seq, shape);
-            let want = reference(&qkv, batch, seq, shape);
-            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-            assert!(worst < 1e-5, "heads {heads}/{kv_heads} dim {head_dim} seq {seq}: max error {worst}");
         }
+        eprintln!("tiled attention checked at: {}", ran.join(", "));
     }
 }
