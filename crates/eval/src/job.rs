@@ -172,6 +172,15 @@ pub struct MemoryConfig {
     /// the store is no larger than this.
     #[serde(default = "default_resident_budget")]
     pub resident_budget: ByteSize,
+    /// Run the tokens that sequences of a wave begin with in common (few-shot examples, a
+    /// question before each answer) once, not once per sequence. On by default; scores do not
+    /// change.
+    #[serde(default = "default_share_prefixes")]
+    pub share_prefixes: bool,
+}
+
+fn default_share_prefixes() -> bool {
+    true
 }
 
 fn default_activation_budget() -> ByteSize {
@@ -201,6 +210,7 @@ impl Default for MemoryConfig {
             kv_budget: default_kv_budget(),
             kv_dtype: KvDtype::F32,
             resident_budget: default_resident_budget(),
+            share_prefixes: default_share_prefixes(),
         }
     }
 }

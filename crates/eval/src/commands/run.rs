@@ -343,6 +343,7 @@ pub fn engine_options(job: &Job) -> EngineOptions {
         precision: job.spec.backend.precision,
         kernels: None,
         kv_dtype: memory.kv_dtype,
+        share_prefixes: memory.share_prefixes,
     }
 }
 
