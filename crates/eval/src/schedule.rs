@@ -5,8 +5,10 @@
 //! sequence: MMLU's four one-token continuations of a question become ONE sequence with four
 //! targets at its last position, and a question repeated in the dataset costs nothing extra.
 //! Multi-token continuations have inputs of their own and so become their own sequences.
-//! Sequences are sorted longest first (less padding, and the big ones go early while the ETA is
-//! still learning) and cut into waves by the activation budget.
+//! Sequences are sorted by their tokens, so that those sharing a prefix (few-shot examples, a
+//! context before each of its continuations) sit together and land in one wave, where the engine
+//! runs the prefix once; then they are cut into waves by the activation budget. (Padding is the
+//! engine's business: it batches each wave's sequences by length.)
 
 use std::collections::HashMap;
 
@@ -24,7 +26,7 @@ pub struct Sequence {
     pub parts: Vec<(usize, Vec<usize>)>,
 }
 
-/// Builds deduplicated sequences, sorted by length (longest first, ties in request order).
+/// Builds deduplicated sequences, sorted by their tokens.
 pub fn sequences(requests: &[Request], max_len: usize) -> Vec<Sequence> {
     let mut by_input: HashMap<Vec<u32>, usize> = HashMap::new();
     let mut out: Vec<Sequence> = Vec::new();
@@ -38,8 +40,9 @@ pub fn sequences(requests: &[Request], max_len: usize) -> Vec<Sequence> {
         let indices = targets.into_iter().map(|t| target_index(&mut sequence.request.targets, t)).collect();
         sequence.parts.push((index, indices));
     }
-    // Stable: equal lengths keep request order, so the plan is deterministic.
-    out.sort_by_key(|s| std::cmp::Reverse(s.request.tokens.len()));
+    // By tokens, so that sequences sharing a prefix sit together and fall in one wave, where the
+    // prefix runs once (the engine's `executor::prefix`). Inputs are distinct: the order is total.
+    out.sort_by(|a, b| a.request.tokens.cmp(&b.request.tokens));
     out
 }
 
@@ -128,12 +131,17 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_questions_share_and_lengths_sort_descending() {
-        let requests = vec![request(0, 0, &[1], &[9]), request(1, 0, &[1, 2, 3], &[9]), request(2, 0, &[1], &[9])];
+    fn duplicate_questions_share_and_sequences_sort_by_tokens() {
+        let requests = vec![
+            request(0, 0, &[4], &[9]),
+            request(1, 0, &[1, 2, 3], &[9]),
+            request(2, 0, &[4], &[9]),
+            request(3, 0, &[1, 2, 5], &[9]),
+        ];
         let seqs = sequences(&requests, 100);
-        assert_eq!(seqs.len(), 2);
-        assert_eq!(seqs[0].request.tokens.len(), 3);
-        assert_eq!(seqs[1].parts, vec![(0, vec![0]), (2, vec![0])]);
+        let tokens: Vec<&[u32]> = seqs.iter().map(|s| s.request.tokens.as_slice()).collect();
+        assert_eq!(tokens, [&[1, 2, 3][..], &[1, 2, 5], &[4]]);
+        assert_eq!(seqs[2].parts, vec![(0, vec![0]), (2, vec![0])]);
     }
 
     #[test]
