@@ -1,5 +1,5 @@
 //! Compressed (int8/int4) layer stores: unknown schemes refused by name, the GGUF fast path giving
-//! the GGUF's own values, resume and reuse keyed on the compression, and logits of compressed
+//! the GGUF's own values (Q4_K and Q5_0 blocks against gguf-py's), resume and reuse keyed on the compression, and logits of compressed
 //! stores against uncompressed ones (tiny models and SmolLM2).
 
 mod common;
@@ -9,9 +9,11 @@ use std::path::Path;
 
 use airllm_engine::executor::{Engine, EngineOptions};
 use airllm_engine::fingerprint::FileHashes;
-use airllm_engine::source::gguf::{GgufSource, q4_0_min};
+use airllm_engine::source::gguf::GgufSource;
+use airllm_engine::source::gguf::convert::exact_blocks;
+use airllm_engine::source::gguf::dequant::GgmlType;
 use airllm_engine::source::{LayerTensor, ModelSource, TensorName};
-use airllm_engine::store::quant::{QuantScheme, QuantTensor, dequantize};
+use airllm_engine::store::quant::{QuantScheme, QuantTensor, as_f16s, dequantize};
 use airllm_engine::store::{Compression, LayerStore, Manifest, SplitOptions, checksum, split};
 use airllm_engine::{DType, HostTensor, ModelSpec};
 use common::*;
@@ -138,24 +140,34 @@ fn gguf_fast_path_gives_the_gguf_values() {
     assert!(f16.quantized_tensor(q, QuantScheme::Int8).unwrap().is_none());
 }
 
-/// Q4_0's minimum `-8d` is stored as an f16: exactly, for every finite `d` up to 8188 in
-/// magnitude (subnormals included); refused (the fast path falls back) beyond, and for inf/NaN.
+/// The committed Q4_K and Q5_0 blocks (random bytes, scales from f16 subnormals to 60000: see
+/// make_kquant_blocks.py) convert into int4 and int8 store blocks that decode to gguf-py's values
+/// bit for bit. Q4_K's sub-block scales and minima are f32s, mostly not f16s (a store keeps them as
+/// F32); Q5_0's scale is its f16 `d`.
 #[test]
-fn q4_0_min_is_exact_or_refused() {
-    for bits in 0..=u16::MAX {
-        let d = f16::from_bits(bits);
-        let min = q4_0_min(d);
-        if d.is_finite() && d.to_f32().abs() <= 8188.0 {
-            assert_eq!(min.map(f16::to_f32), Some(-8.0 * d.to_f32()), "d = {d} ({bits:#06x})");
-        } else {
-            assert_eq!(min, None, "d = {d} ({bits:#06x})");
+fn gguf_py_blocks_convert_exactly() {
+    for (id, scheme, shape, f16_scales) in
+        [(GgmlType::Q4_K, QuantScheme::Int4, [2, 512], false), (GgmlType::Q5_0, QuantScheme::Int8, [2, 128], true)]
+    {
+        let ty = GgmlType::from_id(id).unwrap();
+        let (blocks, expected) = gguf_py_blocks(ty.name);
+        let quant = exact_blocks(ty, &blocks, &shape, scheme).unwrap();
+        quant.check().unwrap();
+        assert_eq!(quant.scheme, scheme, "{}", ty.name);
+        assert_eq!(as_f16s(&quant.scale).is_some(), f16_scales, "{}", ty.name);
+        let ours = dequantize(&quant);
+        if let Some(i) = ours.iter().zip(&expected).position(|(a, b)| a.to_bits() != b.to_bits()) {
+            panic!("{} as {scheme:?}: value {i} decodes to {:e}, gguf-py has {:e}", ty.name, ours[i], expected[i]);
         }
+        // Into the other scheme there is no exact form.
+        let other = if scheme == QuantScheme::Int8 { QuantScheme::Int4 } else { QuantScheme::Int8 };
+        assert!(exact_blocks(ty, &blocks, &shape, other).is_none(), "{} as {other:?}", ty.name);
     }
 }
 
-/// Converts the F16 tensor `tensor` of a store file to F32 and fixes the manifest's size and
-/// checksum, as a store written when block scales were f32 would be.
-fn widen_to_f32(dir: &Path, file: &str, tensor: &str) {
+/// Rewrites the F16 tensor `tensor` of a store file as `dtype` (F32 or BF16) and fixes the
+/// manifest's size and checksum.
+fn retype(dir: &Path, file: &str, tensor: &str, dtype: safetensors::Dtype) {
     let bytes = std::fs::read(dir.join(file)).unwrap();
     let tensors = SafeTensors::deserialize(&bytes).unwrap();
     let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = tensors
@@ -165,8 +177,13 @@ fn widen_to_f32(dir: &Path, file: &str, tensor: &str) {
         .collect();
     let entry = owned.iter_mut().find(|t| t.0 == tensor).unwrap();
     assert_eq!(entry.1, safetensors::Dtype::F16, "{tensor}");
-    entry.1 = safetensors::Dtype::F32;
-    entry.3 = entry.3.chunks_exact(2).flat_map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32().to_le_bytes()).collect();
+    let values = entry.3.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32());
+    entry.3 = match dtype {
+        safetensors::Dtype::F32 => values.flat_map(f32::to_le_bytes).collect(),
+        safetensors::Dtype::BF16 => values.flat_map(|v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+        other => panic!("retype to {other:?}"),
+    };
+    entry.1 = dtype;
     let views = owned
         .iter()
         .map(|(name, dtype, shape, data)| {
@@ -181,10 +198,11 @@ fn widen_to_f32(dir: &Path, file: &str, tensor: &str) {
     std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
 }
 
-/// Block scales and minima are F16 in a store file; a store with F32 ones (only ever written by
-/// earlier builds of this branch) is refused, naming the file and the tensor, not misread.
+/// Block scales and minima are F16 in a store file where every value is an f16 (always, for values
+/// quantized from f32), else F32; the reader takes both, and refuses any other dtype, naming the
+/// file and the tensor, rather than misread it.
 #[test]
-fn scales_that_are_not_f16_are_refused_naming_file_and_tensor() {
+fn scales_are_f16_or_f32_and_other_dtypes_are_refused_naming_file_and_tensor() {
     let source = tiny_llama();
     for (compression, tensor) in [(Compression::Int8, "q_proj.scale"), (Compression::Int4, "down_proj.min")] {
         let dir = tempfile::tempdir().unwrap();
@@ -195,14 +213,20 @@ fn scales_that_are_not_f16_are_refused_naming_file_and_tensor() {
         let spec = source.spec();
         let blocks = spec.num_heads * spec.head_dim * spec.hidden_size / 32;
         assert_eq!(sizes["q_proj.scale"], 2 * blocks, "{compression}: one f16 per block");
-        store.read_layer(1).unwrap();
+        let before = store.read_layer(1).unwrap().tensors;
 
-        widen_to_f32(dir.path(), "layer-001.safetensors", tensor);
+        retype(dir.path(), "layer-001.safetensors", tensor, safetensors::Dtype::F32);
+        let store = LayerStore::open(dir.path()).unwrap();
+        assert_eq!(store.read_layer(1).unwrap().tensors, before, "{compression}: F32 {tensor} reads the same");
+
+        let dir = tempfile::tempdir().unwrap();
+        split_to(source.as_ref(), dir.path(), &options(compression));
+        retype(dir.path(), "layer-001.safetensors", tensor, safetensors::Dtype::BF16);
         let store = LayerStore::open(dir.path()).unwrap();
         store.read_layer(0).unwrap();
         let err = store.read_layer(1).err().expect("must be refused").to_string();
         assert!(err.contains("layer-001.safetensors") && err.contains(tensor), "names file and tensor: {err}");
-        assert!(err.contains("F32") && err.contains("expected F16"), "{err}");
+        assert!(err.contains("BF16") && err.contains("expected F16 or F32"), "{err}");
     }
 }
 

@@ -25,11 +25,10 @@ use std::fs::File;
 use std::path::Path;
 use std::time::SystemTime;
 
-use half::f16;
 use serde::{Deserialize, Serialize};
 
 use super::manifest::{Compression, FORMAT_VERSION, FileEntry, Manifest};
-use super::quant::{BLOCK, QuantScheme, QuantTensor, quantizable, quantize};
+use super::quant::{BLOCK, QuantScheme, QuantTensor, as_f16s, quantizable, quantize};
 use super::reader::{NO_TOKENIZER, size_problem};
 use super::{MANIFEST, SPLIT_PROGRESS, TOKENIZER, checksum, file_tensors, store_files, write_atomic};
 use crate::error::{EngineError, Result};
@@ -256,8 +255,18 @@ impl From<HostTensor> for Entry {
     }
 }
 
-fn f16_entry(shape: Vec<usize>, values: &[f16]) -> Entry {
-    Entry { dtype: safetensors::Dtype::F16, shape, bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+/// Block scales or minima: F16 where every value is exactly an f16, else F32 (see [`super::quant`]).
+fn scale_entry(shape: Vec<usize>, values: &[f32]) -> Entry {
+    match as_f16s(values) {
+        Some(halves) => {
+            let bytes = halves.iter().flat_map(|v| v.to_le_bytes()).collect();
+            Entry { dtype: safetensors::Dtype::F16, shape, bytes }
+        }
+        None => {
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            Entry { dtype: safetensors::Dtype::F32, shape, bytes }
+        }
+    }
 }
 
 /// Adds `NAME.q`, `NAME.scale` (and `NAME.min`) for a quantized tensor.
@@ -269,9 +278,9 @@ fn insert_quant(entries: &mut BTreeMap<String, Entry>, name: &str, quant: QuantT
         QuantScheme::Int4 => safetensors::Dtype::U8,
     };
     let q_shape = vec![rows, quant.scheme.row_bytes(cols)];
-    entries.insert(format!("{name}.scale"), f16_entry(blocks_shape.clone(), &quant.scale));
+    entries.insert(format!("{name}.scale"), scale_entry(blocks_shape.clone(), &quant.scale));
     if quant.scheme == QuantScheme::Int4 {
-        entries.insert(format!("{name}.min"), f16_entry(blocks_shape, &quant.min));
+        entries.insert(format!("{name}.min"), scale_entry(blocks_shape, &quant.min));
     }
     entries.insert(format!("{name}.q"), Entry { dtype: q_dtype, shape: q_shape, bytes: quant.q });
 }
