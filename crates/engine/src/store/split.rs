@@ -16,9 +16,16 @@
 //! on every run just to confirm that the store is its own.
 //!
 //! With [`SplitOptions::compression`] the linear weights of each layer are stored block-quantized
-//! ([`super::quant`]); a source that holds them already quantized in a matching block format (GGUF
-//! Q8_0 for int8, Q4_0/Q4_1 for int4) hands its blocks over as they are, without a detour through
-//! f32 and a second rounding.
+//! ([`super::quant`]); a source that holds them already quantized in a block format that converts
+//! exactly (GGUF Q8_0 and Q5_0 for int8; Q4_0, Q4_1 and Q4_K for int4) hands its blocks over,
+//! without a detour through f32 and a second rounding.
+//!
+//! More bits are never less accurate: an int8 store keeps a tensor as int4 where the source's
+//! blocks convert exactly to int4 but not to int8 (a Q4_x GGUF), rather than rounding the source's
+//! values a second time at 8 bits. The store reader tells the scheme tensor by tensor. Block-quantized
+//! tensors with no exact form (Q5_1, Q2_K, Q3_K, Q5_K, Q6_K, and Q8_0/Q5_0 into int4) are quantized
+//! from their f32 values, which adds rounding to the source's: the split says how many of each type
+//! (a warning, and [`SplitReport::compressed`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -62,6 +69,41 @@ pub struct SplitReport {
     /// reused).
     pub reused_files: usize,
     pub written_files: usize,
+    /// How the compressed tensors of the files written by this call were made.
+    pub compressed: CompressedTensors,
+}
+
+/// Compressed tensors counted by how they were made, keyed `"{source type} -> {scheme}"` (e.g.
+/// `"Q6_K -> int8"`). Tensors quantized from a float source are not counted: theirs is the first
+/// rounding.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CompressedTensors {
+    /// The source's own blocks, converted exactly: the store holds the source's values.
+    pub exact: BTreeMap<String, usize>,
+    /// Block-quantized source tensors with no exact form in the store, quantized again from their
+    /// f32 values: rounding error on top of the source's.
+    pub requantized: BTreeMap<String, usize>,
+}
+
+impl CompressedTensors {
+    fn log(&self, out: &Path) {
+        let list = |counts: &BTreeMap<String, usize>| -> (usize, String) {
+            let total = counts.values().sum();
+            (total, counts.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", "))
+        };
+        if !self.exact.is_empty() {
+            let (n, by_type) = list(&self.exact);
+            tracing::info!(store = %out.display(), "{n} tensors keep the source's blocks exactly ({by_type})");
+        }
+        if !self.requantized.is_empty() {
+            let (n, by_type) = list(&self.requantized);
+            tracing::warn!(
+                store = %out.display(),
+                "{n} block-quantized tensors have no exact form in this store and were quantized again from their \
+                 values, adding rounding error to the source's ({by_type})"
+            );
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -121,7 +163,8 @@ pub fn split(
             let damaged = damaged_files(out, &manifest, options.verify);
             if damaged.is_empty() {
                 let reused_files = manifest.files.len();
-                return Ok(SplitReport { manifest, reused_files, written_files: 0 });
+                let compressed = CompressedTensors::default();
+                return Ok(SplitReport { manifest, reused_files, written_files: 0, compressed });
             }
             tracing::warn!(store = %out.display(), files = ?damaged, "layer store files are damaged, writing them again");
             let mut progress = Progress::of_manifest(&manifest);
@@ -134,11 +177,12 @@ pub fn split(
     };
     remove_if_present(&out.join(MANIFEST))?;
     let reused_files = progress.files.len();
+    let mut compressed = CompressedTensors::default();
     for (i, name) in names.iter().enumerate() {
         if progress.files.iter().any(|f| &f.name == name) {
             continue;
         }
-        let bytes = file_bytes(source, name, dtype, options)?;
+        let bytes = file_bytes(source, name, dtype, options, &mut compressed)?;
         write_atomic(&out.join(name), &bytes)?;
         progress.files.push(FileEntry { name: name.clone(), size: bytes.len() as u64, checksum: checksum(&bytes) });
         write_progress(out, &progress)?;
@@ -160,8 +204,9 @@ pub fn split(
     };
     write_atomic(&out.join(MANIFEST), &serde_json::to_vec_pretty(&manifest).expect("manifest serializes"))?;
     remove_if_present(&out.join(SPLIT_PROGRESS))?;
+    compressed.log(out);
     let written_files = names.len() - reused_files;
-    Ok(SplitReport { manifest, reused_files, written_files })
+    Ok(SplitReport { manifest, reused_files, written_files, compressed })
 }
 
 /// Takes the store's write lock, waiting (and saying so) while another split holds it.
@@ -285,16 +330,36 @@ fn insert_quant(entries: &mut BTreeMap<String, Entry>, name: &str, quant: QuantT
     entries.insert(format!("{name}.q"), Entry { dtype: q_dtype, shape: q_shape, bytes: quant.q });
 }
 
-/// A tensor quantized with `scheme`: the source's own blocks where it has them in that format,
-/// else quantized from f32. The tensor as it is (`Err`) when its shape does not split into
-/// blocks or its values do not quantize (not finite, or a scale beyond f16).
+/// The source's own blocks for a store that asked for `scheme`, where they convert exactly. An
+/// int8 store also takes exact int4 blocks: the source's 4-bit values as they are beat the same
+/// values rounded again to 8 bits (see the module doc).
+fn exact_blocks(source: &dyn ModelSource, name: TensorName, scheme: QuantScheme) -> Result<Option<QuantTensor>> {
+    if let Some(quant) = source.quantized_tensor(name, scheme)? {
+        return Ok(Some(quant));
+    }
+    match scheme {
+        QuantScheme::Int8 => source.quantized_tensor(name, QuantScheme::Int4),
+        QuantScheme::Int4 => Ok(None),
+    }
+}
+
+/// A tensor quantized for a `scheme` store: the source's own blocks where they convert exactly
+/// ([`exact_blocks`]), else quantized from f32. The tensor as it is (`Err`) when its shape does not
+/// split into blocks or its values do not quantize (not finite, or a scale beyond f16).
 fn quantized(
     source: &dyn ModelSource,
     name: TensorName,
     scheme: QuantScheme,
+    compressed: &mut CompressedTensors,
 ) -> Result<Result<QuantTensor, HostTensor>> {
-    if let Some(quant) = source.quantized_tensor(name, scheme)? {
+    let block_type = source.block_type(name);
+    let count = |counts: &mut BTreeMap<String, usize>, made: QuantScheme| {
+        let from = block_type.as_deref().unwrap_or("source blocks");
+        *counts.entry(format!("{from} -> {}", made.name())).or_default() += 1;
+    };
+    if let Some(quant) = exact_blocks(source, name, scheme)? {
         quant.check().map_err(|e| EngineError::Other(format!("{}: tensor {name:?}: {e}", source.describe())))?;
+        count(&mut compressed.exact, quant.scheme);
         return Ok(Ok(quant));
     }
     let tensor = source.tensor(name)?;
@@ -303,7 +368,12 @@ fn quantized(
         return Ok(Err(tensor));
     }
     match quantize(&tensor.to_f32(), &tensor.shape, scheme) {
-        Ok(quant) => Ok(Ok(quant)),
+        Ok(quant) => {
+            if block_type.is_some() {
+                count(&mut compressed.requantized, scheme);
+            }
+            Ok(Ok(quant))
+        }
         Err(reason) => {
             tracing::warn!(?name, "{}: {reason}; stored uncompressed", source.describe());
             Ok(Err(tensor))
@@ -312,7 +382,13 @@ fn quantized(
 }
 
 /// The bytes of one store file, built from the source.
-fn file_bytes(source: &dyn ModelSource, name: &str, dtype: DType, options: &SplitOptions) -> Result<Vec<u8>> {
+fn file_bytes(
+    source: &dyn ModelSource,
+    name: &str,
+    dtype: DType,
+    options: &SplitOptions,
+    compressed: &mut CompressedTensors,
+) -> Result<Vec<u8>> {
     let spec = source.spec();
     let embed_head = options.quantize_embed_head.then_some(QuantScheme::Int8);
     let layer_scheme = options.compression.scheme();
@@ -339,7 +415,7 @@ fn file_bytes(source: &dyn ModelSource, name: &str, dtype: DType, options: &Spli
     for (store_name, tensor_name, scheme) in tensors {
         let plain = match scheme {
             None => source.tensor(tensor_name)?,
-            Some(scheme) => match quantized(source, tensor_name, scheme)? {
+            Some(scheme) => match quantized(source, tensor_name, scheme, compressed)? {
                 Ok(quant) => {
                     insert_quant(&mut entries, store_name, quant);
                     continue;
