@@ -15,7 +15,7 @@ use airllm_engine::source::gguf::convert::exact_blocks;
 use airllm_engine::source::gguf::dequant::GgmlType;
 use airllm_engine::source::{LayerTensor, ModelSource, TensorName};
 use airllm_engine::store::quant::{QuantScheme, QuantTensor, as_f16s, dequantize};
-use airllm_engine::store::{Compression, LayerStore, Manifest, SplitOptions, checksum, split};
+use airllm_engine::store::{COMPRESSION_RULES, Compression, LayerStore, Manifest, SplitOptions, checksum, split};
 use airllm_engine::{DType, HostTensor, ModelSpec};
 use common::*;
 use half::f16;
@@ -387,6 +387,25 @@ fn resume_and_reuse_are_keyed_on_compression() {
     let report = split(source.as_ref(), dir.path(), &embed, &|_, _, _| {}).unwrap();
     assert_eq!(report.reused_files, 0);
     assert!(report.manifest.quantized_embed_head);
+    assert_eq!(report.manifest.compression_rules, COMPRESSION_RULES);
+
+    // A compressed store written under older compression rules (before int8 stores kept exact
+    // int4 blocks: no field) is written again; an uncompressed one is kept.
+    let manifest = dir.path().join("manifest.json");
+    let older = |manifest: &Path| {
+        let text = std::fs::read_to_string(manifest).unwrap();
+        let field = format!("  \"compression_rules\": {COMPRESSION_RULES},\n");
+        assert!(text.contains(&field), "{text}");
+        std::fs::write(manifest, text.replace(&field, "")).unwrap();
+    };
+    older(&manifest);
+    let again = split(source.as_ref(), dir.path(), &embed, &|_, _, _| {}).unwrap();
+    assert_eq!((again.reused_files, again.written_files), (0, report.manifest.files.len()));
+    let plain = options(Compression::None);
+    let first = split(source.as_ref(), dir.path(), &plain, &|_, _, _| {}).unwrap();
+    older(&manifest);
+    let kept = split(source.as_ref(), dir.path(), &plain, &|_, _, _| {}).unwrap();
+    assert_eq!((kept.written_files, kept.reused_files), (0, first.manifest.files.len()));
 }
 
 /// SmolLM2-135M (Q4_1 GGUF, embedding in Q8_0): an int4 store takes the GGUF blocks as they are

@@ -24,7 +24,7 @@ pub mod quant;
 mod reader;
 mod split;
 
-pub use manifest::{Compression, FORMAT_VERSION, FileEntry, Manifest};
+pub use manifest::{COMPRESSION_RULES, Compression, FORMAT_VERSION, FileEntry, Manifest};
 pub use prefetch::Prefetcher;
 pub use reader::{LayerHost, LayerStore};
 pub use split::{CompressedTensors, SplitOptions, SplitReport, split};

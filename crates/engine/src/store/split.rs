@@ -21,11 +21,13 @@
 //! without a detour through f32 and a second rounding.
 //!
 //! More bits are never less accurate: an int8 store keeps a tensor as int4 where the source's
-//! blocks convert exactly to int4 but not to int8 (a Q4_x GGUF), rather than rounding the source's
-//! values a second time at 8 bits. The store reader tells the scheme tensor by tensor. Block-quantized
-//! tensors with no exact form (Q5_1, Q2_K, Q3_K, Q5_K, Q6_K, and Q8_0/Q5_0 into int4) are quantized
-//! from their f32 values, which adds rounding to the source's: the split says how many of each type
-//! (a warning, and [`SplitReport::compressed`]).
+//! blocks convert exactly to int4 but not to int8 (GGUF Q4_0, Q4_1, Q4_K), rather than round the
+//! source's values a second time at 8 bits; the store reader tells the scheme tensor by tensor.
+//! Block-quantized tensors with no exact form (Q5_1, Q2_K, Q3_K, Q5_K, Q6_K, and Q8_0/Q5_0 into
+//! int4) are quantized from their f32 values, which adds rounding to the source's: the split says
+//! how many of each type (a warning, and [`SplitReport::compressed`]). A compressed store records
+//! the revision of these rules it was made under ([`COMPRESSION_RULES`]); one made under other
+//! rules is written again, not reused.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -34,7 +36,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::{Compression, FORMAT_VERSION, FileEntry, Manifest};
+use super::manifest::{COMPRESSION_RULES, Compression, FORMAT_VERSION, FileEntry, Manifest};
 use super::quant::{BLOCK, QuantScheme, QuantTensor, as_f16s, quantizable, quantize};
 use super::reader::{NO_TOKENIZER, size_problem};
 use super::{MANIFEST, SPLIT_PROGRESS, TOKENIZER, checksum, file_tensors, store_files, write_atomic};
@@ -114,15 +116,21 @@ struct Progress {
     compression: Compression,
     #[serde(default)]
     quantized_embed_head: bool,
+    #[serde(default)]
+    compression_rules: u32,
     files: Vec<FileEntry>,
 }
 
 impl Progress {
+    /// Whether a store written for `self` is one for `other`. The compression rules count only
+    /// where something is compressed: an uncompressed store is the same under any of them.
     fn same_target(&self, other: &Progress) -> bool {
+        let compresses = self.compression != Compression::None || self.quantized_embed_head;
         self.source_fingerprint == other.source_fingerprint
             && self.dtype == other.dtype
             && self.compression == other.compression
             && self.quantized_embed_head == other.quantized_embed_head
+            && (!compresses || self.compression_rules == other.compression_rules)
     }
 
     fn of_manifest(manifest: &Manifest) -> Self {
@@ -131,6 +139,7 @@ impl Progress {
             dtype: manifest.dtype,
             compression: manifest.compression,
             quantized_embed_head: manifest.quantized_embed_head,
+            compression_rules: manifest.compression_rules,
             files: manifest.files.clone(),
         }
     }
@@ -154,6 +163,7 @@ pub fn split(
         dtype,
         compression: options.compression,
         quantized_embed_head: options.quantize_embed_head,
+        compression_rules: COMPRESSION_RULES,
         files: vec![],
     };
     let spec = source.spec();
@@ -200,6 +210,7 @@ pub fn split(
         compression: options.compression,
         block_size: BLOCK,
         quantized_embed_head: options.quantize_embed_head,
+        compression_rules: COMPRESSION_RULES,
         files,
     };
     write_atomic(&out.join(MANIFEST), &serde_json::to_vec_pretty(&manifest).expect("manifest serializes"))?;
