@@ -14,6 +14,7 @@ use airllm_engine::fingerprint::FileHashes;
 use airllm_engine::source::gguf::GgufSource;
 use airllm_engine::source::gguf::dequant::{GgmlType, dequantize};
 use airllm_engine::source::{LayerTensor, ModelSource, TensorName, hf::HfSource};
+use airllm_engine::store::{Compression, LayerStore, SplitOptions, split};
 use half::{bf16, f16};
 use safetensors::SafeTensors;
 
@@ -334,22 +335,29 @@ impl GgufWriter {
     }
 }
 
-/// A 1-layer llama: hidden 8, 2 heads of 4, 1 kv head, ffn 16, vocab 4; Q/K stored permuted as
-/// the converter does. Every tensor but `blk.0.ffn_up.weight`, which [`tiny_llama`] adds.
-fn tiny_llama_without_ffn_up(arch: &str) -> GgufWriter {
+/// The metadata of a 1-layer model (`hidden`, `heads` and `kv_heads` attention heads, ffn
+/// `ffn`) with a 4-token tokenizer.
+fn one_layer_metadata(arch: &str, hidden: u32, heads: u32, kv_heads: u32, ffn: u32) -> GgufWriter {
     let mut w = GgufWriter::default();
     w.string("general.architecture", arch)
         .u32(&format!("{arch}.context_length"), 64)
-        .u32(&format!("{arch}.embedding_length"), 8)
+        .u32(&format!("{arch}.embedding_length"), hidden)
         .u32(&format!("{arch}.block_count"), 1)
-        .u32(&format!("{arch}.feed_forward_length"), 16)
-        .u32(&format!("{arch}.attention.head_count"), 2)
-        .u32(&format!("{arch}.attention.head_count_kv"), 1)
+        .u32(&format!("{arch}.feed_forward_length"), ffn)
+        .u32(&format!("{arch}.attention.head_count"), heads)
+        .u32(&format!("{arch}.attention.head_count_kv"), kv_heads)
         .f32(&format!("{arch}.attention.layer_norm_rms_epsilon"), 1e-6)
         .string("tokenizer.ggml.model", "gpt2")
         .strings("tokenizer.ggml.tokens", &["a", "b", "ab", "<s>"])
         .strings("tokenizer.ggml.merges", &["a b"])
         .u32("tokenizer.ggml.bos_token_id", 3);
+    w
+}
+
+/// A 1-layer llama: hidden 8, 2 heads of 4, 1 kv head, ffn 16, vocab 4; Q/K stored permuted as
+/// the converter does. Every tensor but `blk.0.ffn_up.weight`, which [`tiny_llama`] adds.
+fn tiny_llama_without_ffn_up(arch: &str) -> GgufWriter {
+    let mut w = one_layer_metadata(arch, 8, 2, 1, 16);
     let q: Vec<f32> = (0..64).map(|v| v as f32).collect();
     let k: Vec<f32> = (0..32).map(|v| -(v as f32)).collect();
     w.f32_tensor("token_embd.weight", &[8, 4], &[0.5; 32])
@@ -398,6 +406,131 @@ fn qwen2_rows_are_not_unpermuted() {
     let source = GgufSource::open(&path).unwrap();
     let stored = source.raw_tensor("blk.0.attn_q.weight").unwrap();
     assert_eq!(source.tensor(TensorName::Layer(0, LayerTensor::QProj)).unwrap(), stored);
+}
+
+// ---- a k-quant GGUF and its compressed stores ----
+
+/// Byte offsets of the f16 fields (`d`, and `dmin` or `m`) in a block of a Q5 or k-quant type.
+fn f16_fields(id: u32) -> &'static [usize] {
+    match id {
+        GgmlType::Q5_0 => &[0],
+        GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q2_K => &[80, 82],
+        GgmlType::Q3_K => &[108],
+        GgmlType::Q6_K => &[208],
+        other => panic!("type {other}"),
+    }
+}
+
+/// A `[rows, cols]` tensor of type `id`: random bytes, its f16 fields small positive scales.
+fn random_blocks(rng: &mut common::Rng, id: u32, rows: usize, cols: usize) -> Vec<u8> {
+    let ty = GgmlType::from_id(id).unwrap();
+    let mut bytes: Vec<u8> = (0..rows * cols / ty.block_elems * ty.block_bytes).map(|_| rng.next_u64() as u8).collect();
+    for block in bytes.chunks_exact_mut(ty.block_bytes) {
+        for &at in f16_fields(id) {
+            let scale = f16::from_f32((1 + rng.below(1000)) as f32 * 2e-5);
+            block[at..at + 2].copy_from_slice(&scale.to_le_bytes());
+        }
+    }
+    bytes
+}
+
+/// A Q4_K_M-like 1-layer llama (hidden 256, 4 heads of 64, 1 kv head, ffn 256, vocab 4, tied
+/// embedding) of random blocks: embedding, Q and K in Q4_K, V in Q6_K, the output projection in
+/// Q5_K, gate Q2_K, up Q3_K, down Q5_0.
+fn kquant_llama() -> GgufWriter {
+    let mut w = one_layer_metadata("llama", 256, 4, 1, 256);
+    let mut rng = common::Rng(0x6b71_7561_6e74);
+    let tensors = [
+        ("token_embd.weight", 4, GgmlType::Q4_K),
+        ("blk.0.attn_q.weight", 256, GgmlType::Q4_K),
+        ("blk.0.attn_k.weight", 64, GgmlType::Q4_K),
+        ("blk.0.attn_v.weight", 64, GgmlType::Q6_K),
+        ("blk.0.attn_output.weight", 256, GgmlType::Q5_K),
+        ("blk.0.ffn_gate.weight", 256, GgmlType::Q2_K),
+        ("blk.0.ffn_up.weight", 256, GgmlType::Q3_K),
+        ("blk.0.ffn_down.weight", 256, GgmlType::Q5_0),
+    ];
+    for (name, rows, id) in tensors {
+        w.tensor(name, &[256, rows as u64], id, &random_blocks(&mut rng, id, rows, 256));
+    }
+    for name in ["blk.0.attn_norm.weight", "blk.0.ffn_norm.weight", "output_norm.weight"] {
+        w.f32_tensor(name, &[256], &[1.0; 256]);
+    }
+    w
+}
+
+/// A k-quant GGUF opens, its Q rows un-permuted. Split into an int4 and an int8 store (embedding and
+/// head in int8 too), the tensors with an exact form read back bit for bit: Q4_K as int4 in both
+/// (the int8 store is mixed: it keeps them as int4), Q5_0 as int8 in the int8 store. The split
+/// reports those and the requantized rest by type; those stay within int4's half step.
+#[test]
+fn kquant_gguf_splits_exactly_where_it_can_and_says_where_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kquant.gguf");
+    kquant_llama().write(&path);
+    let source = GgufSource::open(&path).unwrap();
+    assert_eq!((source.spec().hidden_size, source.spec().head_dim), (256, 64));
+    let raw_q = source.raw_tensor("blk.0.attn_q.weight").unwrap().to_f32();
+    let q = source.tensor(TensorName::Layer(0, LayerTensor::QProj)).unwrap().to_f32();
+    assert_eq!(q, unpermute_ranges(256, 4).gather(&raw_q));
+
+    let count = |pairs: &[(&str, usize)]| pairs.iter().map(|&(k, n)| (k.to_string(), n)).collect();
+    let cases = [
+        (
+            Compression::Int4,
+            count(&[("Q4_K -> int4", 4)]),
+            count(&[
+                ("Q2_K -> int4", 1),
+                ("Q3_K -> int4", 1),
+                ("Q5_0 -> int4", 1),
+                ("Q5_K -> int4", 1),
+                ("Q6_K -> int4", 1),
+            ]),
+            vec![LayerTensor::QProj, LayerTensor::KProj],
+        ),
+        (
+            Compression::Int8,
+            count(&[("Q4_K -> int4", 4), ("Q5_0 -> int8", 1)]),
+            count(&[("Q2_K -> int8", 1), ("Q3_K -> int8", 1), ("Q5_K -> int8", 1), ("Q6_K -> int8", 1)]),
+            vec![LayerTensor::QProj, LayerTensor::KProj, LayerTensor::DownProj],
+        ),
+    ];
+    for (compression, exact, requantized, exact_tensors) in cases {
+        let out = tempfile::tempdir().unwrap();
+        let options = SplitOptions { compression, quantize_embed_head: true, ..Default::default() };
+        let report = split(&source, out.path(), &options, &|_, _, _| {}).unwrap();
+        assert_eq!((report.compressed.exact, report.compressed.requantized), (exact, requantized), "{compression}");
+
+        let store = LayerStore::open(out.path()).unwrap();
+        let layer = store.read_layer(0).unwrap();
+        for (tensor, (shape, values)) in &layer.tensors {
+            let expected = source.tensor(TensorName::Layer(0, *tensor)).unwrap();
+            assert_eq!(shape, &expected.shape, "{compression} {tensor:?}");
+            let expected = expected.to_f32();
+            if exact_tensors.contains(tensor) || !tensor.is_linear() {
+                let same = values.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{compression} {tensor:?}: not the GGUF's values");
+            } else {
+                let amax = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let err = values.iter().zip(&expected).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(err <= amax / 15.0 * 1.01, "{compression} {tensor:?}: max err {err}, amax {amax}");
+            }
+        }
+        let embed = store.read_tensors("embed.safetensors", &["embed"]).unwrap().remove(0).1;
+        assert_eq!(embed, source.tensor(TensorName::Embed).unwrap().to_f32(), "{compression}: Q4_K embedding");
+
+        // How the parts are stored: Q4_K's sub-block scales as F32, Q5_0's `d` as F16.
+        let bytes = std::fs::read(out.path().join("layer-000.safetensors")).unwrap();
+        let file = SafeTensors::deserialize(&bytes).unwrap();
+        let dtype = |name: &str| format!("{:?}", file.tensor(name).unwrap().dtype());
+        assert_eq!(
+            (dtype("q_proj.q"), dtype("q_proj.scale"), dtype("q_proj.min")),
+            ("U8".into(), "F32".into(), "F32".into())
+        );
+        let down = if compression == Compression::Int8 { ("I8", "F16") } else { ("U8", "F16") };
+        assert_eq!((dtype("down_proj.q"), dtype("down_proj.scale")), (down.0.into(), down.1.into()), "{compression}");
+    }
 }
 
 #[test]

@@ -175,6 +175,12 @@ pub trait ModelSource: Send + Sync {
         let _ = (name, scheme);
         Ok(None)
     }
+    /// The block-quantized type the source holds this tensor in (a ggml type such as `Q6_K`), for
+    /// reports of what a split could not convert exactly; `None` for plain float tensors.
+    fn block_type(&self, name: TensorName) -> Option<String> {
+        let _ = name;
+        None
+    }
 }
 
 /// Checks the spec and every tensor it calls for against the source (see the module doc).

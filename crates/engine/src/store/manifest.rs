@@ -19,6 +19,12 @@ use crate::tensor::DType;
 /// older build is refused by that build's manifest parser (unknown variant), not misread.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// Revision of the rules by which a split makes compressed tensors from a source's blocks (see
+/// `store::split`). A store records it, so that a compressed store made under older rules is
+/// written again by the next split rather than reused: from revision 1, an int8 store keeps
+/// blocks that convert exactly to int4 only, which stores without the field requantized.
+pub const COMPRESSION_RULES: u32 = 1;
+
 /// How a store's linear layer weights are compressed (see [`super::quant`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -97,6 +103,9 @@ pub struct Manifest {
     /// Whether the embedding and the head are stored as int8 (else in `dtype`).
     #[serde(default)]
     pub quantized_embed_head: bool,
+    /// The [`COMPRESSION_RULES`] of the split that wrote the store; 0 for stores written before.
+    #[serde(default)]
+    pub compression_rules: u32,
     pub files: Vec<FileEntry>,
 }
 

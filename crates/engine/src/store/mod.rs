@@ -24,10 +24,10 @@ pub mod quant;
 mod reader;
 mod split;
 
-pub use manifest::{Compression, FORMAT_VERSION, FileEntry, Manifest};
+pub use manifest::{COMPRESSION_RULES, Compression, FORMAT_VERSION, FileEntry, Manifest};
 pub use prefetch::Prefetcher;
 pub use reader::{LayerHost, LayerStore};
-pub use split::{SplitOptions, SplitReport, split};
+pub use split::{CompressedTensors, SplitOptions, SplitReport, split};
 
 use std::io::Write;
 use std::path::Path;

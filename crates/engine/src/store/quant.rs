@@ -8,7 +8,9 @@
 //!
 //! A 2-D weight `[rows, cols]` is cut into blocks of [`BLOCK`] (32) consecutive values along each
 //! row; `cols` must be a multiple of 32 (a tensor whose rows are not stays uncompressed). Scales
-//! and minima are f16, as in GGUF's Q8_0/Q4_0/Q4_1 (2 bytes per 32 values).
+//! and minima are f16 when [`quantize`] makes them, as in GGUF's Q8_0/Q4_0/Q4_1 (2 bytes per 32
+//! values); blocks handed over exactly from a GGUF Q4_K (see `source::gguf::convert`) have f32
+//! ones, and take 16 + 4 + 4 bytes per 32 values (0.1875 of f32; the Q4_K itself takes 18).
 //!
 //! - **int8** (symmetric): `scale = max|x| / 127` rounded *up* to an f16, `q = round(x / scale)`
 //!   as i8 in `-127..=127`, `x' = q * scale`. Per 32 values: 32 + 2 bytes (0.2656 of f32).
@@ -28,20 +30,27 @@
 //! (`max|x|` above about 8.3e6 for int8, `|min x|` above 65504 for int4), is not quantized:
 //! [`quantize`] says why and the split stores the tensor uncompressed.
 //!
+//! Decoding computes `q * scale + min` in f32 with one rounding (no fused multiply-add; `q * scale`
+//! is exact for every scale a GGUF block hands over, so a fused one would round the same).
+//!
 //! # In a store file
 //!
 //! A compressed tensor `NAME` is stored in the same safetensors file as three (int8: two)
 //! tensors, and `NAME` itself is absent:
 //!
-//! | tensor       | int8                 | int4                       |
-//! |--------------|----------------------|----------------------------|
-//! | `NAME.q`     | I8 `[rows, cols]`    | U8 `[rows, cols / 2]`      |
-//! | `NAME.scale` | F16 `[rows, cols/32]`| F16 `[rows, cols / 32]`    |
-//! | `NAME.min`   | -                    | F16 `[rows, cols / 32]`    |
+//! | tensor       | int8                       | int4                       |
+//! |--------------|----------------------------|----------------------------|
+//! | `NAME.q`     | I8 `[rows, cols]`          | U8 `[rows, cols / 2]`      |
+//! | `NAME.scale` | F16/F32 `[rows, cols / 32]`| F16/F32 `[rows, cols / 32]`|
+//! | `NAME.min`   | -                          | F16/F32 `[rows, cols / 32]`|
 //!
-//! The scheme is told by the dtype of `NAME.q` and the original shape is recovered from it (int4
-//! packs the last dimension by two). The reader refuses `.scale`/`.min` tensors of any other
-//! dtype than F16. File checksums cover these bytes like any others.
+//! The scheme is told by the dtype of `NAME.q`, tensor by tensor, and the original shape is
+//! recovered from it (int4 packs the last dimension by two). A store's scheme is what the split was
+//! asked for, but an int8 store may hold int4 tensors: a source whose blocks convert exactly to
+//! int4 and not to int8 (GGUF Q4_0, Q4_1, Q4_K) keeps them, since requantizing them at 8 bits
+//! would only add rounding (see `store::split`). `.scale` and `.min` are F16 where every value of
+//! the part is exactly an f16 (always, for what [`quantize`] makes), else F32; the reader refuses
+//! any other dtype. File checksums cover these bytes like any others.
 //!
 //! # What is compressed
 //!
@@ -94,9 +103,9 @@ pub struct QuantTensor {
     /// int8: one i8 (as its byte) per value; int4: two values per byte, ggml nibble order.
     pub q: Vec<u8>,
     /// One per block, row-major `[rows, cols / BLOCK]`.
-    pub scale: Vec<f16>,
+    pub scale: Vec<f32>,
     /// int4 only (empty for int8): one per block.
-    pub min: Vec<f16>,
+    pub min: Vec<f32>,
 }
 
 /// Whether a tensor of this shape can be quantized: 2-D with rows a multiple of [`BLOCK`].
@@ -140,8 +149,21 @@ impl QuantTensor {
 
     /// Bytes the parts take (what a store file holds, without safetensors headers).
     pub fn stored_bytes(&self) -> usize {
-        self.q.len() + 2 * (self.scale.len() + self.min.len())
+        let part = |v: &[f32]| v.len() * if as_f16s(v).is_some() { 2 } else { 4 };
+        self.q.len() + part(&self.scale) + part(&self.min)
     }
+}
+
+/// `values` as f16s, where every one is exactly an f16 (sign of zero included), so that a store
+/// can keep a part in two bytes a value; `None` where one is not.
+pub fn as_f16s(values: &[f32]) -> Option<Vec<f16>> {
+    values
+        .iter()
+        .map(|&v| {
+            let h = f16::from_f32(v);
+            (h.to_f32().to_bits() == v.to_bits()).then_some(h)
+        })
+        .collect()
 }
 
 /// The smallest f16 `>= v`, for finite `v >= 0`; `None` if that is beyond the f16 range.
@@ -197,19 +219,21 @@ pub fn quantize(values: &[f32], shape: &[usize], scheme: QuantScheme) -> Result<
     let blocks = values.len() / BLOCK;
     let block_bytes = scheme.row_bytes(BLOCK);
     let mut q = vec![0u8; blocks * block_bytes];
-    let mut scale = vec![f16::ZERO; blocks];
-    let mut min = vec![f16::ZERO; if scheme == QuantScheme::Int4 { blocks } else { 0 }];
+    let mut scale = vec![0f32; blocks];
+    let mut min = vec![0f32; if scheme == QuantScheme::Int4 { blocks } else { 0 }];
     let failed = match scheme {
         QuantScheme::Int8 => (values.par_chunks(BLOCK), q.par_chunks_mut(block_bytes), scale.par_iter_mut())
             .into_par_iter()
             .enumerate()
-            .map(|(b, (x, q, s))| quantize_int8_block(x, q).map(|v| *s = v).map_err(|e| (b, e)))
+            .map(|(b, (x, q, s))| quantize_int8_block(x, q).map(|v| *s = v.to_f32()).map_err(|e| (b, e)))
             .find_first(Result::is_err),
         QuantScheme::Int4 => {
             (values.par_chunks(BLOCK), q.par_chunks_mut(block_bytes), scale.par_iter_mut(), min.par_iter_mut())
                 .into_par_iter()
                 .enumerate()
-                .map(|(b, (x, q, s, m))| quantize_int4_block(x, q).map(|v| (*s, *m) = v).map_err(|e| (b, e)))
+                .map(|(b, (x, q, s, m))| {
+                    quantize_int4_block(x, q).map(|(v, w)| (*s, *m) = (v.to_f32(), w.to_f32())).map_err(|e| (b, e))
+                })
                 .find_first(Result::is_err)
         }
     };
@@ -281,8 +305,7 @@ pub fn dequantize(tensor: &QuantTensor) -> Vec<f32> {
         .zip(tensor.scale.par_chunks(TASK_BLOCKS));
     match tensor.scheme {
         QuantScheme::Int8 => tasks.for_each(|((out, q), scale)| {
-            for ((out, q), s) in out.chunks_exact_mut(BLOCK).zip(q.chunks_exact(BLOCK)).zip(scale) {
-                let s = s.to_f32();
+            for ((out, q), &s) in out.chunks_exact_mut(BLOCK).zip(q.chunks_exact(BLOCK)).zip(scale) {
                 for (o, &q) in out.iter_mut().zip(q) {
                     *o = (q as i8) as f32 * s;
                 }
@@ -290,8 +313,7 @@ pub fn dequantize(tensor: &QuantTensor) -> Vec<f32> {
         }),
         QuantScheme::Int4 => tasks.zip(tensor.min.par_chunks(TASK_BLOCKS)).for_each(|(((out, q), scale), min)| {
             let half = BLOCK / 2;
-            for (((out, q), s), m) in out.chunks_exact_mut(BLOCK).zip(q.chunks_exact(half)).zip(scale).zip(min) {
-                let (s, m) = (s.to_f32(), m.to_f32());
+            for (((out, q), &s), &m) in out.chunks_exact_mut(BLOCK).zip(q.chunks_exact(half)).zip(scale).zip(min) {
                 for (k, &byte) in q.iter().enumerate() {
                     out[k] = (byte & 0x0f) as f32 * s + m;
                     out[k + half] = (byte >> 4) as f32 * s + m;
@@ -324,18 +346,20 @@ mod tests {
     fn check_bound(values: &[f32], shape: &[usize], scheme: QuantScheme) {
         let quant = quantize(values, shape, scheme).unwrap();
         quant.check().unwrap();
+        // What quantize makes is f16 scales and minima: exactly representable, stored in 2 bytes.
+        let (scales, mins) = (as_f16s(&quant.scale).unwrap(), as_f16s(&quant.min).unwrap());
         let back = dequantize(&quant);
         assert_eq!(back.len(), values.len());
         for (b, (x, y)) in values.chunks(BLOCK).zip(back.chunks(BLOCK)).enumerate() {
-            let scale = quant.scale[b].to_f32();
+            let scale = quant.scale[b];
             let lo = x.iter().copied().fold(f32::INFINITY, f32::min);
             let hi = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
             let (exact, zero, mut magnitude) = match scheme {
                 QuantScheme::Int8 => (amax / 127.0, amax == 0.0, amax),
                 QuantScheme::Int4 => {
-                    let min = quant.min[b].to_f32();
-                    assert!(min <= lo && next_up(quant.min[b]).to_f32() > lo, "block {b}: min {min} for {lo}");
+                    let min = quant.min[b];
+                    assert!(min <= lo && next_up(mins[b]).to_f32() > lo, "block {b}: min {min} for {lo}");
                     ((hi - min) / 15.0, hi == min, amax.max(min.abs()))
                 }
             };
@@ -343,7 +367,7 @@ mod tests {
                 assert_eq!(scale, 0.0, "{scheme:?} block {b}");
             } else {
                 let floor = f32::MIN_POSITIVE.max(exact);
-                assert!(scale >= floor && next_down(quant.scale[b]).to_f32() < floor, "block {b}: {scale} for {exact}");
+                assert!(scale >= floor && next_down(scales[b]).to_f32() < floor, "block {b}: {scale} for {exact}");
             }
             magnitude = magnitude.max(scale * 15.0);
             // Half a step of the stored scale, plus f32 rounding of the division and the sum.
@@ -407,7 +431,7 @@ mod tests {
         }
         let constant = vec![-1.25f32; 64];
         let quant = quantize(&constant, &[1, 64], QuantScheme::Int4).unwrap();
-        assert_eq!(quant.scale, [f16::ZERO; 2]);
+        assert_eq!(quant.scale, [0.0; 2]);
         assert_eq!(dequantize(&quant), constant);
         // Symmetric int8 decodes a constant as -127 * scale, the scale rounded up to an f16: within
         // one f16 ulp (2^-10 relative) of it, much less than half a step.
@@ -420,7 +444,7 @@ mod tests {
         let mut values = random(2 * 64, 5);
         // The largest int8 scale is 65504: max |x| = 65504 * 127 still quantizes, above does not.
         values[70] = 65504.0 * 127.0;
-        assert_eq!(quantize(&values, &[2, 64], QuantScheme::Int8).unwrap().scale[2], f16::MAX);
+        assert_eq!(quantize(&values, &[2, 64], QuantScheme::Int8).unwrap().scale[2], f16::MAX.to_f32());
         values[70] = 8.4e6;
         let err = quantize(&values, &[2, 64], QuantScheme::Int8).unwrap_err();
         assert!(err.contains("int8 block at row 1, columns 0..32") && err.contains("scale"), "{err}");
@@ -458,7 +482,7 @@ mod tests {
     fn int4_packs_in_ggml_nibble_order() {
         let values: Vec<f32> = (0..32).map(|i| i as f32 / 31.0 * 15.0).collect();
         let quant = quantize(&values, &[1, 32], QuantScheme::Int4).unwrap();
-        assert_eq!((quant.scale[0], quant.min[0]), (f16::ONE, f16::ZERO));
+        assert_eq!((quant.scale[0], quant.min[0]), (1.0, 0.0));
         let expected: Vec<u8> = (0..16u8)
             .map(|k| {
                 let lo = (values[k as usize]).round() as u8;
@@ -477,6 +501,12 @@ mod tests {
         let int4 = quantize(&values, &[4, 64], QuantScheme::Int4).unwrap();
         assert_eq!(int8.stored_bytes(), 256 + 8 * 2);
         assert_eq!(int4.stored_bytes(), 128 + 8 * 4);
+        // A part with one value that is not an f16 takes four bytes a value.
+        let mut wide = int4.clone();
+        wide.min[3] = 1.0 + f32::EPSILON;
+        assert_eq!(wide.stored_bytes(), 128 + 8 * 2 + 8 * 4);
+        assert_eq!(as_f16s(&[0.5, -0.0, 65504.0]).unwrap()[1].to_bits(), 0x8000);
+        assert!(as_f16s(&[65520.0]).is_none() && as_f16s(&[1e-8]).is_none());
         assert!(!quantizable(&[4, 48]) && !quantizable(&[64]) && quantizable(&[3, 64]));
         let mut broken = int4.clone();
         broken.min.pop();

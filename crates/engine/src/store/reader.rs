@@ -212,20 +212,26 @@ fn read_quantized(tensors: &SafeTensors, name: &str, path: &Path) -> Result<(Vec
         (safetensors::Dtype::U8, &[rows, half]) => (QuantScheme::Int4, vec![rows, 2 * half]),
         (dtype, shape) => return Err(bad(format!("{name}.q is {dtype:?} {shape:?}, expected I8 or U8 and 2-D"))),
     };
-    let f16_part = |part: &str| -> Result<Vec<f16>> {
+    // Block scales and minima: F16, or F32 where the split kept values that are not f16s.
+    let float_part = |part: &str| -> Result<Vec<f32>> {
         let view = tensors
             .tensor(&format!("{name}.{part}"))
             .map_err(|_| EngineError::MissingTensor { path: path.to_path_buf(), name: format!("{name}.{part}") })?;
-        if view.dtype() != safetensors::Dtype::F16 {
-            return Err(bad(format!(
-                "{name}.{part} is {:?}, expected F16 (block scales and minima are f16); split the model again",
-                view.dtype()
-            )));
+        let data = view.data();
+        match view.dtype() {
+            safetensors::Dtype::F16 => {
+                Ok(data.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect())
+            }
+            safetensors::Dtype::F32 => {
+                Ok(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+            }
+            dtype => Err(bad(format!(
+                "{name}.{part} is {dtype:?}, expected F16 or F32 (block scales and minima); split the model again"
+            ))),
         }
-        Ok(view.data().chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect())
     };
-    let scale = f16_part("scale")?;
-    let min = if scheme == QuantScheme::Int4 { f16_part("min")? } else { vec![] };
+    let scale = float_part("scale")?;
+    let min = if scheme == QuantScheme::Int4 { float_part("min")? } else { vec![] };
     let quant = QuantTensor { scheme, shape, q: q.data().to_vec(), scale, min };
     quant.check().map_err(bad)?;
     let values = quant::dequantize(&quant);

@@ -16,20 +16,28 @@
 //! on every run just to confirm that the store is its own.
 //!
 //! With [`SplitOptions::compression`] the linear weights of each layer are stored block-quantized
-//! ([`super::quant`]); a source that holds them already quantized in a matching block format (GGUF
-//! Q8_0 for int8, Q4_0/Q4_1 for int4) hands its blocks over as they are, without a detour through
-//! f32 and a second rounding.
+//! ([`super::quant`]); a source that holds them already quantized in a block format that converts
+//! exactly (GGUF Q8_0 and Q5_0 for int8; Q4_0, Q4_1 and Q4_K for int4) hands its blocks over,
+//! without a detour through f32 and a second rounding.
+//!
+//! More bits are never less accurate: an int8 store keeps a tensor as int4 where the source's
+//! blocks convert exactly to int4 but not to int8 (GGUF Q4_0, Q4_1, Q4_K), rather than round the
+//! source's values a second time at 8 bits; the store reader tells the scheme tensor by tensor.
+//! Block-quantized tensors with no exact form (Q5_1, Q2_K, Q3_K, Q5_K, Q6_K, and Q8_0/Q5_0 into
+//! int4) are quantized from their f32 values, which adds rounding to the source's: the split says
+//! how many of each type (a warning, and [`SplitReport::compressed`]). A compressed store records
+//! the revision of these rules it was made under ([`COMPRESSION_RULES`]); one made under other
+//! rules is written again, not reused.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
 use std::time::SystemTime;
 
-use half::f16;
 use serde::{Deserialize, Serialize};
 
-use super::manifest::{Compression, FORMAT_VERSION, FileEntry, Manifest};
-use super::quant::{BLOCK, QuantScheme, QuantTensor, quantizable, quantize};
+use super::manifest::{COMPRESSION_RULES, Compression, FORMAT_VERSION, FileEntry, Manifest};
+use super::quant::{BLOCK, QuantScheme, QuantTensor, as_f16s, quantizable, quantize};
 use super::reader::{NO_TOKENIZER, size_problem};
 use super::{MANIFEST, SPLIT_PROGRESS, TOKENIZER, checksum, file_tensors, store_files, write_atomic};
 use crate::error::{EngineError, Result};
@@ -63,6 +71,41 @@ pub struct SplitReport {
     /// reused).
     pub reused_files: usize,
     pub written_files: usize,
+    /// How the compressed tensors of the files written by this call were made.
+    pub compressed: CompressedTensors,
+}
+
+/// Compressed tensors counted by how they were made, keyed `"{source type} -> {scheme}"` (e.g.
+/// `"Q6_K -> int8"`). Tensors quantized from a float source are not counted: theirs is the first
+/// rounding.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CompressedTensors {
+    /// The source's own blocks, converted exactly: the store holds the source's values.
+    pub exact: BTreeMap<String, usize>,
+    /// Block-quantized source tensors with no exact form in the store, quantized again from their
+    /// f32 values: rounding error on top of the source's.
+    pub requantized: BTreeMap<String, usize>,
+}
+
+impl CompressedTensors {
+    fn log(&self, out: &Path) {
+        let list = |counts: &BTreeMap<String, usize>| -> (usize, String) {
+            let total = counts.values().sum();
+            (total, counts.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", "))
+        };
+        if !self.exact.is_empty() {
+            let (n, by_type) = list(&self.exact);
+            tracing::info!(store = %out.display(), "{n} tensors keep the source's blocks exactly ({by_type})");
+        }
+        if !self.requantized.is_empty() {
+            let (n, by_type) = list(&self.requantized);
+            tracing::warn!(
+                store = %out.display(),
+                "{n} block-quantized tensors have no exact form in this store and were quantized again from their \
+                 values, adding rounding error to the source's ({by_type})"
+            );
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -73,15 +116,21 @@ struct Progress {
     compression: Compression,
     #[serde(default)]
     quantized_embed_head: bool,
+    #[serde(default)]
+    compression_rules: u32,
     files: Vec<FileEntry>,
 }
 
 impl Progress {
+    /// Whether a store written for `self` is one for `other`. The compression rules count only
+    /// where something is compressed: an uncompressed store is the same under any of them.
     fn same_target(&self, other: &Progress) -> bool {
+        let compresses = self.compression != Compression::None || self.quantized_embed_head;
         self.source_fingerprint == other.source_fingerprint
             && self.dtype == other.dtype
             && self.compression == other.compression
             && self.quantized_embed_head == other.quantized_embed_head
+            && (!compresses || self.compression_rules == other.compression_rules)
     }
 
     fn of_manifest(manifest: &Manifest) -> Self {
@@ -90,6 +139,7 @@ impl Progress {
             dtype: manifest.dtype,
             compression: manifest.compression,
             quantized_embed_head: manifest.quantized_embed_head,
+            compression_rules: manifest.compression_rules,
             files: manifest.files.clone(),
         }
     }
@@ -113,6 +163,7 @@ pub fn split(
         dtype,
         compression: options.compression,
         quantized_embed_head: options.quantize_embed_head,
+        compression_rules: COMPRESSION_RULES,
         files: vec![],
     };
     let spec = source.spec();
@@ -122,7 +173,8 @@ pub fn split(
             let damaged = damaged_files(out, &manifest, options.verify);
             if damaged.is_empty() {
                 let reused_files = manifest.files.len();
-                return Ok(SplitReport { manifest, reused_files, written_files: 0 });
+                let compressed = CompressedTensors::default();
+                return Ok(SplitReport { manifest, reused_files, written_files: 0, compressed });
             }
             tracing::warn!(store = %out.display(), files = ?damaged, "layer store files are damaged, writing them again");
             let mut progress = Progress::of_manifest(&manifest);
@@ -135,11 +187,12 @@ pub fn split(
     };
     remove_if_present(&out.join(MANIFEST))?;
     let reused_files = progress.files.len();
+    let mut compressed = CompressedTensors::default();
     for (i, name) in names.iter().enumerate() {
         if progress.files.iter().any(|f| &f.name == name) {
             continue;
         }
-        let bytes = file_bytes(source, name, dtype, options)?;
+        let bytes = file_bytes(source, name, dtype, options, &mut compressed)?;
         write_atomic(&out.join(name), &bytes)?;
         progress.files.push(FileEntry { name: name.clone(), size: bytes.len() as u64, checksum: checksum(&bytes) });
         write_progress(out, &progress)?;
@@ -157,12 +210,14 @@ pub fn split(
         compression: options.compression,
         block_size: BLOCK,
         quantized_embed_head: options.quantize_embed_head,
+        compression_rules: COMPRESSION_RULES,
         files,
     };
     write_atomic(&out.join(MANIFEST), &serde_json::to_vec_pretty(&manifest).expect("manifest serializes"))?;
     remove_if_present(&out.join(SPLIT_PROGRESS))?;
+    compressed.log(out);
     let written_files = names.len() - reused_files;
-    Ok(SplitReport { manifest, reused_files, written_files })
+    Ok(SplitReport { manifest, reused_files, written_files, compressed })
 }
 
 /// Takes the store's write lock, waiting (and saying so) while another split holds it.
@@ -256,8 +311,18 @@ impl From<HostTensor> for Entry {
     }
 }
 
-fn f16_entry(shape: Vec<usize>, values: &[f16]) -> Entry {
-    Entry { dtype: safetensors::Dtype::F16, shape, bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+/// Block scales or minima: F16 where every value is exactly an f16, else F32 (see [`super::quant`]).
+fn scale_entry(shape: Vec<usize>, values: &[f32]) -> Entry {
+    match as_f16s(values) {
+        Some(halves) => {
+            let bytes = halves.iter().flat_map(|v| v.to_le_bytes()).collect();
+            Entry { dtype: safetensors::Dtype::F16, shape, bytes }
+        }
+        None => {
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            Entry { dtype: safetensors::Dtype::F32, shape, bytes }
+        }
+    }
 }
 
 /// Adds `NAME.q`, `NAME.scale` (and `NAME.min`) for a quantized tensor.
@@ -269,23 +334,43 @@ fn insert_quant(entries: &mut BTreeMap<String, Entry>, name: &str, quant: QuantT
         QuantScheme::Int4 => safetensors::Dtype::U8,
     };
     let q_shape = vec![rows, quant.scheme.row_bytes(cols)];
-    entries.insert(format!("{name}.scale"), f16_entry(blocks_shape.clone(), &quant.scale));
+    entries.insert(format!("{name}.scale"), scale_entry(blocks_shape.clone(), &quant.scale));
     if quant.scheme == QuantScheme::Int4 {
-        entries.insert(format!("{name}.min"), f16_entry(blocks_shape, &quant.min));
+        entries.insert(format!("{name}.min"), scale_entry(blocks_shape, &quant.min));
     }
     entries.insert(format!("{name}.q"), Entry { dtype: q_dtype, shape: q_shape, bytes: quant.q });
 }
 
-/// A tensor quantized with `scheme`: the source's own blocks where it has them in that format,
-/// else quantized from f32. The tensor as it is (`Err`) when its shape does not split into
-/// blocks or its values do not quantize (not finite, or a scale beyond f16).
+/// The source's own blocks for a store that asked for `scheme`, where they convert exactly. An
+/// int8 store also takes exact int4 blocks: the source's 4-bit values as they are beat the same
+/// values rounded again to 8 bits (see the module doc).
+fn exact_blocks(source: &dyn ModelSource, name: TensorName, scheme: QuantScheme) -> Result<Option<QuantTensor>> {
+    if let Some(quant) = source.quantized_tensor(name, scheme)? {
+        return Ok(Some(quant));
+    }
+    match scheme {
+        QuantScheme::Int8 => source.quantized_tensor(name, QuantScheme::Int4),
+        QuantScheme::Int4 => Ok(None),
+    }
+}
+
+/// A tensor quantized for a `scheme` store: the source's own blocks where they convert exactly
+/// ([`exact_blocks`]), else quantized from f32. The tensor as it is (`Err`) when its shape does not
+/// split into blocks or its values do not quantize (not finite, or a scale beyond f16).
 fn quantized(
     source: &dyn ModelSource,
     name: TensorName,
     scheme: QuantScheme,
+    compressed: &mut CompressedTensors,
 ) -> Result<Result<QuantTensor, HostTensor>> {
-    if let Some(quant) = source.quantized_tensor(name, scheme)? {
+    let block_type = source.block_type(name);
+    let count = |counts: &mut BTreeMap<String, usize>, made: QuantScheme| {
+        let from = block_type.as_deref().unwrap_or("source blocks");
+        *counts.entry(format!("{from} -> {}", made.name())).or_default() += 1;
+    };
+    if let Some(quant) = exact_blocks(source, name, scheme)? {
         quant.check().map_err(|e| EngineError::Other(format!("{}: tensor {name:?}: {e}", source.describe())))?;
+        count(&mut compressed.exact, quant.scheme);
         return Ok(Ok(quant));
     }
     let tensor = source.tensor(name)?;
@@ -294,7 +379,12 @@ fn quantized(
         return Ok(Err(tensor));
     }
     match quantize(&tensor.to_f32(), &tensor.shape, scheme) {
-        Ok(quant) => Ok(Ok(quant)),
+        Ok(quant) => {
+            if block_type.is_some() {
+                count(&mut compressed.requantized, scheme);
+            }
+            Ok(Ok(quant))
+        }
         Err(reason) => {
             tracing::warn!(?name, "{}: {reason}; stored uncompressed", source.describe());
             Ok(Err(tensor))
@@ -303,7 +393,13 @@ fn quantized(
 }
 
 /// The bytes of one store file, built from the source.
-fn file_bytes(source: &dyn ModelSource, name: &str, dtype: DType, options: &SplitOptions) -> Result<Vec<u8>> {
+fn file_bytes(
+    source: &dyn ModelSource,
+    name: &str,
+    dtype: DType,
+    options: &SplitOptions,
+    compressed: &mut CompressedTensors,
+) -> Result<Vec<u8>> {
     let spec = source.spec();
     let embed_head = options.quantize_embed_head.then_some(QuantScheme::Int8);
     let layer_scheme = options.compression.scheme();
@@ -330,7 +426,7 @@ fn file_bytes(source: &dyn ModelSource, name: &str, dtype: DType, options: &Spli
     for (store_name, tensor_name, scheme) in tensors {
         let plain = match scheme {
             None => source.tensor(tensor_name)?,
-            Some(scheme) => match quantized(source, tensor_name, scheme)? {
+            Some(scheme) => match quantized(source, tensor_name, scheme, compressed)? {
                 Ok(quant) => {
                     insert_quant(&mut entries, store_name, quant);
                     continue;

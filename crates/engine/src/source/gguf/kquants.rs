@@ -9,8 +9,8 @@
 //! the product; it is grouped `(d·sc)·q` as ggml and gguf-py group it.
 //!
 //! Layouts (ggml-common.h's `block_q*_K`): 2-bit fields (Q2_K and Q3_K codes, Q6_K's high bits)
-//! keep each 128-element half in 32 bytes, see [`crumb`]; 4-bit fields keep each 64 elements in
-//! 32 bytes, the first 32 in the low nibbles, see [`nibbles`].
+//! keep each 128-element half in 32 bytes, see `crumb`; 4-bit fields keep each 64 elements in
+//! 32 bytes, the first 32 in the low nibbles, see `nibbles`.
 
 use super::dequant::f16_at;
 
@@ -48,7 +48,7 @@ pub fn dequant_q2_k(block: &[u8], out: &mut [f32]) {
 }
 
 /// `block_q3_K { u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d; }`: 16-element sub-blocks with
-/// 6-bit scales biased by 32 ([`q3_k_scale`]); x = d·(sc − 32)·q, where q is the 2-bit code minus
+/// 6-bit scales biased by 32 (`q3_k_scale`); x = d·(sc − 32)·q, where q is the 2-bit code minus
 /// 4 if the element's bit in `hmask` (bit `e / 32` of `hmask[e % 32]`) is clear.
 pub fn dequant_q3_k(block: &[u8], out: &mut [f32]) {
     let (hmask, qs, scales) = (&block[..32], &block[32..96], &block[96..108]);
@@ -93,7 +93,7 @@ pub(super) fn q4_k_codes(block: &[u8], j: usize) -> impl Iterator<Item = u8> + '
 }
 
 /// `block_q4_K { f16 d; f16 dmin; u8 scales[12]; u8 qs[128]; }`: 32-element sub-blocks
-/// ([`k4_scale_min`]); x = d·sc·q − dmin·m, q the 4-bit code.
+/// (`k4_scale_min`); x = d·sc·q − dmin·m, q the 4-bit code.
 pub fn dequant_q4_k(block: &[u8], out: &mut [f32]) {
     for (j, out) in out.chunks_exact_mut(32).enumerate() {
         let (scale, min) = k4_scale_min(block, j);

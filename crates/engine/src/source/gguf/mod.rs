@@ -5,6 +5,7 @@
 //! Face layout: row-major shape (GGUF lists dimensions innermost first) and, for llama/mistral, the
 //! Q/K row order of the original checkpoint (llama.cpp's converter permutes those rows).
 
+pub mod convert;
 pub mod dequant;
 pub mod kquants;
 pub mod reader;
@@ -13,7 +14,6 @@ pub mod tokenizer;
 use std::fs::File;
 use std::path::Path;
 
-use half::f16;
 use memmap2::Mmap;
 
 use super::{ModelSource, TensorName, apply_source, check_tensors, layer_index, picked_shape};
@@ -21,7 +21,7 @@ use crate::error::{EngineError, Result};
 use crate::families::{self, Architecture, TensorSource, Transform};
 use crate::fingerprint::FileHashes;
 use crate::spec::{ModelSpec, RopeScaling};
-use crate::store::quant::{BLOCK, QuantScheme, QuantTensor, quantizable};
+use crate::store::quant::{QuantScheme, QuantTensor};
 use crate::tensor::HostTensor;
 use dequant::GgmlType;
 use reader::{GgufHeader, TensorInfo, Value};
@@ -203,12 +203,10 @@ impl ModelSource for GgufSource {
         self.header.path.display().to_string()
     }
 
-    /// Q8_0 blocks as int8 (`scale = d`, same q), Q4_0 and Q4_1 blocks as int4 (`scale = d`,
-    /// `min = -8d` or `m`, same nibbles: ggml's nibble order is the store's). The store keeps `d`
-    /// and `m` as the f16s they are; `-8d` is an f16 too (a power of two times one) unless it
-    /// overflows (`|d| > 8188`), and `q * d + min` reproduces ggml's dequantized f32 values bit for
-    /// bit. A tensor with a `d` or `m` that is not finite, or whose `-8d` overflows, is not handed
-    /// over (`None`): the split quantizes its f32 values, or stores it uncompressed.
+    /// The blocks of the tensors whose type converts exactly ([`convert`]: Q8_0 and Q5_0 as int8;
+    /// Q4_0, Q4_1 and Q4_K as int4): the store decodes them to ggml's dequantized f32 values. A
+    /// tensor with a block scale or minimum that is not finite is not handed over (`None`): the
+    /// split quantizes its f32 values, or stores it uncompressed.
     /// Rows are picked (un-permuted) as in [`ModelSource::tensor`]: the pick moves whole rows, so
     /// it moves whole rows of blocks. A tensor with a value transform is not handed over.
     fn quantized_tensor(&self, name: TensorName, scheme: QuantScheme) -> Result<Option<QuantTensor>> {
@@ -217,43 +215,10 @@ impl ModelSource for GgufSource {
             return Ok(None);
         }
         let shape = info.shape();
-        if !quantizable(&shape) {
-            return Ok(None);
-        }
         let data = &self.mmap[info.start..info.start + info.len];
-        let f16_at = |b: &[u8], at: usize| f16::from_le_bytes([b[at], b[at + 1]]);
-        let blocks = info.numel() / BLOCK;
-        let mut quant = QuantTensor {
-            scheme,
-            shape: shape.clone(),
-            q: Vec::with_capacity(blocks * scheme.row_bytes(BLOCK)),
-            scale: Vec::with_capacity(blocks),
-            min: Vec::new(),
+        let Some(mut quant) = convert::exact_blocks(info.ggml_type, data, &shape, scheme) else {
+            return Ok(None);
         };
-        let ty = info.ggml_type;
-        match (scheme, ty.id) {
-            (QuantScheme::Int8, GgmlType::Q8_0) => {
-                for block in data.chunks_exact(ty.block_bytes) {
-                    quant.scale.push(f16_at(block, 0));
-                    quant.q.extend_from_slice(&block[2..2 + BLOCK]);
-                }
-            }
-            (QuantScheme::Int4, GgmlType::Q4_0 | GgmlType::Q4_1) => {
-                let offset = if ty.id == GgmlType::Q4_0 { 2 } else { 4 };
-                for block in data.chunks_exact(ty.block_bytes) {
-                    let d = f16_at(block, 0);
-                    let min = if ty.id == GgmlType::Q4_0 { q4_0_min(d) } else { Some(f16_at(block, 2)) };
-                    let Some(min) = min else {
-                        tracing::warn!(tensor = %info.name, "Q4_0 block with d = {d}: -8d is not a finite f16, not handed over as int4");
-                        return Ok(None);
-                    };
-                    quant.scale.push(d);
-                    quant.min.push(min);
-                    quant.q.extend_from_slice(&block[offset..offset + BLOCK / 2]);
-                }
-            }
-            _ => return Ok(None),
-        }
         if !quant.scale.iter().chain(&quant.min).all(|v| v.is_finite()) {
             tracing::warn!(tensor = %info.name, "a block scale or minimum is not finite, not handed over as {}", scheme.name());
             return Ok(None);
@@ -269,12 +234,9 @@ impl ModelSource for GgufSource {
         quant.check().map_err(|e| self.header.error(format!("tensor {}: {e}", info.name)))?;
         Ok(Some(quant))
     }
-}
 
-/// A Q4_0 block's minimum, `-8d`, as an f16: exact (a power-of-two multiple) when it does not
-/// overflow; `None` when it does, or when `d` is not finite.
-pub fn q4_0_min(d: f16) -> Option<f16> {
-    let min = -8.0 * d.to_f32();
-    let stored = f16::from_f32(min);
-    (stored.is_finite() && stored.to_f32() == min).then_some(stored)
+    fn block_type(&self, name: TensorName) -> Option<String> {
+        let ty = self.locate(name).ok()?.1.ggml_type;
+        (ty.block_elems > 1).then(|| ty.name.to_string())
+    }
 }
