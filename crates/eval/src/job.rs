@@ -595,7 +595,12 @@ impl JobSpec {
             "model": self.model.source,
             "sha256": self.model.sha256,
             "weights": store.source_fingerprint,
-            "store": {"dtype": store.dtype, "compression": store.compression, "int8_embed_head": store.quantized_embed_head},
+            "store": {
+                "dtype": store.dtype,
+                "compression": store.compression,
+                "compression_rules": store.compression_rules,
+                "int8_embed_head": store.quantized_embed_head,
+            },
             "backend": self.backend.name,
             "kernels": host_kernel_path(self.backend.precision),
             "compress": self.model.compress,
