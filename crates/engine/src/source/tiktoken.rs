@@ -192,12 +192,11 @@ pub fn build(
     special: &[String],
 ) -> std::result::Result<Tokenizer, String> {
     let mut vocab: Vocab = ranks.iter().map(|(token, &rank)| (byte_level(token), rank)).collect();
-    let mut next = ranks.values().max().map_or(0, |&max| max + 1);
-    for token in special {
-        if vocab.insert(token.clone(), next).is_some() {
+    let first_special = ranks.values().max().map_or(0, |&max| max + 1);
+    for (id, token) in (first_special..).zip(special) {
+        if vocab.insert(token.clone(), id).is_some() {
             return Err(format!("special token {token:?} is also a mergeable token"));
         }
-        next += 1;
     }
     let merges =
         recover_merges(ranks).into_iter().map(|(left, right)| (byte_level(&left), byte_level(&right))).collect();
