@@ -131,6 +131,9 @@ fn check_conversion(original: &Tokenizer, min_merges: usize) {
     let mut full = Tokenizer::new(bpe);
     full.with_pre_tokenizer(Some(qwen_pre_tokenizer()));
 
+    // A layer store keeps the tokenizer as tokenizer.json: it must read back the same.
+    let stored: Tokenizer = ours.to_string(false).unwrap().parse().unwrap();
+
     let mut compared_with_original = 0;
     for &text in TEXTS {
         let encoding = ours.encode(text, false).unwrap();
@@ -138,6 +141,7 @@ fn check_conversion(original: &Tokenizer, min_merges: usize) {
         let ours_pieces: Vec<String> = ids.iter().map(|&id| ours.id_to_token(id).unwrap()).collect();
         assert_eq!(ours_pieces, encoding.get_tokens(), "{text:?}");
         assert_eq!(ours.decode(ids, false).unwrap(), text, "round trip of {text:?}");
+        assert_eq!(stored.encode(text, false).unwrap().get_ids(), ids, "{text:?} from the stored tokenizer.json");
         assert_eq!(ours_pieces, pieces(&full, text), "{text:?} against the original merges");
 
         let covered = text.bytes().all(|b| reference_vocab.contains_key(&byte_level(&[b])));
