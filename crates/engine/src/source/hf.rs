@@ -11,7 +11,7 @@ use memmap2::Mmap;
 use safetensors::SafeTensors;
 use serde_json::Value;
 
-use super::{ModelSource, TensorName, apply_source, check_tensors, layer_index, picked_shape};
+use super::{ModelSource, TensorName, apply_source, check_tensors, layer_index, picked_shape, tiktoken};
 use crate::error::{EngineError, Result};
 use crate::families::{self, Architecture, TensorSource};
 use crate::fingerprint::FileHashes;
@@ -100,11 +100,16 @@ impl ModelSource for HfSource {
         &self.spec
     }
 
-    /// `tokenizer.json`. ChatGLM and Qwen (v1) ship a sentencepiece `tokenizer.model` or a
-    /// tiktoken `qwen.tiktoken` instead, which are not read: [`EngineError::NoTokenizer`] says so.
+    /// `tokenizer.json`; without one, Qwen (v1)'s tiktoken `qwen.tiktoken`, converted to a
+    /// byte-level BPE ([`tiktoken`]). ChatGLM's sentencepiece `tokenizer.model` (or
+    /// `ice_text.model`) is not read: [`EngineError::NoTokenizer`] says so and what to provide.
     fn tokenizer(&self) -> Result<tokenizers::Tokenizer> {
         let path = self.dir.join("tokenizer.json");
         if !path.is_file() {
+            let vocab_file = self.dir.join(tiktoken::QWEN_FILE);
+            if vocab_file.is_file() {
+                return tiktoken::qwen_tokenizer(&vocab_file);
+            }
             return Err(EngineError::NoTokenizer { model: self.describe(), reason: missing_tokenizer(&self.dir) });
         }
         tokenizers::Tokenizer::from_file(&path).map_err(|e| EngineError::format(&path, e.to_string()))
@@ -140,9 +145,10 @@ impl ModelSource for HfSource {
         self.index.keys().filter_map(|name| layer_index(name, &prefix)).map(|i| i + 1).max().unwrap_or(0)
     }
 
-    /// config.json, tokenizer.json, the shard index and every shard, every byte.
+    /// config.json, tokenizer.json (or qwen.tiktoken), the shard index and every shard, every byte.
     fn fingerprint(&self, hashes: &FileHashes) -> Result<String> {
-        let listed = ["config.json", "tokenizer.json", SHARD_INDEX].map(|name| self.dir.join(name));
+        let listed =
+            ["config.json", "tokenizer.json", tiktoken::QWEN_FILE, SHARD_INDEX].map(|name| self.dir.join(name));
         let files: Vec<PathBuf> = listed
             .into_iter()
             .filter(|path| path.is_file())
@@ -158,8 +164,7 @@ impl ModelSource for HfSource {
 
 /// Why a folder without `tokenizer.json` has no tokenizer here, and what to provide.
 fn missing_tokenizer(dir: &Path) -> String {
-    let other =
-        ["tokenizer.model", "qwen.tiktoken", "ice_text.model"].into_iter().find(|name| dir.join(name).is_file());
+    let other = ["tokenizer.model", "ice_text.model"].into_iter().find(|name| dir.join(name).is_file());
     let found = match other {
         Some(name) => format!("it ships {name}, which this build does not read"),
         None => "the folder has no tokenizer.json".into(),

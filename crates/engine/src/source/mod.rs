@@ -13,6 +13,7 @@
 pub mod gguf;
 pub mod hf;
 pub mod synth;
+pub mod tiktoken;
 
 use crate::error::{EngineError, Result};
 use crate::families::{TensorSource, Transform};
