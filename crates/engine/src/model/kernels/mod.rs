@@ -147,18 +147,11 @@ pub(crate) fn attend_tiled(
     seq: usize,
     shape: Heads,
 ) -> Option<Vec<f32>> {
-    if !level.tiled_attention(shape.head_dim) {
-        return None;
-    }
     #[cfg(target_arch = "x86_64")]
-    return match level.capped() {
-        KernelLevel::Avx512 => Some(attention_tiles::attend(avx512::attend_group, qkv, keys_t, batch, seq, shape)),
-        KernelLevel::Avx2 => Some(attention_tiles::attend(avx2::attend_group, qkv, keys_t, batch, seq, shape)),
-        KernelLevel::Off => None,
-    };
+    return group_kernel(level, shape).map(|kernel| attention_tiles::attend(kernel, qkv, keys_t, batch, seq, shape));
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (qkv, keys_t, batch, seq);
+        let _ = (level, qkv, keys_t, batch, seq, shape);
         None
     }
 }
@@ -182,19 +175,25 @@ pub(crate) fn attend_tiled_continued(
     width: usize,
     shape: Heads,
 ) -> Option<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    return group_kernel(level, shape).map(|kernel| attention_tiles::attend_continued(kernel, sequences, width, shape));
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (level, sequences, width, shape);
+        None
+    }
+}
+
+/// The tiled attention entry point of `level` for this head size, where it has one.
+#[cfg(target_arch = "x86_64")]
+fn group_kernel(level: KernelLevel, shape: Heads) -> Option<attention_tiles::GroupKernel> {
     if !level.tiled_attention(shape.head_dim) {
         return None;
     }
-    #[cfg(target_arch = "x86_64")]
-    return match level.capped() {
-        KernelLevel::Avx512 => Some(attention_tiles::attend_continued(avx512::attend_group, sequences, width, shape)),
-        KernelLevel::Avx2 => Some(attention_tiles::attend_continued(avx2::attend_group, sequences, width, shape)),
+    match level.capped() {
+        KernelLevel::Avx512 => Some(avx512::attend_group),
+        KernelLevel::Avx2 => Some(avx2::attend_group),
         KernelLevel::Off => None,
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (sequences, width);
-        None
     }
 }
 
