@@ -1,11 +1,16 @@
-//! The keys and values of every sequence of a generating wave, one cache per layer, in host
-//! memory next to the layer they belong to: a decode step runs one new token per sequence through
-//! a layer and attends to that sequence's cache instead of recomputing its prompt.
+//! Keys and values kept in host memory, and the attention that reads them:
+//! - a generating wave's caches, one per sequence and layer: a decode step runs one new token per
+//!   sequence through a layer and attends to that sequence's cache instead of recomputing its
+//!   prompt ([`keep`], [`attend_new_tokens`]);
+//! - a shared prefix's keys and values for the layer that is running: the sequences that continue
+//!   it attend to them after their own rotary embedding at the positions past it
+//!   ([`attend_after_past`]; see `executor::prefix`).
 //!
 //! Keys are stored after the rotary embedding, `[len, kv_heads * head_dim]` row-major, so a step
 //! only rotates its own query and key. They are kept in f32, or in f16/bf16 ([`KvDtype`]) to halve
-//! the cache (values are rounded when stored and widened when read; attention still sums in f32). Attention of a single query row runs on the host for every
-//! backend: it is a few dot products per cached token, and the cache never leaves host memory.
+//! the cache (values are rounded when stored and widened when read; attention still sums in f32).
+//! Attention of a single query row runs on the host for every backend: it is a few dot products
+//! per cached token, and the cache never leaves host memory.
 
 use std::str::FromStr;
 
