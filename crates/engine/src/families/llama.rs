@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{Architecture, ConfigFields, TensorSource, llama_gguf_tensor, llama_hf_name};
+use super::{Architecture, ConfigFields, TensorSource, llama_hf_name};
 use crate::error::Result;
 use crate::source::TensorName;
 use crate::spec::{ModelSpec, RopeScaling};
@@ -37,10 +37,6 @@ impl Architecture for Llama {
 
     fn gguf_architecture(&self) -> Option<&'static str> {
         Some("llama")
-    }
-
-    fn gguf_tensor(&self, name: TensorName, spec: &ModelSpec) -> TensorSource {
-        llama_gguf_tensor(name, spec, true)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Mistral: llama's layout with sliding-window attention.
 
-use super::{Architecture, ConfigFields, TensorSource, llama_gguf_tensor, llama_hf_name};
+use super::{Architecture, ConfigFields, TensorSource, llama_hf_name};
 use crate::error::Result;
 use crate::source::TensorName;
 use crate::spec::ModelSpec;
@@ -33,9 +33,5 @@ impl Architecture for Mistral {
 
     fn gguf_architecture(&self) -> Option<&'static str> {
         Some("mistral")
-    }
-
-    fn gguf_tensor(&self, name: TensorName, spec: &ModelSpec) -> TensorSource {
-        llama_gguf_tensor(name, spec, true)
     }
 }

@@ -59,7 +59,7 @@ pub trait Architecture: Sync {
         None
     }
     /// Where a canonical tensor lives in a GGUF file of `spec` (families with a
-    /// [`gguf_architecture`](Self::gguf_architecture)).
+    /// [`gguf_architecture`](Self::gguf_architecture)): llama.cpp's llama layout, Q/K permuted.
     fn gguf_tensor(&self, name: TensorName, spec: &ModelSpec) -> TensorSource {
         llama_gguf_tensor(name, spec, true)
     }

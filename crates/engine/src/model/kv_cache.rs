@@ -194,14 +194,14 @@ pub fn attend_new_tokens<B: Backend>(
 }
 
 /// Attention of sequences that continue a shared prefix already run: sequence `i` of the
-/// right-padded stacked projection `qkv` (`[batch * seq, (heads + 2 kv_heads) * head_dim]`,
-/// before the rotary embedding) has `lengths[i]` rows at positions after its prefix, whose keys
+/// right-padded stacked projection `prepared` (`[batch * seq, (heads + 2 kv_heads) * head_dim]`,
+/// before the rotary embedding, which is applied to it in place) has `lengths[i]` rows at positions after its prefix, whose keys
 /// and values at this layer are `past[i]` (none: positions from 0). Each row attends to the
 /// prefix and to its own sequence's rows up to itself. Returns `[batch * seq, heads * head_dim]`
 /// (padding rows zero).
 /// The tiled kernel of `kernels`' level runs where the CPU, head size and model (no ALiBi) suit it.
 pub fn attend_after_past<B: Backend>(
-    qkv: &[f32],
+    mut prepared: Vec<f32>,
     seq: usize,
     lengths: &[usize],
     past: &[Option<&SequenceKv>],
@@ -212,7 +212,6 @@ pub fn attend_after_past<B: Backend>(
     let Heads { heads, kv_heads, head_dim, window } = shape;
     let (q_width, kv_width) = (heads * head_dim, kv_heads * head_dim);
     let width = q_width + 2 * kv_width;
-    let mut prepared = qkv.to_vec();
     let offsets: Vec<usize> = past.iter().map(|p| p.map_or(0, |p| p.len(kv_width))).collect();
     prepared.par_chunks_mut(seq * width).enumerate().for_each(|(sequence, rows)| {
         let offset = offsets[sequence];

@@ -164,8 +164,7 @@ impl<B: Backend> DecoderLayer<B> {
         if let Some(past) = past {
             let [batch, seq, _] = qkv.dims();
             let device = qkv.device();
-            let values = qkv.into_data().convert::<f32>();
-            let values = values.as_slice::<f32>().expect("f32 data");
+            let values = qkv.into_data().convert::<f32>().into_vec::<f32>().expect("f32 data");
             let out = kv_cache::attend_after_past(values, seq, lengths, past, self.heads(), positions, self.kernels);
             return to_device(&[batch, seq, self.num_heads * self.head_dim], out, &device);
         }
@@ -186,8 +185,13 @@ impl<B: Backend> DecoderLayer<B> {
     fn attention_ops(&self, qkv: Tensor<B, 3>, positions: &Positions<B>, lengths: &[usize]) -> Tensor<B, 3> {
         let [batch, seq, _] = qkv.dims();
         let (q_width, kv_width) = (self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim);
-        let q = positions.rotate_ops(qkv.clone().narrow(2, 0, q_width), self.num_heads, lengths, true);
-        let k = positions.rotate_ops(qkv.clone().narrow(2, q_width, kv_width), self.num_kv_heads, lengths, false);
+        let (q, k) = positions.rotate_qk_ops(
+            qkv.clone().narrow(2, 0, q_width),
+            qkv.clone().narrow(2, q_width, kv_width),
+            self.num_heads,
+            self.num_kv_heads,
+            lengths,
+        );
         let (q, k) = (self.split_heads(q, self.num_heads), self.split_heads(k, self.num_kv_heads));
         let v = self.split_heads(qkv.narrow(2, q_width + kv_width, kv_width), self.num_kv_heads);
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));

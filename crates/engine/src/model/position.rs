@@ -9,7 +9,7 @@
 //! tables of a raised base, made on first use and shared by the sequences that need the same.
 //!
 //! The host path rotates rows in place ([`Positions::prepare_qk`]); device backends get the same
-//! angles as tensors ([`Positions::rotate_ops`]).
+//! angles as tensors ([`Positions::rotate_qk_ops`]).
 
 use std::collections::HashMap;
 use std::f64::consts::PI;
@@ -235,28 +235,41 @@ impl<B: Backend> Positions<B> {
         }
     }
 
-    /// [`prepare_qk`](Self::prepare_qk) as burn ops for device backends: `x` `[batch, seq, heads
-    /// * head_dim]` of right-padded sequences of `lengths`; `query` applies the logn scaling.
-    pub fn rotate_ops(&self, x: Tensor<B, 3>, heads: usize, lengths: &[usize], query: bool) -> Tensor<B, 3> {
-        let [batch, seq, width] = x.dims();
-        let x = match &self.rotary {
-            Some(rotary) => self.rotate_tensor(rotary, x.reshape([batch, seq, heads, self.head_dim]), lengths),
-            None => x.reshape([batch, seq, heads, self.head_dim]),
+    /// [`prepare_qk`](Self::prepare_qk) as burn ops for device backends: `q` `[batch, seq, heads
+    /// * head_dim]` and `k` `[batch, seq, kv_heads * head_dim]` of right-padded sequences of
+    /// `lengths`, rotated with one set of angle tensors; the queries also get the logn scaling.
+    pub fn rotate_qk_ops(
+        &self,
+        q: Tensor<B, 3>,
+        k: Tensor<B, 3>,
+        heads: usize,
+        kv_heads: usize,
+        lengths: &[usize],
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let [batch, seq, _] = q.dims();
+        let angles = self.rotary.as_ref().map(|rotary| (rotary, self.angle_tensors(rotary, lengths, seq)));
+        let turn = |x: Tensor<B, 3>, heads: usize| {
+            let width = x.dims()[2];
+            let x = x.reshape([batch, seq, heads, self.head_dim]);
+            let x = match &angles {
+                Some((rotary, (cos, sin))) => self.rotate_tensor(rotary, x, cos.clone(), sin.clone()),
+                None => x,
+            };
+            x.reshape([batch, seq, width])
         };
-        let x = if query && self.logn_from.is_some() {
-            let scales: Vec<f32> = (0..batch).flat_map(|_| (0..seq).map(|p| self.query_scale(p))).collect();
-            x * Tensor::<B, 1>::from_data(TensorData::new(scales, [batch * seq]), &self.device)
-                .reshape([batch, seq, 1, 1])
-        } else {
-            x
-        };
-        x.reshape([batch, seq, width])
+        let (q, k) = (turn(q, heads), turn(k, kv_heads));
+        if self.logn_from.is_none() {
+            return (q, k);
+        }
+        let scales: Vec<f32> = (0..batch).flat_map(|_| (0..seq).map(|p| self.query_scale(p))).collect();
+        let scales = Tensor::<B, 1>::from_data(TensorData::new(scales, [batch * seq]), &self.device);
+        (q * scales.reshape([batch, seq, 1]), k)
     }
 
-    /// `x` `[batch, seq, heads, head_dim]` with its rotary dimensions turned.
-    fn rotate_tensor(&self, rotary: &Rotary, x: Tensor<B, 4>, lengths: &[usize]) -> Tensor<B, 4> {
-        let [batch, seq, heads, head_dim] = x.dims();
+    /// cos and sin of each sequence's angles at positions `0..seq`, `[batch, seq, 1, dims / 2]`.
+    fn angle_tensors(&self, rotary: &Rotary, lengths: &[usize], seq: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let half = rotary.dims / 2;
+        let batch = lengths.len();
         let (mut cos, mut sin) = (Vec::with_capacity(batch * seq * half), Vec::with_capacity(batch * seq * half));
         for &length in lengths {
             let angles = rotary.tables(length, seq);
@@ -270,7 +283,14 @@ impl<B: Backend> Positions<B> {
             Tensor::<B, 1>::from_data(TensorData::new(values, [batch * seq * half]), &self.device)
                 .reshape([batch, seq, 1, half])
         };
-        let (cos, sin) = (table(cos), table(sin));
+        (table(cos), table(sin))
+    }
+
+    /// `x` `[batch, seq, heads, head_dim]` with its rotary dimensions turned by `cos`/`sin`
+    /// ([`Self::angle_tensors`]).
+    fn rotate_tensor(&self, rotary: &Rotary, x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [batch, seq, heads, head_dim] = x.dims();
+        let half = rotary.dims / 2;
         let rotated = x.clone().slice_dim(3, 0..rotary.dims);
         let (a, b) = if rotary.interleaved {
             let pairs = rotated.reshape([batch, seq, heads, half, 2]);
