@@ -1,5 +1,6 @@
-"""What the Python baselines (hf_transformers.py, airllm_bench.py) share: reading the requests file
-that `airllm-eval bench --requests-out` writes, and describing the machine and package versions."""
+"""What the Python baselines (hf_transformers.py, airllm_bench.py, llama_cpp_bench.py) share:
+reading the requests file that `airllm-eval bench --requests-out` writes, and describing the machine
+and package versions."""
 
 from __future__ import annotations
 
