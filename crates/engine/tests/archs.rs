@@ -5,101 +5,93 @@
 //!
 //! Each checkpoint is split into an f32 store (the Hugging Face folder's values as they are),
 //! which must match within 1e-4 with identical argmax at every position, one prompt at a time and
-//! all prompts in one padded wave, streamed and resident (seen: at most 1.0e-5), and again on
-//! burn's ndarray backend, which runs burn's ops as device backends do (see [`NDARRAY_TOLERANCE`]). The int8 and
-//! int4 stores re-quantize these random f32 weights, so their drift is stated, not held to the
-//! f32 tolerance: seen at most 0.36 (int8) and 4.2 (int4, InternLM2) in logits spanning about 8;
-//! the bounds below leave some margin. The tiny random models amplify weight errors far more than
-//! trained ones do.
+//! all prompts in one padded wave, on every backend target (`on_every_backend!`; ndarray and wgpu
+//! run rotary/logn as tensors and ALiBi as an attention bias), and streamed and resident (seen:
+//! at most 1.0e-5). The int8 and int4 stores re-quantize these random f32 weights, so their drift
+//! is stated, not held to the f32 tolerance: seen at most 0.36 (int8) and 4.2 (int4, InternLM2)
+//! in logits spanning about 8; the bounds below leave some margin. The tiny random models amplify
+//! weight errors far more than trained ones do.
 
 mod common;
 
 use airllm_engine::executor::{Engine, EngineOptions};
-use airllm_engine::store::{Compression, SplitOptions, split};
-use burn::backend::NdArray;
+use airllm_engine::store::{Compression, SplitOptions};
+use burn::prelude::Backend;
 use common::*;
 
-/// On burn's ndarray backend, a 32- or 33-token prompt differs from the reference by up to
-/// 1.3e-3 from position 4 on, in every family alike (Baichuan-7B's plain llama math included),
-/// while its 16-token prefix and the 7- and 19-token prompts match within 1e-5 and the same store
-/// on flex within 1e-5: a precision property of that backend's ops at that length, not of a
-/// family's mapping (argmax stays identical).
-const NDARRAY_TOLERANCE: f32 = 2e-3;
+/// Every fixture: (folder, family, its upstream model).
+const FIXTURES: [(&str, &str); 7] = [
+    ("chatglm", "chatglm"),        // ChatGLM3: partial interleaved rotary, multi-query
+    ("baichuan_7b", "baichuan"),   // W_pack, rotary
+    ("baichuan2_13b", "baichuan"), // ALiBi, NormHead
+    ("internlm", "internlm"),      // biases on all projections
+    ("internlm2", "internlm2"),    // grouped wqkv
+    ("qwen", "qwen"),              // c_attn, swapped MLP roles
+    ("qwen_longctx", "qwen"),      // dynamic NTK and logn past seq_length
+];
 
 fn arch_dir(name: &str) -> std::path::PathBuf {
     fixtures().join("archs").join(name)
 }
 
-fn open_split(name: &str, compression: Compression) -> (tempfile::TempDir, Engine) {
-    let dir = tempfile::tempdir().unwrap();
-    let source = airllm_engine::source::open(&arch_dir(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let options = SplitOptions { compression, ..Default::default() };
-    split(source.as_ref(), dir.path(), &options, &|_, _, _| {}).unwrap();
-    // Small micro-batches so the batched wave runs several padded micro-batches.
-    let engine = Engine::open(dir.path(), EngineOptions { micro_batch_tokens: 40, ..Default::default() }).unwrap();
-    (dir, engine)
-}
-
-/// The f32 store within 1e-4, streamed and resident; int8 and int4 stores within `drift`
-/// (largest |Δ logit| seen on these random weights, with some margin).
-fn check(name: &str, family: &str, drift: [f32; 2]) {
+fn references(name: &str) -> Vec<Reference> {
     let references = read_references(&arch_dir(name).join("reference.logits.safetensors"));
     assert_eq!(references.len(), 3);
-    let (_store, mut engine) = open_split(name, Compression::None);
-    assert_eq!(engine.spec().family, family);
-    check_references(&mut engine, &references, 1e-4);
-    engine.set_resident(true);
-    check_references(&mut engine, &references, 1e-4);
-    // burn's ops (rotary, logn and ALiBi as tensors), as device backends run them.
-    let options = EngineOptions { micro_batch_tokens: 40, ..Default::default() };
-    let mut ops = Engine::<NdArray>::open_on(_store.path(), options, Default::default()).unwrap();
-    check_references(&mut ops, &references, NDARRAY_TOLERANCE);
-    for (compression, bound) in [(Compression::Int8, drift[0]), (Compression::Int4, drift[1])] {
-        let (_store, mut engine) = open_split(name, compression);
-        let vocab = engine.spec().vocab_size;
-        let mut worst = 0f32;
-        for reference in &references {
-            let (err, _) = compare(&engine.logits(&reference.ids).unwrap(), &reference.logits, vocab);
-            worst = worst.max(err);
-        }
-        eprintln!("{name} {compression:?}: max |Δ logit| {worst:.3e} (bound {bound})");
-        assert!(worst <= bound, "{name} {compression:?}: max |Δ logit| {worst} > {bound}");
+    references
+}
+
+/// Small micro-batches so the batched wave runs several padded micro-batches.
+fn options() -> EngineOptions {
+    EngineOptions { micro_batch_tokens: 40, ..Default::default() }
+}
+
+fn split_fixture(name: &str, compression: Compression) -> tempfile::TempDir {
+    split_to_temp(&arch_dir(name), &SplitOptions { compression, ..Default::default() })
+}
+
+/// Every family's f32 store within 1e-4 of its upstream code.
+fn remote_code_families<B: Backend>(target: &Target<B>) {
+    for (name, family) in FIXTURES {
+        eprintln!("{name}");
+        let store = split_fixture(name, Compression::None);
+        let mut engine = target.open(store.path(), options());
+        assert_eq!(engine.spec().family, family);
+        target.check_references(&mut engine, &references(name), 1e-4);
     }
 }
 
+on_every_backend!(remote_code_families);
+
+/// Resident layers give the streamed results.
 #[test]
-fn chatglm3_partial_interleaved_rotary_multi_query() {
-    check("chatglm", "chatglm", [0.5, 6.0]);
+fn remote_code_families_resident() {
+    for (name, _) in FIXTURES {
+        let store = split_fixture(name, Compression::None);
+        let mut engine = Engine::open(store.path(), options()).unwrap();
+        engine.set_resident(true);
+        check_references(&mut engine, &references(name), 1e-4);
+    }
 }
 
+/// int8 and int4 stores within the drift bounds (largest |Δ logit| seen on these random weights,
+/// with some margin).
 #[test]
-fn baichuan_7b_w_pack_rotary() {
-    check("baichuan_7b", "baichuan", [0.5, 6.0]);
-}
-
-#[test]
-fn baichuan2_13b_alibi_norm_head() {
-    check("baichuan2_13b", "baichuan", [0.5, 6.0]);
-}
-
-#[test]
-fn internlm_biases_on_all_projections() {
-    check("internlm", "internlm", [0.5, 6.0]);
-}
-
-#[test]
-fn internlm2_grouped_wqkv() {
-    check("internlm2", "internlm2", [0.5, 6.0]);
-}
-
-#[test]
-fn qwen_c_attn_and_swapped_mlp_roles() {
-    check("qwen", "qwen", [0.5, 6.0]);
-}
-
-#[test]
-fn qwen_dynamic_ntk_and_logn_past_seq_length() {
-    check("qwen_longctx", "qwen", [0.5, 6.0]);
+fn remote_code_families_compressed() {
+    for (name, _) in FIXTURES {
+        let references = references(name);
+        for (compression, bound) in [(Compression::Int8, 0.5), (Compression::Int4, 6.0)] {
+            let store = split_fixture(name, compression);
+            let mut engine = Engine::open(store.path(), options()).unwrap();
+            let vocab = engine.spec().vocab_size;
+            let mut worst = 0f32;
+            for reference in &references {
+                let (err, _) = compare(&engine.logits(&reference.ids).unwrap(), &reference.logits, vocab);
+                worst = worst.max(err);
+            }
+            eprintln!("{name} {compression:?}: max |Δ logit| {worst:.3e} (bound {bound})");
+            assert!(worst <= bound, "{name} {compression:?}: max |Δ logit| {worst} > {bound}");
+        }
+    }
 }
 
 /// A config with `auto_map` names its remote code; detection never needs it, and a family the

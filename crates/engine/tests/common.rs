@@ -1,12 +1,176 @@
-//! Helpers shared by the engine's integration tests: fixture paths and reference logits.
+//! Helpers shared by the engine's integration tests: fixture paths, reference logits, and the
+//! backends a reference check runs on ([`Target`], [`on_every_backend!`]).
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use airllm_engine::executor::{Engine, EngineOptions, HeadOutput, Quiet};
+use airllm_engine::model::KernelLevel;
 use airllm_engine::store::{SplitOptions, split};
+use burn::backend::wgpu::WgpuDevice;
+use burn::backend::{Flex, NdArray, Wgpu};
+use burn::prelude::Backend;
 use safetensors::SafeTensors;
+
+/// Where a reference check runs: a burn backend's device and, on the host backend (flex), the
+/// level of our host kernels; [`KernelLevel::Off`] there, and every other backend, run burn's
+/// ops, the path device backends take. Every target is held to the check's own tolerance: none
+/// needs a looser one (seen: SmolLM2 within 1.9e-4 on each, ndarray 1.1e-4, wgpu on lavapipe
+/// 1.2e-4).
+pub struct Target<B: Backend> {
+    pub name: &'static str,
+    pub device: B::Device,
+    kernels: Option<KernelLevel>,
+}
+
+impl Target<Flex> {
+    /// flex with our host kernels at `level`; `None` (the test is skipped) where the CPU lacks it.
+    pub fn host(level: KernelLevel) -> Option<Self> {
+        if level > KernelLevel::cpu() {
+            eprintln!("skipping {level}: this CPU runs at most {}", KernelLevel::cpu());
+            return None;
+        }
+        let name = match level {
+            KernelLevel::Avx512 => "flex, avx512 kernels",
+            KernelLevel::Avx2 => "flex, avx2 kernels",
+            KernelLevel::Off => "flex, burn's ops",
+        };
+        Some(Self { name, device: Default::default(), kernels: Some(level) })
+    }
+
+    /// flex as jobs run it: this process's kernel level.
+    pub fn default_host() -> Self {
+        Self { name: "flex", device: Default::default(), kernels: None }
+    }
+}
+
+impl Target<NdArray> {
+    pub fn ndarray() -> Option<Self> {
+        Some(Self { name: "ndarray", device: Default::default(), kernels: None })
+    }
+}
+
+impl Target<Wgpu> {
+    /// wgpu on its default adapter (a GPU, or lavapipe, Mesa's CPU Vulkan driver, which
+    /// `scripts/test.sh` installs). Skipped where no adapter exists, unless
+    /// `AIRLLM_REQUIRE_WGPU=1` (as `scripts/test.sh` sets it once lavapipe is installed) makes
+    /// that a failure, so CI cannot pass without running it.
+    pub fn wgpu() -> Option<Self> {
+        static ADAPTER: OnceLock<bool> = OnceLock::new();
+        let found = *ADAPTER.get_or_init(|| {
+            std::panic::catch_unwind(|| {
+                burn::Tensor::<Wgpu, 1>::zeros([1], &WgpuDevice::DefaultDevice).into_data();
+            })
+            .is_ok()
+        });
+        let required = std::env::var("AIRLLM_REQUIRE_WGPU").is_ok_and(|v| v == "1");
+        assert!(found || !required, "AIRLLM_REQUIRE_WGPU=1 but wgpu finds no adapter (install mesa-vulkan-drivers)");
+        if !found {
+            eprintln!("skipping wgpu: no adapter (install mesa-vulkan-drivers for lavapipe)");
+            return None;
+        }
+        Some(Self { name: "wgpu", device: WgpuDevice::DefaultDevice, kernels: None })
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Target<burn::backend::Cuda> {
+    /// cuda's first device: runs in builds with the `cuda` feature (`scripts/gpu-check.sh`), and
+    /// fails where no NVIDIA GPU is present, since asking for it says one is.
+    pub fn cuda() -> Option<Self> {
+        Some(Self { name: "cuda", device: Default::default(), kernels: None })
+    }
+}
+
+impl<B: Backend> Target<B> {
+    /// `options` with this target's kernel level.
+    pub fn options(&self, options: EngineOptions) -> EngineOptions {
+        EngineOptions { kernels: self.kernels.or(options.kernels), ..options }
+    }
+
+    /// Opens the store at `dir` on this target.
+    pub fn open(&self, dir: &Path, options: EngineOptions) -> Engine<B> {
+        let engine = Engine::<B>::open_on(dir, self.options(options), self.device.clone())
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name));
+        if let Some(level) = self.kernels {
+            assert_eq!(engine.kernels(), level, "{}", self.name);
+        }
+        engine
+    }
+
+    /// Splits `source` into a fresh temporary store and opens it on this target.
+    pub fn engine_for(&self, source: &Path, options: EngineOptions) -> (tempfile::TempDir, Engine<B>) {
+        let dir = split_to_temp(source, &SplitOptions::default());
+        let engine = self.open(dir.path(), options);
+        (dir, engine)
+    }
+
+    /// [`check_references`], saying which target it runs on.
+    pub fn check_references(&self, engine: &mut Engine<B>, references: &[Reference], tolerance: f32) {
+        eprintln!("on {}:", self.name);
+        check_references(engine, references, tolerance);
+    }
+}
+
+/// One `#[test]` per backend target for each check `fn name<B: Backend>(target: &Target<B>)`,
+/// in a module named after it: flex with the AVX-512 and the AVX2 host kernels, flex on burn's
+/// ops, ndarray, wgpu (see [`Target::wgpu`]), and cuda in builds with the `cuda` feature.
+#[allow(unused_macros)]
+macro_rules! on_every_backend {
+    ($($check:ident),+ $(,)?) => {$(
+        mod $check {
+            use airllm_engine::model::KernelLevel;
+            use crate::common::Target;
+
+            #[test]
+            fn flex_avx512_kernels() {
+                if let Some(target) = Target::host(KernelLevel::Avx512) {
+                    super::$check(&target);
+                }
+            }
+
+            #[test]
+            fn flex_avx2_kernels() {
+                if let Some(target) = Target::host(KernelLevel::Avx2) {
+                    super::$check(&target);
+                }
+            }
+
+            #[test]
+            fn flex_burn_ops() {
+                if let Some(target) = Target::host(KernelLevel::Off) {
+                    super::$check(&target);
+                }
+            }
+
+            #[test]
+            fn ndarray() {
+                if let Some(target) = Target::ndarray() {
+                    super::$check(&target);
+                }
+            }
+
+            #[test]
+            fn wgpu() {
+                if let Some(target) = Target::wgpu() {
+                    super::$check(&target);
+                }
+            }
+
+            #[cfg(feature = "cuda")]
+            #[test]
+            fn cuda() {
+                if let Some(target) = Target::cuda() {
+                    super::$check(&target);
+                }
+            }
+        }
+    )+};
+}
+#[allow(unused_imports)]
+pub(crate) use on_every_backend;
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -64,13 +228,17 @@ pub fn compare(ours: &[f32], reference: &[f32], vocab: usize) -> (f32, bool) {
     (max_err, same)
 }
 
-/// Splits `source` into a fresh temporary store and opens it.
-pub fn engine_for(source: &std::path::Path, options: EngineOptions) -> (tempfile::TempDir, Engine) {
+/// Splits `source` into a fresh temporary store and opens it on the default backend.
+pub fn engine_for(source: &Path, options: EngineOptions) -> (tempfile::TempDir, Engine) {
+    Target::default_host().engine_for(source, options)
+}
+
+/// Splits `source` into a fresh temporary store.
+pub fn split_to_temp(source: &Path, options: &SplitOptions) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let model = airllm_engine::source::open(source).unwrap();
-    split(model.as_ref(), dir.path(), &SplitOptions::default(), &|_, _, _| {}).unwrap();
-    let engine = Engine::open(dir.path(), options).unwrap();
-    (dir, engine)
+    let model = airllm_engine::source::open(source).unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+    split(model.as_ref(), dir.path(), options, &|_, _, _| {}).unwrap();
+    dir
 }
 
 /// Checks every reference prompt, one at a time and all in one wave, against `tolerance`.

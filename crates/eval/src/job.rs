@@ -132,8 +132,11 @@ pub struct BackendConfig {
     /// `cpu` (the build's default burn CPU backend), or `cuda` / `wgpu` in builds with those features.
     #[serde(default = "cpu")]
     pub name: String,
+    /// Which device of that backend: cuda's ordinal, or wgpu's n-th discrete GPU; unset, cuda's
+    /// first and wgpu's default adapter (the most capable one: a GPU, else a CPU driver such as
+    /// lavapipe; `CUBECL_WGPU_DEFAULT_DEVICE` overrides it).
     #[serde(default)]
-    pub device: usize,
+    pub device: Option<usize>,
     /// Input precision of the layer matmuls: `f32`, or `bf16` (cpu backend on CPUs with
     /// AVX512-BF16: twice the multiply rate, logits within a few hundredths of f32).
     #[serde(default)]
@@ -146,7 +149,7 @@ fn cpu() -> String {
 
 impl Default for BackendConfig {
     fn default() -> Self {
-        Self { name: cpu(), device: 0, precision: Precision::F32 }
+        Self { name: cpu(), device: None, precision: Precision::F32 }
     }
 }
 
@@ -376,6 +379,9 @@ pub struct Overrides {
     pub output: Option<PathBuf>,
     pub no_resume: bool,
     pub shard: Option<Shard>,
+    /// `backend.name` and `backend.device` instead of the job's.
+    pub backend: Option<String>,
+    pub device: Option<usize>,
 }
 
 /// A job spec together with where it came from.
@@ -447,6 +453,33 @@ impl Job {
         if overrides.shard.is_some() {
             spec.shard = overrides.shard;
         }
+        if let Some(name) = &overrides.backend {
+            spec.backend.name = name.clone();
+        }
+        if overrides.device.is_some() {
+            spec.backend.device = overrides.device;
+        }
+        self.check_backend().map_err(|(_, e)| anyhow::anyhow!("--backend/--device: {e}"))
+    }
+
+    /// Whether this build and CPU run the job's backend at its precision; else the field to blame
+    /// (a needle for [`Self::locate`]) and why.
+    fn check_backend(&self) -> std::result::Result<(), (&str, String)> {
+        let backend = &self.spec.backend.name;
+        airllm_engine::backend::check_available(backend)
+            .map_err(|e| (backend.as_str(), format!("backend.name: {e}")))?;
+        if self.spec.backend.precision == Precision::Bf16
+            && (backend != "cpu" || !Precision::Bf16.host_kernel_available())
+        {
+            return Err((
+                "precision",
+                format!(
+                    "backend.precision `bf16` needs the cpu backend on a CPU with AVX512-BF16 \
+                     (this is backend `{backend}`{}); use `f32`",
+                    if Precision::Bf16.host_kernel_available() { "" } else { " on a CPU without AVX512-BF16" }
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -471,25 +504,7 @@ impl Job {
         let base = self.path.parent().unwrap_or(Path::new("."));
         crate::fetch::ModelRef::parse(&model.source, model.sha256.as_deref(), base)
             .with_context(|| format!("{}: model.source", self.locate_first(&["source:", "model:"])))?;
-        let backend = &self.spec.backend.name;
-        if !airllm_engine::backend::AVAILABLE.contains(&backend.as_str()) {
-            bail!(
-                "{}: backend.name `{backend}` is not available in this build; allowed: {} \
-                 (cuda and wgpu need `cargo build --features cuda` or `wgpu`)",
-                self.locate(backend),
-                airllm_engine::backend::AVAILABLE.join(", ")
-            );
-        }
-        if self.spec.backend.precision == Precision::Bf16
-            && (backend != "cpu" || !Precision::Bf16.host_kernel_available())
-        {
-            bail!(
-                "{}: backend.precision `bf16` needs the cpu backend on a CPU with AVX512-BF16 \
-                 (this is backend `{backend}`{}); use `f32`",
-                self.locate("precision"),
-                if Precision::Bf16.host_kernel_available() { "" } else { " on a CPU without AVX512-BF16" }
-            );
-        }
+        self.check_backend().map_err(|(field, e)| anyhow::anyhow!("{}: {e}", self.locate(field)))?;
         if self.spec.memory.micro_batch_tokens == 0 {
             bail!("{}: memory.micro_batch_tokens must be at least 1", self.locate("micro_batch_tokens"));
         }

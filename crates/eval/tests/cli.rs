@@ -585,3 +585,52 @@ fn every_shipped_job_file_loads_with_its_tasks() {
     }
     assert!(checked >= 6, "only {checked} job files found");
 }
+
+/// `run --backend wgpu` (lavapipe where there is no GPU) on the default job's MMLU subjects gives
+/// the cpu run's predictions, with log-likelihoods within 1e-3: the first document of each
+/// subject, or `AIRLLM_WGPU_LIMIT` of them (`5` was checked by hand: see the README).
+#[test]
+fn wgpu_run_of_the_default_job_predicts_as_the_cpu_run() {
+    if !cfg!(feature = "wgpu") {
+        eprintln!("skipping: this binary is built without the wgpu feature (scripts/test.sh builds it)");
+        return;
+    }
+    if common::Target::wgpu().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let job = root().join("jobs/mmlu.yaml");
+    let text = std::fs::read_to_string(&job).unwrap();
+    let source = text.lines().find(|l| l.trim_start().starts_with("source:")).expect("the job names its source");
+    let text = text
+        .replace(source, &format!("  source: {}", common::smollm2_gguf().display()))
+        .replace("../datasets", &root().join("datasets").display().to_string());
+    let job = dir.path().join("mmlu.yaml");
+    std::fs::write(&job, text).unwrap();
+    let limit = std::env::var("AIRLLM_WGPU_LIMIT").unwrap_or_else(|_| "1".into());
+    let mut outputs = Vec::new();
+    for backend in ["cpu", "wgpu"] {
+        let out = dir.path().join(backend);
+        let output = run(airllm(&dir.path().join("cache")).arg("run").arg(&job).args(["--limit", &limit]).args([
+            "--backend".as_ref(),
+            backend.as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ]));
+        assert!(output.status.success(), "{backend}: {}", stderr(&output));
+        let label = if backend == "cpu" { "flex" } else { backend };
+        assert_eq!(run_record(&out)["backend"], label, "{backend}");
+        outputs.push(out);
+    }
+    let read = |out: &Path, name: &str| std::fs::read_to_string(out.join(name)).unwrap();
+    assert_eq!(read(&outputs[0], "docs.csv"), read(&outputs[1], "docs.csv"), "predictions differ");
+    let loglikelihoods = |out: &Path| -> Vec<f64> {
+        let text = read(out, "requests.csv");
+        text.lines().skip(1).map(|l| l.split(',').nth(3).unwrap().parse().unwrap()).collect()
+    };
+    let (cpu, wgpu) = (loglikelihoods(&outputs[0]), loglikelihoods(&outputs[1]));
+    assert_eq!(cpu.len(), wgpu.len());
+    let worst = cpu.iter().zip(&wgpu).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
+    eprintln!("{} requests, max |Δ loglikelihood| cpu vs wgpu {worst:.2e}", cpu.len());
+    assert!(worst <= 1e-3, "max |Δ loglikelihood| {worst}");
+}

@@ -8,7 +8,8 @@
 //!   * our requests (`commands::run::build_requests`, i.e. `encode_pair` with the store's
 //!     tokenizer) carry exactly lm-eval's context and continuation token ids;
 //!   * the engine's log-likelihoods (through `schedule::sequences` and `score_wave`, as the runner
-//!     scores) are within 1e-3 of lm-eval's, and the predicted choice is the same.
+//!     scores) are within 1e-3 of lm-eval's, and the predicted choice is the same, on every
+//!     backend target (`on_every_backend!`).
 //!
 //! ARC, HellaSwag, TruthfulQA and WikiText (tests/fixtures/tasks/lm_eval_reference.json, written
 //! by tests/fixtures/make_tasks_reference.py with lm-eval's registered task configs,
@@ -33,6 +34,7 @@ use airllm_eval::task::metrics::Sample;
 use airllm_eval::task::metrics::first_argmax;
 use airllm_eval::task::{Doc, Request, Response, mmlu};
 use airllm_eval::task::{Task, registry};
+use burn::prelude::Backend;
 use serde_json::Value;
 
 const TOLERANCE: f64 = 1e-3;
@@ -129,7 +131,7 @@ fn ids_diff(expected: &[u32], actual: &[u32]) -> String {
 }
 
 /// Scores requests as the runner does: deduplicated sequences, waves, one `score_wave` a wave.
-fn score(engine: &mut Engine, requests: &[Request]) -> (Vec<Response>, usize, usize) {
+fn score<B: Backend>(engine: &mut Engine<B>, requests: &[Request]) -> (Vec<Response>, usize, usize) {
     let sequences = schedule::sequences(requests, engine.spec().max_position_embeddings);
     let waves = schedule::waves(engine.spec(), &sequences, 1 << 31);
     let mut out = vec![None; requests.len()];
@@ -143,8 +145,7 @@ fn score(engine: &mut Engine, requests: &[Request]) -> (Vec<Response>, usize, us
     (out.into_iter().map(|r| r.expect("request left unscored")).collect(), sequences.len(), waves.len())
 }
 
-#[test]
-fn mmlu_prompts_tokens_and_loglikelihoods_match_lm_eval() {
+fn mmlu_matches_lm_eval<B: Backend>(target: &common::Target<B>) {
     let (fixture, items) = read_fixture();
     eprintln!("fixture: {} items, versions {}", items.len(), fixture["versions"]);
     assert!(!items.is_empty());
@@ -152,7 +153,8 @@ fn mmlu_prompts_tokens_and_loglikelihoods_match_lm_eval() {
         assert!(items.iter().any(|i| i.num_fewshot == shots), "fixture has no {shots}-shot item");
     }
 
-    let (_store, mut engine) = common::engine_for(&common::smollm2_gguf(), EngineOptions::default());
+    let (_store, mut engine) = target.engine_for(&common::smollm2_gguf(), EngineOptions::default());
+    eprintln!("on {}", target.name);
 
     let mmlu_root = root().join("datasets/mmlu");
     let mut failures: Vec<String> = Vec::new();
@@ -244,6 +246,8 @@ fn mmlu_prompts_tokens_and_loglikelihoods_match_lm_eval() {
     );
     assert!(failures.is_empty(), "{} mismatches with lm-eval:\n{}", failures.len(), failures.join("\n"));
 }
+
+common::on_every_backend!(mmlu_matches_lm_eval);
 
 const TASK_TOLERANCE: f64 = 2e-3;
 

@@ -195,12 +195,41 @@ impl<B: Backend> DecoderLayer<B> {
         let (q, k) = (self.split_heads(q, self.num_heads), self.split_heads(k, self.num_kv_heads));
         let v = self.split_heads(qkv.narrow(2, q_width + kv_width, kv_width), self.num_kv_heads);
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        let window = self.sliding_window.filter(|&w| w < seq);
-        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: window.is_none() };
-        let mask = window.map(|w| window_mask::<B>(batch, self.num_heads, seq, w, &q.device()));
-        let bias = positions.alibi_bias_ops(batch, seq);
-        let out = attention(q, k, v, mask, bias, options);
-        out.swap_dims(1, 2).reshape([batch, seq, q_width])
+        // A few query rows at a time, so no score tensor outgrows what a device binds at once
+        // (wgpu's storage buffers: 128 MiB by default; a 2,000-token SmolLM2 prompt's scores,
+        // 144 MB, came back as garbage on lavapipe).
+        let rows = (SCORE_BYTES / (batch * self.num_heads * seq * 4)).clamp(1, seq);
+        let parts: Vec<Tensor<B, 4>> = (0..seq)
+            .step_by(rows)
+            .map(|start| {
+                let end = (start + rows).min(seq);
+                let q = q.clone().narrow(2, start, end - start);
+                self.attend_rows_ops(q, k.clone().narrow(2, 0, end), v.clone().narrow(2, 0, end), start, positions)
+            })
+            .collect();
+        Tensor::cat(parts, 2).swap_dims(1, 2).reshape([batch, seq, q_width])
+    }
+
+    /// Attention of the query rows `start..start + rows` (`q`: `[batch, heads, rows, dim]`) to
+    /// the keys and values before them (`[batch, heads, start + rows, dim]`: causal, so no later
+    /// key is read).
+    fn attend_rows_ops(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        start: usize,
+        positions: &Positions<B>,
+    ) -> Tensor<B, 4> {
+        let [batch, heads, rows, _] = q.dims();
+        let queries = start..start + rows;
+        let window = self.sliding_window.filter(|&w| w < queries.end);
+        // burn's own causal mask assumes the queries start at key 0.
+        let mask = (start > 0 || window.is_some())
+            .then(|| causal_mask::<B>(batch, heads, queries.clone(), window, &q.device()));
+        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: mask.is_none() };
+        let bias = positions.alibi_bias_ops(batch, queries);
+        attention(q, k, v, mask, bias, options)
     }
 
     /// `[batch, seq, heads * head_dim]` -> `[batch, heads, seq, head_dim]`
@@ -225,16 +254,22 @@ impl<B: Backend> DecoderLayer<B> {
     }
 }
 
-/// Causal mask limited to the last `window` positions (`true` = masked), as Mistral uses.
-fn window_mask<B: Backend>(
+/// The most bytes of attention scores one device call computes (`[batch, heads, rows, keys]`).
+const SCORE_BYTES: usize = 64 << 20;
+
+/// Causal mask (`true` = masked) of the query rows `queries` over the keys `0..queries.end`,
+/// limited to the last `window` positions where there is one (as Mistral uses).
+fn causal_mask<B: Backend>(
     batch: usize,
     heads: usize,
-    seq: usize,
-    window: usize,
+    queries: std::ops::Range<usize>,
+    window: Option<usize>,
     device: &B::Device,
 ) -> Tensor<B, 4, Bool> {
-    let values: Vec<bool> =
-        (0..seq).flat_map(|query| (0..seq).map(move |key| key > query || query - key >= window)).collect();
-    let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(values, [seq, seq]), device);
-    mask.unsqueeze::<4>().expand([batch, heads, seq, seq])
+    let (rows, keys) = (queries.len(), queries.end);
+    let values: Vec<bool> = queries
+        .flat_map(|query| (0..keys).map(move |key| key > query || window.is_some_and(|w| query - key >= w)))
+        .collect();
+    let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(values, [rows, keys]), device);
+    mask.unsqueeze::<4>().expand([batch, heads, rows, keys])
 }

@@ -311,17 +311,18 @@ impl<B: Backend> Positions<B> {
         Tensor::cat(vec![turned, x.slice_dim(3, rotary.dims..head_dim)], 3)
     }
 
-    /// ALiBi's additive scores `[batch, heads, seq, seq]` for device backends (`-slope *
-    /// distance`; the causal mask hides later keys).
-    pub fn alibi_bias_ops(&self, batch: usize, seq: usize) -> Option<Tensor<B, 4>> {
+    /// ALiBi's additive scores `[batch, heads, rows, keys]` of the query rows `queries` over the
+    /// keys `0..queries.end`, for device backends (`-slope * distance`; the causal mask hides
+    /// later keys).
+    pub fn alibi_bias_ops(&self, batch: usize, queries: std::ops::Range<usize>) -> Option<Tensor<B, 4>> {
         let slopes = self.alibi.as_ref()?;
-        let heads = slopes.len();
+        let (heads, rows, keys) = (slopes.len(), queries.len(), queries.end);
         let values: Vec<f32> = slopes
             .iter()
-            .flat_map(|&slope| (0..seq).flat_map(move |q| (0..seq).map(move |k| alibi_score(slope, q, k))))
+            .flat_map(|&slope| queries.clone().flat_map(move |q| (0..keys).map(move |k| alibi_score(slope, q, k))))
             .collect();
-        let bias = Tensor::<B, 1>::from_data(TensorData::new(values, [heads * seq * seq]), &self.device);
-        Some(bias.reshape([1, heads, seq, seq]).expand([batch, heads, seq, seq]))
+        let bias = Tensor::<B, 1>::from_data(TensorData::new(values, [heads * rows * keys]), &self.device);
+        Some(bias.reshape([1, heads, rows, keys]).expand([batch, heads, rows, keys]))
     }
 }
 

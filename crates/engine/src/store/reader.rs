@@ -31,6 +31,13 @@ pub struct LayerHost {
     pub tensors: HashMap<LayerTensor, (Vec<usize>, Vec<f32>)>,
 }
 
+impl LayerHost {
+    /// Bytes of its values as the device receives them (f32).
+    pub fn bytes(&self) -> u64 {
+        self.tensors.values().map(|(_, values)| (values.len() * 4) as u64).sum()
+    }
+}
+
 impl LayerStore {
     pub fn is_store(dir: &Path) -> bool {
         dir.join(super::MANIFEST).is_file()

@@ -25,7 +25,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use airllm_engine::ModelSpec;
-use airllm_engine::backend::{DEFAULT_BACKEND_NAME, DefaultBackend};
+use airllm_engine::backend::{BackendTask, with_backend};
 use airllm_engine::executor::{Engine, EngineOptions, Quiet, ScoreRequest};
 use airllm_engine::model::{KERNELS_ENV, KernelLevel, Precision};
 use airllm_engine::perf;
@@ -34,7 +34,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use super::run::{Selection, build_requests, engine_options, prepare_model};
+use super::run::{BackendChoice, Selection, build_requests, engine_options, prepare_model};
 use crate::job::Job;
 use crate::outputs::peak_rss_bytes;
 use crate::schedule::{self, Sequence};
@@ -45,6 +45,8 @@ pub struct BenchArgs {
     pub job: PathBuf,
     #[command(flatten)]
     pub selection: Selection,
+    #[command(flatten)]
+    pub backend: BackendChoice,
     /// Prompts scored in per-prompt mode (it re-reads the store for every one), spread evenly.
     #[arg(long, default_value_t = 20)]
     pub per_prompt_limit: usize,
@@ -123,6 +125,10 @@ pub struct ModeResult {
     pub tokens_per_s: f64,
     pub store_bytes_read: u64,
     pub store_passes: f64,
+    /// Layer weights handed to the device per layer load (f32 bytes; 0 when no layer was loaded
+    /// in the timed part, as in resident mode).
+    #[serde(default)]
+    pub device_bytes_per_layer: u64,
     pub peak_rss_bytes: u64,
     pub gflops: f64,
     pub waves: usize,
@@ -168,7 +174,12 @@ struct Workload {
 
 fn load(args: &BenchArgs) -> Result<Workload> {
     let mut job = Job::load(&args.job)?;
-    job.apply(&args.selection.overrides())?;
+    let overrides = crate::job::Overrides {
+        backend: args.backend.backend.clone(),
+        device: args.backend.device,
+        ..args.selection.overrides()
+    };
+    job.apply(&overrides)?;
     if args.store_kind != Compression::None {
         let model = &mut job.spec.model;
         model.compress = args.store_kind;
@@ -197,7 +208,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
             share_prefixes: defaults.share_prefixes && !args.child_unshared,
             ..defaults
         };
-        let result = measure(mode, args.store_kind, &workload, options, args.per_prompt_limit, args.drop_caches)?;
+        let measure = Measure {
+            mode,
+            store_kind: args.store_kind,
+            workload: &workload,
+            options,
+            per_prompt_limit: args.per_prompt_limit,
+            drop_caches: args.drop_caches,
+        };
+        let result = workload.on_backend(measure)?;
         println!("{}", serde_json::to_string(&result)?);
         return Ok(());
     }
@@ -207,7 +226,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .collect();
     let peaks: Vec<(Precision, perf::GemmPeak)> = precisions
         .iter()
-        .map(|&p| (p, perf::gemm_peak::<DefaultBackend>(&workload.spec, micro_batch, p, &Default::default())))
+        .map(|&precision| (precision, workload.on_backend(GemmPeak { spec: &workload.spec, micro_batch, precision })))
         .collect();
     let plain = |mode| Run {
         mode,
@@ -231,10 +250,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         results.push(run_child(&args, run)?);
     }
     let store_size = workload.store_size;
-    print_table(&results, &peaks, store_size);
+    print_table(&workload.job.spec.backend.name, &results, &peaks, store_size);
     if let Some(path) = &args.json {
         let record = serde_json::json!({
-            "backend": DEFAULT_BACKEND_NAME,
+            "backend": super::run::backend_label(&workload.job.spec.backend.name),
             "store": workload.store,
             "store_bytes": store_size,
             "gemm_peaks": peaks.iter().map(|(precision, peak)| serde_json::json!({
@@ -281,6 +300,7 @@ fn run_child(args: &BenchArgs, Run { mode, kind, precision, burn_ops, kernels, u
     }
     command.arg("--per-prompt-limit").arg(args.per_prompt_limit.to_string());
     command.args(args.selection.to_args());
+    command.args(args.backend.to_args());
     let output = command.stderr(std::process::Stdio::inherit()).output()?;
     if !output.status.success() {
         bail!("bench mode {mode:?} failed ({})", output.status);
@@ -290,17 +310,60 @@ fn run_child(args: &BenchArgs, Run { mode, kind, precision, burn_ops, kernels, u
     serde_json::from_str(line).with_context(|| format!("bench mode {mode:?} printed {line:?}"))
 }
 
+impl Workload {
+    /// Runs `task` on the job's backend (the command line's, if it names one).
+    fn on_backend<T: BackendTask>(&self, task: T) -> T::Output {
+        let backend = &self.job.spec.backend;
+        with_backend(&backend.name, backend.device, task).expect("the job's backend was checked when it was loaded")
+    }
+}
+
+/// The matmul peak of the backend at a precision, at the model's shapes.
+struct GemmPeak<'a> {
+    spec: &'a ModelSpec,
+    micro_batch: usize,
+    precision: Precision,
+}
+
+impl BackendTask for GemmPeak<'_> {
+    type Output = perf::GemmPeak;
+
+    fn run<B: burn::prelude::Backend>(self, device: B::Device) -> perf::GemmPeak {
+        perf::gemm_peak::<B>(self.spec, self.micro_batch, self.precision, &device)
+    }
+}
+
 /// Scores the workload one way, timing only the scoring.
-fn measure(
+struct Measure<'a> {
     mode: Mode,
     store_kind: Compression,
-    workload: &Workload,
+    workload: &'a Workload,
     options: EngineOptions,
     per_prompt_limit: usize,
     drop_caches: bool,
+}
+
+impl BackendTask for Measure<'_> {
+    type Output = Result<ModeResult>;
+
+    fn run<B: burn::prelude::Backend>(self, device: B::Device) -> Result<ModeResult> {
+        let Measure { mode, store_kind, workload, options, per_prompt_limit, drop_caches } = self;
+        let resident = mode == Mode::Resident;
+        let mut engine = Engine::<B>::open_on(&workload.store, EngineOptions { resident, ..options }, device)?;
+        measure(&mut engine, mode, store_kind, workload, per_prompt_limit, drop_caches)
+    }
+}
+
+fn measure<B: burn::prelude::Backend>(
+    engine: &mut Engine<B>,
+    mode: Mode,
+    store_kind: Compression,
+    workload: &Workload,
+    per_prompt_limit: usize,
+    drop_caches: bool,
 ) -> Result<ModeResult> {
+    let options = engine.options().clone();
     let resident = mode == Mode::Resident;
-    let mut engine = Engine::open(&workload.store, EngineOptions { resident, ..options })?;
     let waves: Vec<Vec<usize>> = match mode {
         Mode::PerPrompt => evenly_spaced(workload.sequences.len(), per_prompt_limit).map(|s| vec![s]).collect(),
         _ => workload.waves.clone(),
@@ -341,6 +404,9 @@ fn measure(
         tokens_per_s: tokens as f64 / seconds,
         store_bytes_read: bytes,
         store_passes: bytes as f64 / engine.store_size() as f64,
+        device_bytes_per_layer: (after.layer_bytes_to_device - before.layer_bytes_to_device)
+            .checked_div(after.layer_loads - before.layer_loads)
+            .unwrap_or(0),
         peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
         // The FLOPs of what ran: shared prefixes' tokens once (their attention counted as if
         // unshared, a slight overestimate).
@@ -396,9 +462,13 @@ fn write_requests(path: &Path, sequences: &[Sequence]) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-fn print_table(results: &[ModeResult], peaks: &[(Precision, perf::GemmPeak)], store_size: u64) {
+fn print_table(backend: &str, results: &[ModeResult], peaks: &[(Precision, perf::GemmPeak)], store_size: u64) {
     let resident = results.iter().find(|r| r.mode == Mode::Resident).map_or(f64::NAN, |r| r.tokens_per_s);
-    println!("backend {DEFAULT_BACKEND_NAME}; store {:.1} MiB", store_size as f64 / (1u64 << 20) as f64);
+    println!(
+        "backend {}; store {:.1} MiB",
+        super::run::backend_label(backend),
+        store_size as f64 / (1u64 << 20) as f64
+    );
     for (precision, peak) in peaks {
         let [m, k, n] = peak.shape;
         println!("GEMM peak {precision:?}: {:.1} GFLOP/s ({}, [{m}x{k}] x [{k}x{n}])", peak.gflops, peak.kernel);

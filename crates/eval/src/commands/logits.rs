@@ -8,12 +8,15 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use airllm_engine::backend::{BackendTask, with_backend};
 use airllm_engine::executor::{Engine, EngineOptions};
 use airllm_engine::store::{self, LayerStore, SplitOptions};
 use anyhow::{Context, Result, bail};
+use burn::prelude::Backend;
 use clap::Args;
 use safetensors::tensor::TensorView;
 
+use super::run::BackendChoice;
 use crate::fetch::{self, ModelRef};
 
 #[derive(Debug, Args)]
@@ -35,9 +38,12 @@ pub struct LogitsArgs {
     /// The safetensors file to write.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub backend: BackendChoice,
 }
 
 pub fn run(args: LogitsArgs) -> Result<()> {
+    let (backend, device) = args.backend.resolve()?;
     let model = ModelRef::parse(&args.model, args.sha256.as_deref(), Path::new("."))?;
     let resolved = fetch::resolve(&model)?;
     // Kept alive until the engine is done with it.
@@ -48,18 +54,34 @@ pub fn run(args: LogitsArgs) -> Result<()> {
         scratch = tempfile::Builder::new().prefix("airllm-logits-").tempdir()?;
         fetch::prepare_store(&model, scratch.path(), &SplitOptions::default())?
     };
-    let mut engine = Engine::open(&store_dir, EngineOptions::default())
-        .with_context(|| format!("opening layer store {}", store_dir.display()))?;
-    let ids = match (args.ids, args.text) {
-        (Some(ids), _) => ids,
-        (None, Some(text)) => crate::task::encode(engine.tokenizer()?, &text)?,
-        (None, None) => unreachable!("clap requires --ids or --text"),
-    };
-    check_ids(&ids, engine.spec().vocab_size)?;
-    let logits = engine.logits(&ids)?;
-    write_logits(&args.out, &ids, &logits, engine.spec().vocab_size)?;
-    println!("{} positions x {} logits -> {}", ids.len(), engine.spec().vocab_size, args.out.display());
-    Ok(())
+    let task = Logits { store: &store_dir, args: &args };
+    with_backend(&backend, device, task).expect("the backend was checked")
+}
+
+/// Scoring the prompt on whichever backend was asked for.
+struct Logits<'a> {
+    store: &'a Path,
+    args: &'a LogitsArgs,
+}
+
+impl BackendTask for Logits<'_> {
+    type Output = Result<()>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        let mut engine = Engine::<B>::open_on(self.store, EngineOptions::default(), device)
+            .with_context(|| format!("opening layer store {}", self.store.display()))?;
+        let ids = match (&self.args.ids, &self.args.text) {
+            (Some(ids), _) => ids.clone(),
+            (None, Some(text)) => crate::task::encode(engine.tokenizer()?, text)?,
+            (None, None) => unreachable!("clap requires --ids or --text"),
+        };
+        check_ids(&ids, engine.spec().vocab_size)?;
+        let logits = engine.logits(&ids)?;
+        let out = &self.args.out;
+        write_logits(out, &ids, &logits, engine.spec().vocab_size)?;
+        println!("{} positions x {} logits -> {}", ids.len(), engine.spec().vocab_size, out.display());
+        Ok(())
+    }
 }
 
 fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {

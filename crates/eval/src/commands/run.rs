@@ -35,6 +35,8 @@ pub struct RunArgs {
     pub selection: Selection,
     #[command(flatten)]
     pub sharding: Sharding,
+    #[command(flatten)]
+    pub backend: BackendChoice,
     /// Output folder, instead of the job's.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -67,6 +69,41 @@ pub struct Sharding {
     /// else Slurm's array variables or Kubernetes' JOB_COMPLETION_INDEX with AIRLLM_SHARDS.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<Shard>,
+}
+
+/// The backend to run on instead of the job's: the flags `run`, `bench` and `logits` share.
+#[derive(Debug, Clone, Default, Args)]
+pub struct BackendChoice {
+    /// Backend: `cpu`, or `cuda` / `wgpu` in builds with those features (default: the job's
+    /// `backend.name`, else cpu).
+    #[arg(long, value_name = "NAME")]
+    pub backend: Option<String>,
+    /// Device of that backend: cuda's ordinal, wgpu's n-th discrete GPU (default: the job's,
+    /// else cuda's first and wgpu's default adapter).
+    #[arg(long, value_name = "N")]
+    pub device: Option<usize>,
+}
+
+impl BackendChoice {
+    /// The backend and device to run on, where there is no job: the flags, else the cpu; an
+    /// error names the backends this build has.
+    pub fn resolve(&self) -> Result<(String, Option<usize>)> {
+        let name = self.backend.clone().unwrap_or_else(|| "cpu".into());
+        airllm_engine::backend::check_available(&name).map_err(|e| anyhow::anyhow!("--backend: {e}"))?;
+        Ok((name, self.device))
+    }
+
+    /// The same flags as command-line arguments, for a child process.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(name) = &self.backend {
+            args.extend(["--backend".to_string(), name.clone()]);
+        }
+        if let Some(device) = self.device {
+            args.extend(["--device".to_string(), device.to_string()]);
+        }
+        args
+    }
 }
 
 impl Selection {
@@ -105,6 +142,8 @@ impl RunArgs {
             output: self.out.clone(),
             no_resume: self.no_resume,
             shard: self.sharding.shard,
+            backend: self.backend.backend.clone(),
+            device: self.backend.device,
             ..self.selection.overrides()
         }
     }
@@ -316,7 +355,8 @@ impl Execute<'_> {
 }
 
 /// `flex` for the CPU, else the GPU backend's name.
-fn backend_label(name: &str) -> &str {
+/// The burn backend a job's `backend.name` runs on: `cpu` is the build's default CPU backend.
+pub fn backend_label(name: &str) -> &str {
     if name == "cpu" { DEFAULT_BACKEND_NAME } else { name }
 }
 
