@@ -68,7 +68,7 @@ cpu, dev = read("mmlu-cpu", "docs.csv"), read(f"mmlu-{backend}", "docs.csv")
 same = sum(a["pred"] == b["pred"] for a, b in zip(cpu, dev))
 delta = max(abs(float(a["loglikelihood"]) - float(b["loglikelihood"]))
             for a, b in zip(read("mmlu-cpu", "requests.csv"), read(f"mmlu-{backend}", "requests.csv")))
-rows.append(("default job, predictions", f"{same}/{len(cpu)} identical to cpu, max |Δ loglik| {delta:.2e}"))
+rows.append(("default job, predictions", f"{same}/{len(cpu)} identical to cpu, max abs Δ loglik {delta:.2e}"))
 for run in ("mmlu-cpu", f"mmlu-{backend}"):
     record = json.loads((out / run / "run.json").read_text())
     acc = json.loads((out / run / "results.json").read_text())["results"]["mmlu"]["acc,none"]

@@ -18,7 +18,8 @@
 //! child runs with `AIRLLM_HOST_KERNELS` set to it, so one machine benches every level; `off` is
 //! burn's ops, as `--burn-ops`). `--drop-caches` drops the page cache before every wave (every
 //! prompt, in per-prompt mode), so layers come from the disk as they do for a model larger than
-//! memory. The resident mode's warm-up read is not timed.
+//! memory. The resident mode's warm-up read is not timed. Every mode, and the matmul peak, run on
+//! the job's backend, or the one `--backend` / `--device` name.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
