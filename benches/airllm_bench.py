@@ -88,7 +88,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from bench_common import check_vocab, cpu_name, load_requests, versions  # noqa: E402
+from bench_common import check_vocab, cpu_name, load_requests, versions, write_json  # noqa: E402
 
 PACKAGES = ("airllm", "torch", "transformers", "accelerate", "safetensors", "numpy")
 
@@ -281,9 +281,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{seconds:.2f}s = {result['tokens_per_s']:.1f} tokens/s (batch 1, {args.threads} threads, "
           f"cpu/wall {cpu_seconds / seconds:.2f}, load {result['load_average_1m']:.2f})")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
     return 0
 
 

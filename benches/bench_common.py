@@ -1,6 +1,6 @@
 """What the Python baselines (hf_transformers.py, airllm_bench.py, llama_cpp_bench.py) share:
 reading the requests file that `airllm-eval bench --requests-out` writes, and describing the machine
-and package versions."""
+and package versions, and writing the results file."""
 
 from __future__ import annotations
 
@@ -61,3 +61,10 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def write_json(path: Path, record: dict) -> None:
+    """Writes a baseline's results file (creating its folder) and says where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {path}")

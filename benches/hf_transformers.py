@@ -35,7 +35,6 @@ Run (from the repository root; the .sh wrapper makes a pinned venv in .cache/ben
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -44,7 +43,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from bench_common import check_vocab, cpu_name, load_requests, versions
+from bench_common import check_vocab, cpu_name, load_requests, versions, write_json
 
 PACKAGES = ("torch", "transformers", "gguf", "accelerate", "safetensors", "numpy")
 
@@ -177,9 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             "load_seconds": load_s,
             "results": results,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
+        print()
+        write_json(args.json, report)
     return 0
 
 

@@ -88,7 +88,7 @@ import numpy as np
 
 import llama_cpp as lc
 
-from bench_common import check_vocab, cpu_name, load_requests, versions
+from bench_common import check_vocab, cpu_name, load_requests, versions, write_json
 
 PACKAGES = ("llama-cpp-python", "numpy")
 
@@ -382,9 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                          for line, p, t, v in kept],
             "check": check,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, report)
     return 0
 
 

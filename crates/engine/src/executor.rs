@@ -19,7 +19,9 @@ pub use generate::{GenerationStats, kv_bytes_per_token};
 use crate::backend::DefaultBackend;
 use crate::error::{EngineError, Result};
 use crate::model::kv_cache::{KvDtype, SequenceKv};
-use crate::model::{Compute, DecoderLayer, Head, KernelLevel, Positions, Precision, Sequences, to_device};
+use crate::model::{
+    Compute, DEVICE_TENSOR_BYTES, DecoderLayer, Head, KernelLevel, Positions, Precision, Sequences, to_device,
+};
 use crate::spec::ModelSpec;
 use crate::store::{EMBED, LayerStore, Prefetcher};
 
@@ -584,11 +586,11 @@ impl<B: Backend> Engine<B> {
 }
 
 /// Rows of head output computed at once: up to 256, enough for a fast matmul, and no more than
-/// 64 MiB of `[rows, vocab]`, which stays in memory and within what a device binds at once
-/// (wgpu's default limit is 128 MiB): 256 rows of SmolLM2's 49k vocabulary, 110 of Qwen's 152k.
+/// [`DEVICE_TENSOR_BYTES`] of `[rows, vocab]`, which a device binds at once: 256 rows of SmolLM2's
+/// 49k vocabulary, 110 of Qwen's 152k.
 fn head_chunk_rows(vocab: usize) -> usize {
     const ROWS: usize = 256;
-    ((64 << 20) / (vocab.max(1) * 4)).clamp(1, ROWS)
+    (DEVICE_TENSOR_BYTES / (vocab.max(1) * 4)).clamp(1, ROWS)
 }
 
 /// A NaN or +inf log-probability is never an answer but broken weights or numerics (a NaN weight,

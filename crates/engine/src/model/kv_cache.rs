@@ -195,8 +195,9 @@ pub fn attend_new_tokens<B: Backend>(
 
 /// Attention of sequences that continue a shared prefix already run: sequence `i` of the
 /// right-padded stacked projection `prepared` (`[batch * seq, (heads + 2 kv_heads) * head_dim]`,
-/// before the rotary embedding, which is applied to it in place) has `lengths[i]` rows at positions after its prefix, whose keys
-/// and values at this layer are `past[i]` (none: positions from 0). Each row attends to the
+/// before the rotary embedding, which is applied to it in place) has `lengths[i]` rows at
+/// positions after its prefix, whose keys and values at this layer are `past[i]` (none: positions
+/// from 0). Each row attends to the
 /// prefix and to its own sequence's rows up to itself. Returns `[batch * seq, heads * head_dim]`
 /// (padding rows zero).
 /// The tiled kernel of `kernels`' level runs where the CPU, head size and model (no ALiBi) suit it.

@@ -8,7 +8,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use super::kv_cache::{self, SequenceKv};
-use super::{Compute, KernelLevel, Linear, Positions, fused, rms_norm, to_device};
+use super::{Compute, DEVICE_TENSOR_BYTES, KernelLevel, Linear, Positions, fused, rms_norm, to_device};
 use crate::error::{EngineError, Result};
 use crate::source::LayerTensor;
 use crate::spec::ModelSpec;
@@ -195,10 +195,8 @@ impl<B: Backend> DecoderLayer<B> {
         let (q, k) = (self.split_heads(q, self.num_heads), self.split_heads(k, self.num_kv_heads));
         let v = self.split_heads(qkv.narrow(2, q_width + kv_width, kv_width), self.num_kv_heads);
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        // A few query rows at a time, so no score tensor outgrows what a device binds at once
-        // (wgpu's storage buffers: 128 MiB by default; a 2,000-token SmolLM2 prompt's scores,
-        // 144 MB, came back as garbage on lavapipe).
-        let rows = (SCORE_BYTES / (batch * self.num_heads * seq * 4)).clamp(1, seq);
+        // A few query rows at a time, so no score tensor outgrows what a device binds at once.
+        let rows = (DEVICE_TENSOR_BYTES / (batch * self.num_heads * seq * 4)).clamp(1, seq);
         let parts: Vec<Tensor<B, 4>> = (0..seq)
             .step_by(rows)
             .map(|start| {
@@ -253,9 +251,6 @@ impl<B: Backend> DecoderLayer<B> {
         ])
     }
 }
-
-/// The most bytes of attention scores one device call computes (`[batch, heads, rows, keys]`).
-const SCORE_BYTES: usize = 64 << 20;
 
 /// Causal mask (`true` = masked) of the query rows `queries` over the keys `0..queries.end`,
 /// limited to the last `window` positions where there is one (as Mistral uses).

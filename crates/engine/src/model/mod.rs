@@ -169,6 +169,11 @@ impl<B: Backend> Linear<B> {
 
 pub(crate) use fused::{on_host, rms_norm};
 
+/// The most bytes one tensor a device call computes may take (attention scores, head rows): wgpu
+/// binds at most 128 MiB of a storage buffer by default, and a 144 MB score tensor came back as
+/// garbage on lavapipe, without an error.
+pub(crate) const DEVICE_TENSOR_BYTES: usize = 64 << 20;
+
 /// Builds a device tensor from host values.
 pub(crate) fn to_device<B: Backend, const D: usize>(
     shape: &[usize],

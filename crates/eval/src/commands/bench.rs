@@ -175,12 +175,7 @@ struct Workload {
 
 fn load(args: &BenchArgs) -> Result<Workload> {
     let mut job = Job::load(&args.job)?;
-    let overrides = crate::job::Overrides {
-        backend: args.backend.backend.clone(),
-        device: args.backend.device,
-        ..args.selection.overrides()
-    };
-    job.apply(&overrides)?;
+    job.apply(&args.backend.apply(args.selection.overrides()))?;
     if args.store_kind != Compression::None {
         let model = &mut job.spec.model;
         model.compress = args.store_kind;

@@ -93,6 +93,11 @@ impl BackendChoice {
         Ok((name, self.device))
     }
 
+    /// `overrides` with these flags' backend and device.
+    pub fn apply(&self, overrides: Overrides) -> Overrides {
+        Overrides { backend: self.backend.clone(), device: self.device, ..overrides }
+    }
+
     /// The same flags as command-line arguments, for a child process.
     pub fn to_args(&self) -> Vec<String> {
         let mut args = Vec::new();
@@ -138,14 +143,12 @@ impl Selection {
 
 impl RunArgs {
     fn overrides(&self) -> Overrides {
-        Overrides {
+        self.backend.apply(Overrides {
             output: self.out.clone(),
             no_resume: self.no_resume,
             shard: self.sharding.shard,
-            backend: self.backend.backend.clone(),
-            device: self.backend.device,
             ..self.selection.overrides()
-        }
+        })
     }
 }
 
