@@ -19,11 +19,10 @@ pub use generate::{GenerationStats, kv_bytes_per_token};
 use crate::backend::DefaultBackend;
 use crate::error::{EngineError, Result};
 use crate::model::kv_cache::{KvDtype, SequenceKv};
-use crate::model::{
-    Compute, DEVICE_TENSOR_BYTES, DecoderLayer, Head, KernelLevel, Positions, Precision, Sequences, to_device,
-};
+use crate::model::{Compute, DEVICE_TENSOR_BYTES, DecoderLayer, Head, KernelLevel, Positions, Precision, Sequences};
 use crate::spec::ModelSpec;
-use crate::store::{EMBED, LayerStore, Prefetcher};
+use crate::store::prefetch::Prepare;
+use crate::store::{EMBED, LayerHost, LayerStore, Prefetcher};
 
 /// The log-probability of `token` following `tokens[..=position]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +66,9 @@ pub struct EngineStats {
     /// Of those, tokens not run again because a shared prefix had run them ([`prefix`]).
     pub shared_prefix_tokens: u64,
     pub waves: u64,
-    /// Layer weights handed to the device (as f32; host backends copy or pack them), and how
-    /// many layer loads that was: their ratio is the host-to-device traffic per layer.
+    /// Layer weights handed to the device (in their stored form where the backend holds it, else
+    /// f32; host backends copy or pack f32), and how many layer loads that was: their ratio is the
+    /// host-to-device traffic per layer.
     pub layer_bytes_to_device: u64,
     pub layer_loads: u64,
 }
@@ -95,6 +95,10 @@ pub struct EngineOptions {
     pub kv_dtype: KvDtype,
     /// Run the prefix that sequences of a wave share once ([`prefix`]; host backends).
     pub share_prefixes: bool,
+    /// Most bytes of a wave's hidden states kept on a device backend's device between layers;
+    /// past it they wait in host memory and go to the device a micro-batch at a time. `None`:
+    /// no limit.
+    pub device_budget: Option<u64>,
 }
 
 impl EngineOptions {
@@ -114,6 +118,7 @@ impl Default for EngineOptions {
             kernels: None,
             kv_dtype: KvDtype::F32,
             share_prefixes: true,
+            device_budget: None,
         }
     }
 }
@@ -154,7 +159,7 @@ struct MicroBatch<B: Backend> {
     /// Each request's true length (at most the batch's padded length).
     lengths: Vec<usize>,
     /// `[batch, seq, hidden]`; after the last layer, `[1, scored rows, hidden]`.
-    hidden: Option<Tensor<B, 3>>,
+    hidden: Option<Hidden<B>>,
     /// Flat indices (into `batch x seq`) of the rows whose head output is wanted, in request order.
     scored: Vec<i64>,
     /// The shared prefix each sequence continues (its rows start after it), if any.
@@ -162,6 +167,40 @@ struct MicroBatch<B: Backend> {
     /// Whether the batch holds shared prefixes (`requests` are prefix ids), run for their keys
     /// and values only.
     is_prefix: bool,
+}
+
+/// A layer from the prefetch thread. On host backends it was built there (packed, converted), so
+/// that work overlaps the compute of the layer before. On device backends it comes as read and
+/// moves to the device on the compute thread: an upload from the prefetch thread runs on another
+/// stream, and on wgpu it raced the compute stream's memory (weights freed with their layer
+/// were reused by the next upload while kernels still read them: wrong logits from the second
+/// wave on).
+enum Fetched<B: Backend> {
+    Built(Box<DecoderLayer<B>>),
+    Read(LayerHost),
+}
+
+/// Where a micro-batch's hidden states wait between layers: on the device, or, when the wave's
+/// would pass [`EngineOptions::device_budget`], in host memory, going to the device for one
+/// layer's run at a time.
+enum Hidden<B: Backend> {
+    Device(Tensor<B, 3>),
+    Host(TensorData),
+}
+
+impl<B: Backend> MicroBatch<B> {
+    /// The hidden states, on `device`.
+    fn take_hidden(&mut self, device: &B::Device) -> Tensor<B, 3> {
+        match self.hidden.take().expect("hidden state present") {
+            Hidden::Device(tensor) => tensor,
+            Hidden::Host(data) => Tensor::from_data(data, device),
+        }
+    }
+
+    /// Keeps `hidden` until the next layer: in host memory when `on_host`.
+    fn put_hidden(&mut self, hidden: Tensor<B, 3>, on_host: bool) {
+        self.hidden = Some(if on_host { Hidden::Host(hidden.into_data()) } else { Hidden::Device(hidden) });
+    }
 }
 
 impl Engine<DefaultBackend> {
@@ -180,11 +219,12 @@ impl<B: Backend> Engine<B> {
         };
         options.kernels = Some(kernels);
         tracing::debug!(kernels = kernels.name(), "host kernel level");
-        // bf16 exists only in the packed kernel: refuse it where that kernel would not run.
-        if options.precision == Precision::Bf16 && !options.compute().packed::<B>() {
+        // bf16 runs in the packed kernel, or as burn's bf16 matmul where the backend has one.
+        let compute = options.compute();
+        if options.precision == Precision::Bf16 && !compute.packed::<B>() && !compute.bf16_ops::<B>(&device) {
             return Err(EngineError::Other(format!(
-                "precision bf16 needs the host kernels on the cpu backend and a CPU with AVX512-BF16 \
-                 (host kernel level here: {kernels}); use f32 here"
+                "precision bf16: this device has no bf16 arithmetic, and the packed host kernel needs \
+                 the cpu backend on a CPU with AVX512-BF16 (host kernel level here: {kernels}); use f32 here"
             )));
         }
         let store = Arc::new(LayerStore::open(store)?);
@@ -258,7 +298,8 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    /// Runs one wave. Returns, for each request, the scores of its targets in order.
+    /// Runs one wave. Returns, for each request, the scores of its targets in order. Only the
+    /// scores leave the device, not the head's rows.
     pub fn score_wave(
         &mut self,
         requests: &[ScoreRequest],
@@ -266,11 +307,21 @@ impl<B: Backend> Engine<B> {
     ) -> Result<Vec<Vec<TargetScore>>> {
         let sequences: Vec<&[u32]> = requests.iter().map(|r| r.tokens.as_slice()).collect();
         let rows: Vec<Vec<usize>> = requests.iter().map(|r| r.targets.iter().map(|t| t.position).collect()).collect();
+        let (batches, head) = self.forward_wave(&sequences, &rows, observer)?;
         let mut scores: Vec<Vec<TargetScore>> = requests.iter().map(|r| Vec::with_capacity(r.targets.len())).collect();
-        self.run_wave(&sequences, &rows, HeadOutput::LogProbs, observer, &mut |request, row, values| {
-            let token = requests[request].targets[row].token as usize;
-            scores[request].push(TargetScore { logprob: values[token], greedy: first_argmax(values) == token });
-        })?;
+        for batch in batches {
+            self.for_each_head_chunk(batch, &rows, &mut |chunk, owners| {
+                let targets: Vec<i64> = owners.iter().map(|&(r, row)| requests[r].targets[row].token as i64).collect();
+                let targets = Tensor::from_data(TensorData::new(targets, [owners.len()]), &self.device);
+                let (picked, best) = head.score(chunk, targets);
+                let (picked, best) = (read_floats(picked)?, read_ints(best)?);
+                for (i, &(request, row)) in owners.iter().enumerate() {
+                    let greedy = best[i] == requests[request].targets[row].token as i64;
+                    scores[request].push(TargetScore { logprob: picked[i], greedy });
+                }
+                Ok(())
+            })?;
+        }
         check_scores(requests, &scores)?;
         Ok(scores)
     }
@@ -295,6 +346,21 @@ impl<B: Backend> Engine<B> {
         observer: &dyn WaveObserver,
         sink: &mut dyn FnMut(usize, usize, &[f32]),
     ) -> Result<()> {
+        let (batches, head) = self.forward_wave(sequences, rows, observer)?;
+        for batch in batches {
+            self.apply_head(&head, batch, rows, output, sink)?;
+        }
+        Ok(())
+    }
+
+    /// Embeds the wave and runs it through every layer: the micro-batches, each left holding the
+    /// last layer's output at its asked-for rows, and the head to apply to them.
+    fn forward_wave(
+        &mut self,
+        sequences: &[&[u32]],
+        rows: &[Vec<usize>],
+        observer: &dyn WaveObserver,
+    ) -> Result<(Vec<MicroBatch<B>>, Head<B>)> {
         self.validate(sequences, rows)?;
         let spec = self.spec().clone();
         let table = self.embed_table()?;
@@ -303,13 +369,9 @@ impl<B: Backend> Engine<B> {
         let max_seq = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
         let positions = Positions::<B>::new(&spec, max_seq.max(1), &self.device);
         self.run_layers(&spec, &mut batches, &positions, observer, None)?;
-        let head = self.head()?;
-        for batch in batches {
-            self.apply_head(&head, batch, rows, output, sink)?;
-        }
         self.tokens += sequences.iter().map(|s| s.len() as u64).sum::<u64>();
         self.waves += 1;
-        Ok(())
+        Ok((batches, self.head()?))
     }
 
     /// Every micro-batch through every layer, layer-major. The last layer computes only the
@@ -324,6 +386,7 @@ impl<B: Backend> Engine<B> {
         mut keep: Option<Prefill>,
     ) -> Result<()> {
         let device = self.device.clone();
+        let on_host = self.hidden_on_host(batches);
         let prefix_count =
             batches.iter().filter(|b| b.is_prefix).flat_map(|b| b.requests.iter()).max().map_or(0, |&id| id + 1);
         self.for_each_layer(observer, &mut |layer, index| {
@@ -332,9 +395,9 @@ impl<B: Backend> Engine<B> {
             for batch in batches.iter_mut().filter(|b| b.is_prefix) {
                 let mut kv: Vec<SequenceKv> =
                     batch.requests.iter().map(|&p| std::mem::take(&mut prefix_kv[p])).collect();
-                let hidden = batch.hidden.take().expect("hidden state present");
+                let hidden = batch.take_hidden(&device);
                 let sequences = Sequences { lengths: &batch.lengths, keep: Some(&mut kv), past: None };
-                batch.hidden = Some(layer.forward(hidden, positions, sequences));
+                batch.put_hidden(layer.forward(hidden, positions, sequences), on_host);
                 for (&p, kv) in batch.requests.iter().zip(kv) {
                     prefix_kv[p] = kv;
                 }
@@ -346,14 +409,15 @@ impl<B: Backend> Engine<B> {
                 });
                 let past: Vec<Option<&SequenceKv>> = batch.past.iter().map(|p| p.map(|p| &prefix_kv[p])).collect();
                 let past = batch.past.iter().any(Option::is_some).then_some(past.as_slice());
+                let hidden = batch.take_hidden(&device);
                 let sequences = Sequences { lengths: &batch.lengths, keep: taken.as_deref_mut(), past };
-                let hidden = batch.hidden.take().expect("hidden state present");
-                batch.hidden = Some(if index + 1 < spec.num_layers {
+                let hidden = if index + 1 < spec.num_layers {
                     layer.forward(hidden, positions, sequences)
                 } else {
                     let rows = TensorData::new(batch.scored.clone(), [batch.scored.len()]);
                     layer.forward_rows(hidden, positions, Tensor::from_data(rows, &device), sequences)
-                });
+                };
+                batch.put_hidden(hidden, on_host);
                 if let (Some(Prefill { caches, .. }), Some(kv)) = (keep.as_mut(), taken) {
                     for (&r, kv) in batch.requests.iter().zip(kv) {
                         caches[index][r] = kv;
@@ -380,13 +444,21 @@ impl<B: Backend> Engine<B> {
             }
             return Ok(());
         }
-        let spec = self.spec().clone();
-        let mut prefetcher = Prefetcher::start(Arc::clone(&self.store), self.options.prefetch_depth);
+        let (spec, compute, device) = (self.spec().clone(), self.options.compute(), self.device.clone());
+        let build: Prepare<Fetched<B>> = Arc::new(move |host| match crate::model::on_host::<B>() {
+            true => Ok(Fetched::Built(Box::new(DecoderLayer::<B>::from_host(&spec, host, compute, &device)?))),
+            false => Ok(Fetched::Read(host)),
+        });
+        let mut prefetcher = Prefetcher::start(Arc::clone(&self.store), self.options.prefetch_depth, build);
         for index in 0..layers {
-            let host = prefetcher.next_layer()?;
-            self.layer_bytes_to_device += host.bytes();
+            let layer = match prefetcher.next_layer()? {
+                Fetched::Built(layer) => *layer,
+                Fetched::Read(host) => {
+                    DecoderLayer::<B>::from_host(self.spec(), host, self.options.compute(), &self.device)?
+                }
+            };
+            self.layer_bytes_to_device += layer.uploaded_bytes();
             self.layer_loads += 1;
-            let layer = DecoderLayer::<B>::from_host(&spec, host, self.options.compute(), &self.device)?;
             run(&layer, index)?;
             tracing::trace!(layer = index, "layer done");
             observer.layer_done(index + 1, layers);
@@ -395,6 +467,21 @@ impl<B: Backend> Engine<B> {
             }
         }
         Ok(())
+    }
+
+    /// Whether the wave's hidden states wait in host memory between layers: on a device backend,
+    /// when they pass [`EngineOptions::device_budget`].
+    fn hidden_on_host(&self, batches: &[MicroBatch<B>]) -> bool {
+        let bytes: usize = batches
+            .iter()
+            .map(|b| match &b.hidden {
+                Some(Hidden::Device(t)) => t.shape().num_elements() * 4,
+                Some(Hidden::Host(data)) => data.num_elements() * 4,
+                None => 0,
+            })
+            .sum();
+        let budget = self.options.device_budget;
+        !crate::model::on_host::<B>() && budget.is_some_and(|budget| bytes as u64 > budget)
     }
 
     fn validate(&self, sequences: &[&[u32]], rows: &[Vec<usize>]) -> Result<()> {
@@ -525,7 +612,7 @@ impl<B: Backend> Engine<B> {
                         values[at..at + hidden].copy_from_slice(row);
                     }
                 }
-                let tensor = to_device(&[requests.len(), seq, hidden], values, &self.device);
+                let tensor = Hidden::Host(TensorData::new(values, [requests.len(), seq, hidden]));
                 let scored = requests
                     .iter()
                     .enumerate()
@@ -538,10 +625,7 @@ impl<B: Backend> Engine<B> {
             .collect()
     }
 
-    /// Runs the head on the asked-for rows of one micro-batch and hands them to `sink`, at most
-    /// [`head_chunk_rows`] rows at a time: a rolling window scores every position, and its
-    /// `[rows, vocab]` log-probabilities (1.6 GB for 8192 rows of a 49k vocabulary) need never
-    /// exist at once.
+    /// Runs the head on the asked-for rows of one micro-batch and hands them to `sink`.
     fn apply_head(
         &self,
         head: &Head<B>,
@@ -550,39 +634,69 @@ impl<B: Backend> Engine<B> {
         output: HeadOutput,
         sink: &mut dyn FnMut(usize, usize, &[f32]),
     ) -> Result<()> {
+        let vocab = self.spec().vocab_size;
+        self.for_each_head_chunk(batch, rows, &mut |chunk, owners| {
+            let values = read_floats(match output {
+                HeadOutput::Logits => head.logits(chunk),
+                HeadOutput::LogProbs => head.log_probs(chunk),
+            })?;
+            for (i, &(request, row)) in owners.iter().enumerate() {
+                sink(request, row, &values[i * vocab..(i + 1) * vocab]);
+            }
+            Ok(())
+        })
+    }
+
+    /// Hands the last layer's output at one micro-batch's asked-for rows to `each(chunk, owners)`
+    /// at most [`head_chunk_rows`] rows at a time (`chunk` `[rows, hidden]`, `owners` the
+    /// (request, its row) of each): a rolling window scores every position, and its `[rows,
+    /// vocab]` head output (1.6 GB for 8192 rows of a 49k vocabulary) need never exist at once.
+    fn for_each_head_chunk(
+        &self,
+        mut batch: MicroBatch<B>,
+        rows: &[Vec<usize>],
+        each: &mut HeadChunkFn<B>,
+    ) -> Result<()> {
         if batch.scored.is_empty() {
             return Ok(());
         }
         // The last layer left only the scored rows, in order.
-        let hidden = batch.hidden.expect("hidden state present");
+        let hidden = batch.take_hidden(&self.device);
         let [_, rows_left, h] = hidden.dims();
         let selected = hidden.reshape([rows_left, h]);
-        // (request, its row) of every scored row, in order.
         let owners: Vec<(usize, usize)> = batch
             .requests
             .iter()
             .flat_map(|&request| (0..rows[request].len()).map(move |row| (request, row)))
             .collect();
-        let vocab = self.spec().vocab_size;
-        let chunk_rows = head_chunk_rows(vocab);
+        let chunk_rows = head_chunk_rows(self.spec().vocab_size);
         for start in (0..rows_left).step_by(chunk_rows) {
             let end = (start + chunk_rows).min(rows_left);
-            let chunk = selected.clone().slice([start..end, 0..h]);
-            let values = match output {
-                HeadOutput::Logits => head.logits(chunk),
-                HeadOutput::LogProbs => head.log_probs(chunk),
-            };
-            let values: Vec<f32> = values
-                .into_data()
-                .convert::<f32>()
-                .into_vec()
-                .map_err(|e| EngineError::Other(format!("reading head output: {e:?}")))?;
-            for (i, &(request, row)) in owners[start..end].iter().enumerate() {
-                sink(request, row, &values[i * vocab..(i + 1) * vocab]);
-            }
+            each(selected.clone().slice([start..end, 0..h]), &owners[start..end])?;
         }
         Ok(())
     }
+}
+
+/// What [`Engine::for_each_head_chunk`] calls with each chunk of rows and their owners.
+type HeadChunkFn<'a, B> = dyn FnMut(Tensor<B, 2>, &[(usize, usize)]) -> Result<()> + 'a;
+
+/// A device tensor's values, read back as f32.
+pub(crate) fn read_floats<B: Backend, const D: usize>(values: Tensor<B, D>) -> Result<Vec<f32>> {
+    values
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .map_err(|e| EngineError::Other(format!("reading head output: {e:?}")))
+}
+
+/// A device tensor's integers, read back as i64.
+pub(crate) fn read_ints<B: Backend, const D: usize>(values: Tensor<B, D, Int>) -> Result<Vec<i64>> {
+    values
+        .into_data()
+        .convert::<i64>()
+        .into_vec()
+        .map_err(|e| EngineError::Other(format!("reading head output: {e:?}")))
 }
 
 /// Rows of head output computed at once: up to 256, enough for a fast matmul, and no more than
@@ -609,17 +723,6 @@ fn check_scores(requests: &[ScoreRequest], scores: &[Vec<TargetScore>]) -> Resul
         }
     }
     Ok(())
-}
-
-/// Index of the first largest value (NaN never wins).
-fn first_argmax(values: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate() {
-        if v > values[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 /// Splits requests (by index) into waves whose hidden states fit `activation_budget_bytes`.

@@ -9,11 +9,11 @@
 use std::time::Instant;
 
 use burn::prelude::*;
-use burn::tensor::Distribution;
+use burn::tensor::{DType, Distribution};
 
-use crate::model::Precision;
 #[cfg(target_arch = "x86_64")]
 use crate::model::{Compute, KernelLevel, gemm::PackedWeight};
+use crate::model::{Precision, matmul};
 use crate::spec::ModelSpec;
 
 /// Multiply-adds count two FLOPs.
@@ -65,14 +65,17 @@ pub fn gemm_peak<B: Backend>(spec: &ModelSpec, rows: usize, precision: Precision
                 best = GemmPeak { gflops, shape: [rows, k, n], kernel };
             }
         };
-        if precision == Precision::F32 {
-            let a = Tensor::<B, 2>::random([rows, k], Distribution::Default, device);
-            let weight = Tensor::<B, 2>::random([n, k], Distribution::Default, device);
-            consider("burn matmul", seconds_per_call(|| a.clone().matmul(weight.clone().transpose()).into_data()));
-        }
         #[cfg(target_arch = "x86_64")]
         let kernels = KernelLevel::process();
-        if (Compute { precision, kernels }).packed::<B>() {
+        let compute = Compute { precision, kernels };
+        // burn's product as the layers run it (f32 split on cuda, see `model::matmul`).
+        if precision == Precision::F32 || (!compute.packed::<B>() && compute.bf16_ops::<B>(device)) {
+            let dtype = if precision == Precision::F32 { DType::F32 } else { DType::BF16 };
+            let a = Tensor::<B, 2>::random([rows, k], Distribution::Default, device).cast(dtype);
+            let weight = Tensor::<B, 2>::random([n, k], Distribution::Default, device).cast(dtype);
+            consider("burn matmul", seconds_per_call(|| matmul(a.clone(), weight.clone().transpose()).into_data()));
+        }
+        if compute.packed::<B>() {
             let a: Vec<f32> = (0..rows * k).map(|i| (i % 251) as f32 / 251.0 - 0.5).collect();
             let weight: Vec<f32> = (0..n * k).map(|i| (i % 241) as f32 / 241.0 - 0.5).collect();
             let packed = PackedWeight::pack(&weight, n, k, precision, kernels);

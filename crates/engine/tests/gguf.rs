@@ -503,8 +503,8 @@ fn kquant_gguf_splits_exactly_where_it_can_and_says_where_not() {
         assert_eq!((report.compressed.exact, report.compressed.requantized), (exact, requantized), "{compression}");
 
         let store = LayerStore::open(out.path()).unwrap();
-        let layer = store.read_layer(0).unwrap();
-        for (tensor, (shape, values)) in &layer.tensors {
+        let layer = store.read_layer(0).unwrap().into_f32();
+        for (tensor, (shape, values)) in &layer {
             let expected = source.tensor(TensorName::Layer(0, *tensor)).unwrap();
             assert_eq!(shape, &expected.shape, "{compression} {tensor:?}");
             let expected = expected.to_f32();

@@ -94,12 +94,12 @@ fn layer_files_hold_quantized_linear_weights_and_plain_norms() {
     assert!(size(int4.path(), "layer-000.safetensors") < size(int8.path(), "layer-000.safetensors"));
 
     // read_layer hands back f32 values of the original shapes, close to the originals.
-    let reference = LayerStore::open(plain.path()).unwrap().read_layer(1).unwrap();
+    let reference = LayerStore::open(plain.path()).unwrap().read_layer(1).unwrap().into_f32();
     let bytes_before = store.bytes_read();
-    let layer = store.read_layer(1).unwrap();
+    let layer_f32 = store.read_layer(1).unwrap().into_f32();
     assert_eq!(store.bytes_read() - bytes_before, size(int4.path(), "layer-001.safetensors"), "counts disk bytes");
-    for (name, (shape, values)) in &reference.tensors {
-        let (our_shape, ours) = &layer.tensors[name];
+    for (name, (shape, values)) in &reference {
+        let (our_shape, ours) = &layer_f32[name];
         assert_eq!(our_shape, shape, "{name:?}");
         let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
         let err = values.iter().zip(ours).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
@@ -214,11 +214,11 @@ fn scales_are_f16_or_f32_and_other_dtypes_are_refused_naming_file_and_tensor() {
         let spec = source.spec();
         let blocks = spec.num_heads * spec.head_dim * spec.hidden_size / 32;
         assert_eq!(sizes["q_proj.scale"], 2 * blocks, "{compression}: one f16 per block");
-        let before = store.read_layer(1).unwrap().tensors;
+        let before = store.read_layer(1).unwrap().into_f32();
 
         retype(dir.path(), "layer-001.safetensors", tensor, safetensors::Dtype::F32);
         let store = LayerStore::open(dir.path()).unwrap();
-        assert_eq!(store.read_layer(1).unwrap().tensors, before, "{compression}: F32 {tensor} reads the same");
+        assert_eq!(store.read_layer(1).unwrap().into_f32(), before, "{compression}: F32 {tensor} reads the same");
 
         let dir = tempfile::tempdir().unwrap();
         split_to(source.as_ref(), dir.path(), &options(compression));
@@ -286,8 +286,8 @@ fn weights_beyond_f16_scales_are_stored_uncompressed() {
             store.tensor_sizes("layer-001.safetensors").unwrap().into_iter().map(|t| t.0).collect();
         assert!(names.contains(&"o_proj".to_string()) && !names.contains(&"o_proj.q".to_string()), "{names:?}");
         assert!(names.contains(&"q_proj.q".to_string()), "{names:?}");
-        let layer = store.read_layer(1).unwrap();
-        assert_eq!(layer.tensors[&LayerTensor::OProj].1, expected, "{compression}");
+        let layer = store.read_layer(1).unwrap().into_f32();
+        assert_eq!(layer[&LayerTensor::OProj].1, expected, "{compression}");
     }
 }
 

@@ -5,7 +5,8 @@
 
 mod common;
 
-use airllm_engine::executor::EngineOptions;
+use airllm_engine::executor::{Engine, EngineOptions};
+use airllm_engine::store::{Compression, SplitOptions};
 use burn::prelude::Backend;
 use common::*;
 
@@ -34,7 +35,25 @@ fn tiny_gguf_models<B: Backend>(target: &Target<B>) {
     }
 }
 
-on_every_backend!(tiny_hf_models, tiny_gguf_models);
+/// int8 and int4 stores: the matrices each target dequantizes (device backends on the device,
+/// from the blocks that travel) give the logits of the host's dequantization, and the hidden
+/// states parked in host memory between layers (a `device_budget` of 0) change nothing.
+fn compressed_stores_and_parked_hidden_states<B: Backend>(target: &Target<B>) {
+    let dir = fixtures().join("models/tiny-llama");
+    let ids = read_references(&dir.join("reference.safetensors")).swap_remove(0).ids;
+    for compression in [Compression::Int8, Compression::Int4] {
+        let store = split_to_temp(&dir, &SplitOptions { compression, ..Default::default() });
+        let host = Engine::open(store.path(), options()).unwrap().logits(&ids).unwrap();
+        let ours = target.open(store.path(), options()).logits(&ids).unwrap();
+        let error = host.iter().zip(&ours).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        eprintln!("{compression:?} on {}: max |Δ| {error:.2e} from the host's dequantization", target.name);
+        assert!(error <= 1e-4, "{compression:?} on {}: max |Δ| {error}", target.name);
+        let mut parked = target.open(store.path(), EngineOptions { device_budget: Some(0), ..options() });
+        assert_eq!(parked.logits(&ids).unwrap(), ours, "{compression:?} on {}: parked hidden states", target.name);
+    }
+}
+
+on_every_backend!(tiny_hf_models, tiny_gguf_models, compressed_stores_and_parked_hidden_states);
 
 #[test]
 fn unknown_architecture_is_named() {

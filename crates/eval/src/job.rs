@@ -137,8 +137,9 @@ pub struct BackendConfig {
     /// lavapipe; `CUBECL_WGPU_DEFAULT_DEVICE` overrides it).
     #[serde(default)]
     pub device: Option<usize>,
-    /// Input precision of the layer matmuls: `f32`, or `bf16` (cpu backend on CPUs with
-    /// AVX512-BF16: twice the multiply rate, logits within a few hundredths of f32).
+    /// Input precision of the layer matmuls: `f32`, or `bf16` (accumulated in f32; on the cpu
+    /// backend with AVX512-BF16 twice the multiply rate, logits within a few hundredths of f32;
+    /// elsewhere burn's bf16 matmul, where the device has bf16 arithmetic).
     #[serde(default)]
     pub precision: Precision,
 }
@@ -180,6 +181,11 @@ pub struct MemoryConfig {
     /// change.
     #[serde(default = "default_share_prefixes")]
     pub share_prefixes: bool,
+    /// On a GPU backend, the most bytes of a wave's hidden states kept on the device between
+    /// layers, e.g. `512MiB`; past it they wait in host memory and go to the device a
+    /// micro-batch at a time (for cards that hold a layer but not a whole wave). Unset: no limit.
+    #[serde(default)]
+    pub device_budget: Option<ByteSize>,
 }
 
 fn default_share_prefixes() -> bool {
@@ -214,6 +220,7 @@ impl Default for MemoryConfig {
             kv_dtype: KvDtype::F32,
             resident_budget: default_resident_budget(),
             share_prefixes: default_share_prefixes(),
+            device_budget: None,
         }
     }
 }
@@ -462,25 +469,12 @@ impl Job {
         self.check_backend().map_err(|(_, e)| anyhow::anyhow!("--backend/--device: {e}"))
     }
 
-    /// Whether this build and CPU run the job's backend at its precision; else the field to blame
-    /// (a needle for [`Self::locate`]) and why.
+    /// Whether this build has the job's backend; else the field to blame (a needle for
+    /// [`Self::locate`]) and why. Whether the device computes in the job's precision is known
+    /// once it is open: the engine says so then.
     fn check_backend(&self) -> std::result::Result<(), (&str, String)> {
         let backend = &self.spec.backend.name;
-        airllm_engine::backend::check_available(backend)
-            .map_err(|e| (backend.as_str(), format!("backend.name: {e}")))?;
-        if self.spec.backend.precision == Precision::Bf16
-            && (backend != "cpu" || !Precision::Bf16.host_kernel_available())
-        {
-            return Err((
-                "precision",
-                format!(
-                    "backend.precision `bf16` needs the cpu backend on a CPU with AVX512-BF16 \
-                     (this is backend `{backend}`{}); use `f32`",
-                    if Precision::Bf16.host_kernel_available() { "" } else { " on a CPU without AVX512-BF16" }
-                ),
-            ));
-        }
-        Ok(())
+        airllm_engine::backend::check_available(backend).map_err(|e| (backend.as_str(), format!("backend.name: {e}")))
     }
 
     /// `file:line: ` for the first line that mentions `needle`, or `file: ` when none does.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use burn::prelude::*;
 
-use super::{Engine, HeadOutput, Prefill, WaveObserver, first_argmax};
+use super::{Engine, Prefill, WaveObserver, read_ints};
 use crate::error::{EngineError, Result};
 use crate::model::kv_cache::{KvDtype, SequenceKv};
 use crate::model::{Positions, to_device};
@@ -100,8 +100,11 @@ impl<B: Backend> Engine<B> {
         let head = self.head()?;
         let mut next = vec![0u32; sequences.len()];
         for batch in batches {
-            self.apply_head(&head, batch, last_rows, HeadOutput::Logits, &mut |request, _, logits| {
-                next[request] = first_argmax(logits) as u32;
+            self.for_each_head_chunk(batch, last_rows, &mut |chunk, owners| {
+                for (&(request, _), token) in owners.iter().zip(self.greedy_tokens(head.greedy(chunk))?) {
+                    next[request] = token;
+                }
+                Ok(())
             })?;
         }
         self.tokens += sequences.iter().map(|s| s.len() as u64).sum::<u64>();
@@ -134,15 +137,27 @@ impl<B: Backend> Engine<B> {
             }
             Ok(())
         })?;
-        let logits = self.head()?.logits(x.reshape([active.len(), hidden]));
-        let logits: Vec<f32> = logits
-            .into_data()
-            .convert::<f32>()
-            .into_vec()
-            .map_err(|e| EngineError::Other(format!("reading head output: {e:?}")))?;
+        let picks = self.head()?.greedy(x.reshape([active.len(), hidden]));
+        let next = self.greedy_tokens(picks)?;
         self.tokens += active.len() as u64;
+        Ok(next)
+    }
+
+    /// The head's greedy picks, read back; a row whose logits have no largest value (NaN) is an
+    /// error, not a token.
+    fn greedy_tokens(&self, picks: Tensor<B, 1, Int>) -> Result<Vec<u32>> {
         let vocab = self.spec().vocab_size;
-        Ok(logits.chunks_exact(vocab).map(|row| first_argmax(row) as u32).collect())
+        read_ints(picks)?
+            .into_iter()
+            .map(|token| {
+                u32::try_from(token).ok().filter(|&t| (t as usize) < vocab).ok_or_else(|| {
+                    EngineError::Other(
+                        "the head's logits have no largest value (NaN): the model's weights or numerics are broken"
+                            .into(),
+                    )
+                })
+            })
+            .collect()
     }
 }
 

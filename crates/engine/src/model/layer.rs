@@ -4,15 +4,14 @@
 //! sliding window of this layer) and in how the families map their checkpoints' tensors.
 
 use burn::prelude::*;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::activation::softmax;
 
 use super::kv_cache::{self, SequenceKv};
-use super::{Compute, DEVICE_TENSOR_BYTES, KernelLevel, Linear, Positions, fused, rms_norm, to_device};
+use super::{Compute, DEVICE_TENSOR_BYTES, KernelLevel, Linear, Positions, fused, matmul, rms_norm, to_device};
 use crate::error::{EngineError, Result};
 use crate::source::LayerTensor;
 use crate::spec::ModelSpec;
-use crate::store::LayerHost;
+use crate::store::{LayerHost, StoredTensor};
 
 /// A right-padded micro-batch's sequences: the true length of each; for a prefill, the caches
 /// their keys and values go to; for sequences that continue a shared prefix already run, that
@@ -42,62 +41,78 @@ pub struct DecoderLayer<B: Backend> {
     sliding_window: Option<usize>,
     /// The host kernel level of attention and the element-wise loops.
     kernels: KernelLevel,
+    uploaded_bytes: u64,
 }
 
 impl<B: Backend> DecoderLayer<B> {
-    /// Moves a layer's host tensors onto `device`, checking their shapes against the spec; the
-    /// layer computes as `compute` says.
+    /// Moves a layer's host tensors onto `device` (matrices in their stored form where the
+    /// backend holds it, see [`Linear::new`]), checking their shapes against the spec; the layer
+    /// computes as `compute` says.
     pub fn from_host(spec: &ModelSpec, mut host: LayerHost, compute: Compute, device: &B::Device) -> Result<Self> {
         let h = spec.hidden_size;
         let q = spec.num_heads * spec.head_dim;
         let kv = spec.num_kv_heads * spec.head_dim;
         let ffn = spec.intermediate_size;
-        let mut take = |tensor: LayerTensor, expected: &[usize]| -> Result<Vec<f32>> {
-            let (shape, values) = host.tensors.remove(&tensor).ok_or_else(|| {
-                EngineError::Other(format!("layer {}: tensor {} is missing", host.index, tensor.store_name()))
+        let index = host.index;
+        let mut take = |tensor: LayerTensor, expected: &[usize]| -> Result<StoredTensor> {
+            let stored = host.tensors.remove(&tensor).ok_or_else(|| {
+                EngineError::Other(format!("layer {index}: tensor {} is missing", tensor.store_name()))
             })?;
-            if shape != expected {
+            if stored.shape() != expected {
                 return Err(EngineError::Other(format!(
-                    "layer {}: tensor {} has shape {shape:?}, the spec implies {expected:?}",
-                    host.index,
-                    tensor.store_name()
+                    "layer {index}: tensor {} has shape {:?}, the spec implies {expected:?}",
+                    tensor.store_name(),
+                    stored.shape()
                 )));
             }
-            Ok(values)
-        };
-        // Concatenates tensors, each checked against its expected shape.
-        let mut concat = |parts: &[(LayerTensor, &[usize])]| -> Result<Vec<f32>> {
-            let mut values = Vec::new();
-            for &(tensor, shape) in parts {
-                values.extend(take(tensor, shape)?);
-            }
-            Ok(values)
+            Ok(stored)
         };
         use LayerTensor::*;
-        let qkv = concat(&[(QProj, &[q, h]), (KProj, &[kv, h]), (VProj, &[kv, h])])?;
-        let qkv_bias =
-            if spec.qkv_bias { Some(concat(&[(QBias, &[q]), (KBias, &[kv]), (VBias, &[kv])])?) } else { None };
-        let o = concat(&[(OProj, &[h, q])])?;
-        let o_bias = if spec.o_bias { Some(concat(&[(OBias, &[h])])?) } else { None };
-        let gate_up = concat(&[(GateProj, &[ffn, h]), (UpProj, &[ffn, h])])?;
-        let down = concat(&[(DownProj, &[h, ffn])])?;
-        let attn_norm = concat(&[(AttnNorm, &[h])])?;
-        let ffn_norm = concat(&[(FfnNorm, &[h])])?;
-        let linear = |shape, weight, bias| Linear::new(shape, weight, bias, compute, device);
+        let qkv = vec![take(QProj, &[q, h])?, take(KProj, &[kv, h])?, take(VProj, &[kv, h])?];
+        let qkv_bias = match spec.qkv_bias {
+            true => Some(
+                [take(QBias, &[q])?, take(KBias, &[kv])?, take(VBias, &[kv])?]
+                    .iter()
+                    .flat_map(|t| t.to_f32())
+                    .collect(),
+            ),
+            false => None,
+        };
+        let o = vec![take(OProj, &[h, q])?];
+        let o_bias = if spec.o_bias { Some(take(OBias, &[h])?.to_f32()) } else { None };
+        let gate_up = vec![take(GateProj, &[ffn, h])?, take(UpProj, &[ffn, h])?];
+        let down = vec![take(DownProj, &[h, ffn])?];
+        let attn_norm = take(AttnNorm, &[h])?.to_f32();
+        let ffn_norm = take(FfnNorm, &[h])?.to_f32();
+        let mut uploaded_bytes = (2 * h * 4) as u64;
+        let mut linear = |parts, bias| {
+            let (linear, bytes) = Linear::new(parts, bias, compute, device);
+            uploaded_bytes += bytes;
+            linear
+        };
+        let (qkv_proj, o_proj) = (linear(qkv, qkv_bias), linear(o, o_bias));
+        let (gate_up_proj, down_proj) = (linear(gate_up, None), linear(down, None));
         Ok(Self {
             attn_norm: to_device(&[h], attn_norm, device),
-            qkv_proj: linear([q + 2 * kv, h], qkv, qkv_bias),
-            o_proj: linear([h, q], o, o_bias),
+            qkv_proj,
+            o_proj,
             ffn_norm: to_device(&[h], ffn_norm, device),
-            gate_up_proj: linear([2 * ffn, h], gate_up, None),
-            down_proj: linear([h, ffn], down, None),
+            gate_up_proj,
+            down_proj,
             num_heads: spec.num_heads,
             num_kv_heads: spec.num_kv_heads,
             head_dim: spec.head_dim,
             eps: spec.rms_norm_eps,
-            sliding_window: spec.layer_window(host.index),
+            sliding_window: spec.layer_window(index),
             kernels: compute.kernels,
+            uploaded_bytes,
         })
+    }
+
+    /// Bytes of weights that travelled to the device for this layer (host backends: the f32
+    /// values copied or packed).
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.uploaded_bytes
     }
 
     /// Runs `x` `[batch, seq, hidden]` (right-padded, so every row starts at position 0).
@@ -210,7 +225,8 @@ impl<B: Backend> DecoderLayer<B> {
 
     /// Attention of the query rows `start..start + rows` (`q`: `[batch, heads, rows, dim]`) to
     /// the keys and values before them (`[batch, heads, start + rows, dim]`: causal, so no later
-    /// key is read).
+    /// key is read). Written out as products and a softmax rather than burn's fused attention,
+    /// whose cuda kernels multiply f32 in TF32: [`matmul`] keeps every product f32.
     fn attend_rows_ops(
         &self,
         q: Tensor<B, 4>,
@@ -219,15 +235,16 @@ impl<B: Backend> DecoderLayer<B> {
         start: usize,
         positions: &Positions<B>,
     ) -> Tensor<B, 4> {
-        let [batch, heads, rows, _] = q.dims();
+        let [batch, heads, rows, dim] = q.dims();
         let queries = start..start + rows;
         let window = self.sliding_window.filter(|&w| w < queries.end);
-        // burn's own causal mask assumes the queries start at key 0.
-        let mask = (start > 0 || window.is_some())
-            .then(|| causal_mask::<B>(batch, heads, queries.clone(), window, &q.device()));
-        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: mask.is_none() };
-        let bias = positions.alibi_bias_ops(batch, queries);
-        attention(q, k, v, mask, bias, options)
+        let scores = matmul(q, k.swap_dims(2, 3)) / (dim as f64).sqrt();
+        let scores = match positions.alibi_bias_ops(batch, queries.clone()) {
+            Some(bias) => scores + bias,
+            None => scores,
+        };
+        let mask = causal_mask::<B>(batch, heads, queries, window, &scores.device());
+        matmul(softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3), v)
     }
 
     /// `[batch, seq, heads * head_dim]` -> `[batch, heads, seq, head_dim]`

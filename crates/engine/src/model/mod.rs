@@ -7,6 +7,7 @@ mod kernels;
 pub mod kv_cache;
 mod layer;
 mod position;
+mod upload;
 
 pub use head::Head;
 #[cfg(target_arch = "x86_64")]
@@ -16,6 +17,9 @@ pub use layer::{DecoderLayer, Sequences};
 pub use position::{Positions, alibi_slopes};
 
 use burn::prelude::*;
+use burn::tensor::DType;
+
+use crate::store::StoredTensor;
 
 /// Element type the layer matmuls take their inputs in; accumulation is always f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -23,7 +27,8 @@ use burn::prelude::*;
 pub enum Precision {
     #[default]
     F32,
-    /// Weights and activations rounded to bf16 at each matmul (host backend, AVX512-BF16 only).
+    /// Weights and activations rounded to bf16 at each matmul, accumulated in f32: the packed
+    /// host kernel on CPUs with AVX512-BF16, else burn's bf16 matmul where the backend has one.
     Bf16,
 }
 
@@ -109,46 +114,72 @@ impl Compute {
     pub(crate) fn packed<B: Backend>(self) -> bool {
         fused::on_host::<B>() && self.precision.host_kernel_available_at(self.kernels)
     }
+
+    /// Whether burn's matmul runs in bf16 on `device` (the other way [`Precision::Bf16`] runs).
+    pub(crate) fn bf16_ops<B: Backend>(self, device: &B::Device) -> bool {
+        B::dtype_usage(device, DType::BF16).contains(burn::tensor::backend::DTypeUsage::Arithmetic)
+    }
+
+    /// The dtype burn's matmul takes its inputs in.
+    fn matmul_dtype(self) -> DType {
+        match self.precision {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
 }
 
 /// A projection `x · wᵀ + b` with `w` = `[out, in]`: packed for the host kernel where
 /// [`Compute`] allows it, else a burn tensor.
 pub(crate) enum Linear<B: Backend> {
     Tensor {
+        /// In its stored dtype (f32, f16 or bf16), or in `inputs` when that is 16-bit.
         weight: Tensor<B, 2>,
         bias: Option<Tensor<B, 1>>,
+        /// The dtype the product takes its inputs in (the precision's); it accumulates in f32.
+        inputs: DType,
     },
     #[cfg(target_arch = "x86_64")]
-    Packed {
-        weight: gemm::PackedWeight,
-        bias: Option<Vec<f32>>,
-    },
+    Packed { weight: gemm::PackedWeight, bias: Option<Vec<f32>> },
 }
 
 impl<B: Backend> Linear<B> {
-    pub fn new(
-        shape: [usize; 2],
-        weight: Vec<f32>,
-        bias: Option<Vec<f32>>,
-        compute: Compute,
-        device: &B::Device,
-    ) -> Self {
+    /// The projection whose weight is `parts` stacked by rows (each `[out_i, in]`), and the
+    /// bytes that travelled to the device for it: packed from f32 on the host where [`Compute`]
+    /// says so, else each part uploaded in its stored form ([`upload`]).
+    pub fn new(parts: Vec<StoredTensor>, bias: Option<Vec<f32>>, compute: Compute, device: &B::Device) -> (Self, u64) {
         #[cfg(target_arch = "x86_64")]
         if compute.packed::<B>() {
-            let weight = gemm::PackedWeight::pack(&weight, shape[0], shape[1], compute.precision, compute.kernels);
-            return Linear::Packed { weight, bias };
+            let input = parts[0].shape()[1];
+            let weight: Vec<f32> = parts.iter().flat_map(|part| part.to_f32()).collect();
+            let bytes = ((weight.len() + bias.as_ref().map_or(0, Vec::len)) * 4) as u64;
+            let weight =
+                gemm::PackedWeight::pack(&weight, weight.len() / input, input, compute.precision, compute.kernels);
+            return (Linear::Packed { weight, bias }, bytes);
         }
-        let _ = compute;
-        let bias = bias.map(|b| to_device(&[b.len()], b, device));
-        Linear::Tensor { weight: to_device(&shape, weight, device), bias }
+        let bias = bias.map(|b| upload::upload_f32::<B, 1>(&[b.len()], b, device));
+        let bias_bytes = bias.as_ref().map_or(0, |b| b.bytes);
+        let uploaded: Vec<_> = parts.into_iter().map(|part| upload::upload_weight::<B>(part, device)).collect();
+        let bytes = uploaded.iter().map(|u| u.bytes).sum::<u64>() + bias_bytes;
+        let mut tensors: Vec<Tensor<B, 2>> = uploaded.into_iter().map(|u| u.tensor).collect();
+        // Parts of one matrix may be stored differently (a rule kept one unquantized): widen all.
+        if tensors.iter().any(|t| t.dtype() != tensors[0].dtype()) {
+            tensors = tensors.into_iter().map(|t| t.cast(DType::F32)).collect();
+        }
+        let weight = if tensors.len() == 1 { tensors.pop().expect("one part") } else { Tensor::cat(tensors, 0) };
+        let inputs = compute.matmul_dtype();
+        let weight = if inputs == DType::F32 { weight } else { cast(weight, inputs) };
+        (Linear::Tensor { weight, bias: bias.map(|b| b.tensor), inputs }, bytes)
     }
 
     /// `[batch, seq, in]` -> `[batch, seq, out]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [batch, seq, input] = x.dims();
         match self {
-            Linear::Tensor { weight, bias } => {
-                let out = x.reshape([batch * seq, input]).matmul(weight.clone().transpose());
+            Linear::Tensor { weight, bias, inputs } => {
+                // A weight stored 16-bit but multiplied in f32 widens for this product only.
+                let x = cast(x.reshape([batch * seq, input]), *inputs);
+                let out = cast(matmul(x, cast(weight.clone(), *inputs).transpose()), DType::F32);
                 let out = match bias {
                     Some(bias) => out + bias.clone().unsqueeze_dim(0),
                     None => out,
@@ -174,6 +205,35 @@ pub(crate) use fused::{on_host, rms_norm};
 /// garbage on lavapipe, without an error.
 pub(crate) const DEVICE_TENSOR_BYTES: usize = 64 << 20;
 
+/// `a · b`, f32 products kept f32. cubecl's cuda matmul multiplies f32 inputs in TF32 on tensor
+/// cores (11 significant bits: logit errors of 3e-3 to 7e-3 on the reference checks, where the
+/// other backends stay under 2e-4). There each operand is split into a TF32-exact high part and
+/// the rest, and three TF32 products give f32 accuracy (the dropped low·low term is 2^-22 of
+/// each product). Other backends and dtypes: one product.
+pub(crate) fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    if a.dtype() == DType::F32 && B::name(&a.device()).contains("cuda") { split_matmul(a, b) } else { a.matmul(b) }
+}
+
+/// [`matmul`]'s three products of split operands (see there).
+fn split_matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    let ((a_high, a_low), (b_high, b_low)) = (split_tf32(a), split_tf32(b));
+    a_high.clone().matmul(b_high.clone()) + a_high.matmul(b_low) + a_low.matmul(b_high)
+}
+
+/// `x` as `high + low`, `high` holding 11 significant bits (TF32's) and `low` the rest: Veltkamp's
+/// split with `2^13 + 1`. Each op is its own kernel (no fusion in our builds), so nothing
+/// contracts it into an FMA that would spoil the rounding it relies on.
+fn split_tf32<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Tensor<B, D>, Tensor<B, D>) {
+    let scaled = x.clone() * 8193.0;
+    let high = scaled.clone() - (scaled - x.clone());
+    (high.clone(), x - high)
+}
+
+/// `tensor` in `dtype` (itself when it already is).
+fn cast<B: Backend, const D: usize>(tensor: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if tensor.dtype() == dtype { tensor } else { tensor.cast(dtype) }
+}
+
 /// Builds a device tensor from host values.
 pub(crate) fn to_device<B: Backend, const D: usize>(
     shape: &[usize],
@@ -181,4 +241,42 @@ pub(crate) fn to_device<B: Backend, const D: usize>(
     device: &B::Device,
 ) -> Tensor<B, D> {
     Tensor::from_data(TensorData::new(values, shape.to_vec()), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::DefaultBackend;
+
+    fn tensor<const D: usize>(shape: [usize; D], seed: usize) -> Tensor<DefaultBackend, D> {
+        let n = shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 997.0 - 1.0).collect();
+        to_device(&shape, values.iter().map(|v| v * (1.0 + v.sin() * 1e-3)).collect(), &Default::default())
+    }
+
+    fn values<const D: usize>(x: Tensor<DefaultBackend, D>) -> Vec<f32> {
+        x.into_data().convert::<f32>().into_vec().unwrap()
+    }
+
+    #[test]
+    fn split_parts_add_up_and_the_high_part_is_tf32_exact() {
+        let x = tensor([4096], 1);
+        let (high, low) = split_tf32(x.clone());
+        for ((x, high), low) in values(x).into_iter().zip(values(high)).zip(values(low)) {
+            assert_eq!(high + low, x);
+            assert_eq!(high.to_bits() & 0x1fff, 0, "{high} has more than TF32's 11 significant bits");
+            assert!(low.abs() <= x.abs() * 2f32.powi(-11), "{low} is not the rest of {x}");
+        }
+    }
+
+    #[test]
+    fn split_products_match_the_plain_product() {
+        let (a, b) = (tensor([2, 48, 320], 2), tensor([2, 320, 40], 3));
+        let plain = values(a.clone().matmul(b.clone()));
+        let split = values(split_matmul(a, b));
+        let error = plain.iter().zip(&split).fold(0f32, |m, (p, s)| m.max((p - s).abs()));
+        let scale = plain.iter().fold(0f32, |m, p| m.max(p.abs()));
+        // f32's own rounding of sums of 320 products, and no TF32-sized error (1e-3 of scale).
+        assert!(error <= scale * 1e-5, "max |Δ| {error} of values up to {scale}");
+    }
 }

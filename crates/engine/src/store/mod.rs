@@ -26,7 +26,7 @@ mod split;
 
 pub use manifest::{COMPRESSION_RULES, Compression, FORMAT_VERSION, FileEntry, Manifest};
 pub use prefetch::Prefetcher;
-pub use reader::{LayerHost, LayerStore};
+pub use reader::{LayerHost, LayerStore, StoredTensor};
 pub use split::{CompressedTensors, SplitOptions, SplitReport, split};
 
 use std::io::Write;

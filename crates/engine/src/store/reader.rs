@@ -22,19 +22,44 @@ pub struct LayerStore {
     bytes_read: AtomicU64,
 }
 
-/// One layer's tensors in host memory, as f32 values ready for a device.
 /// The key of the tokenizer file of a store whose source had no tokenizer.
 pub(crate) const NO_TOKENIZER: &str = "no_tokenizer";
 
+/// A tensor as a store file holds it: floats in their own dtype, or int8/int4 blocks. A device
+/// receives it in this form where it can (`model::upload`); host code reads it as f32.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredTensor {
+    Float(HostTensor),
+    Quantized(QuantTensor),
+}
+
+impl StoredTensor {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            StoredTensor::Float(tensor) => &tensor.shape,
+            StoredTensor::Quantized(tensor) => &tensor.shape,
+        }
+    }
+
+    /// Its values as f32 (dequantized, for quantized tensors).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            StoredTensor::Float(tensor) => tensor.to_f32(),
+            StoredTensor::Quantized(tensor) => quant::dequantize(tensor),
+        }
+    }
+}
+
+/// One layer's tensors in host memory, as the store holds them.
 pub struct LayerHost {
     pub index: usize,
-    pub tensors: HashMap<LayerTensor, (Vec<usize>, Vec<f32>)>,
+    pub tensors: HashMap<LayerTensor, StoredTensor>,
 }
 
 impl LayerHost {
-    /// Bytes of its values as the device receives them (f32).
-    pub fn bytes(&self) -> u64 {
-        self.tensors.values().map(|(_, values)| (values.len() * 4) as u64).sum()
+    /// Every tensor as (shape, f32 values).
+    pub fn into_f32(self) -> HashMap<LayerTensor, (Vec<usize>, Vec<f32>)> {
+        self.tensors.into_iter().map(|(name, tensor)| (name, (tensor.shape().to_vec(), tensor.to_f32()))).collect()
     }
 }
 
@@ -123,6 +148,16 @@ impl LayerStore {
     /// Reads the named tensors of a file as f32 (in the order asked); block-quantized tensors
     /// (`NAME.q`, `NAME.scale`, ...) are dequantized.
     pub fn read_tensors(&self, file: &str, names: &[&str]) -> Result<Vec<(Vec<usize>, Vec<f32>)>> {
+        Ok(self
+            .read_stored(file, names)?
+            .into_iter()
+            .map(|tensor| (tensor.shape().to_vec(), tensor.to_f32()))
+            .collect())
+    }
+
+    /// Reads the named tensors of a file (in the order asked) as the file holds them; a
+    /// block-quantized tensor is its `NAME.q`, `NAME.scale` (and `NAME.min`), checked.
+    pub fn read_stored(&self, file: &str, names: &[&str]) -> Result<Vec<StoredTensor>> {
         let bytes = self.read_file(file)?;
         let path = self.dir.join(file);
         let tensors = SafeTensors::deserialize(&bytes).map_err(|e| EngineError::format(&path, e.to_string()))?;
@@ -134,8 +169,7 @@ impl LayerStore {
                 };
                 let dtype = DType::from_safetensors(view.dtype())
                     .ok_or_else(|| EngineError::format(&path, format!("tensor {name}: dtype {:?}", view.dtype())))?;
-                let host = HostTensor { dtype, shape: view.shape().to_vec(), bytes: view.data().to_vec() };
-                Ok((host.shape.clone(), host.to_f32()))
+                Ok(StoredTensor::Float(HostTensor { dtype, shape: view.shape().to_vec(), bytes: view.data().to_vec() }))
             })
             .collect()
     }
@@ -154,7 +188,7 @@ impl LayerStore {
     pub fn read_layer(&self, index: usize) -> Result<LayerHost> {
         let present: Vec<LayerTensor> = LayerTensor::present(&self.manifest.spec).collect();
         let names: Vec<&str> = present.iter().map(|t| t.store_name()).collect();
-        let values = self.read_tensors(&layer_file(index), &names)?;
+        let values = self.read_stored(&layer_file(index), &names)?;
         Ok(LayerHost { index, tensors: present.into_iter().zip(values).collect() })
     }
 }
@@ -207,9 +241,9 @@ fn stored_shape(header: &serde_json::Map<String, serde_json::Value>, name: &str)
     }
 }
 
-/// Reads `NAME.q`, `NAME.scale` (and `NAME.min`) and dequantizes them; `NAME` missing altogether
-/// is a `MissingTensor` error. Every size is checked, so a malformed file is an error, not a panic.
-fn read_quantized(tensors: &SafeTensors, name: &str, path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+/// Reads `NAME.q`, `NAME.scale` (and `NAME.min`); `NAME` missing altogether is a
+/// `MissingTensor` error. Every size is checked, so a malformed file is an error, not a panic.
+fn read_quantized(tensors: &SafeTensors, name: &str, path: &Path) -> Result<StoredTensor> {
     let q = tensors
         .tensor(&format!("{name}.q"))
         .map_err(|_| EngineError::MissingTensor { path: path.to_path_buf(), name: name.to_string() })?;
@@ -241,6 +275,5 @@ fn read_quantized(tensors: &SafeTensors, name: &str, path: &Path) -> Result<(Vec
     let min = if scheme == QuantScheme::Int4 { float_part("min")? } else { vec![] };
     let quant = QuantTensor { scheme, shape, q: q.data().to_vec(), scale, min };
     quant.check().map_err(bad)?;
-    let values = quant::dequantize(&quant);
-    Ok((quant.shape, values))
+    Ok(StoredTensor::Quantized(quant))
 }
