@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use burn::prelude::*;
-use burn::tensor::{DType, Distribution};
+use burn::tensor::Distribution;
 
 #[cfg(target_arch = "x86_64")]
 use crate::model::{Compute, KernelLevel, gemm::PackedWeight};
@@ -70,7 +70,7 @@ pub fn gemm_peak<B: Backend>(spec: &ModelSpec, rows: usize, precision: Precision
         let compute = Compute { precision, kernels };
         // burn's product as the layers run it (f32 split on cuda, see `model::matmul`).
         if precision == Precision::F32 || (!compute.packed::<B>() && compute.bf16_ops::<B>(device)) {
-            let dtype = if precision == Precision::F32 { DType::F32 } else { DType::BF16 };
+            let dtype = compute.matmul_dtype();
             let a = Tensor::<B, 2>::random([rows, k], Distribution::Default, device).cast(dtype);
             let weight = Tensor::<B, 2>::random([n, k], Distribution::Default, device).cast(dtype);
             consider("burn matmul", seconds_per_call(|| matmul(a.clone(), weight.clone().transpose()).into_data()));

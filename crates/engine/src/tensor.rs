@@ -27,6 +27,15 @@ impl DType {
         }
     }
 
+    /// The same dtype as burn names it.
+    pub fn to_burn(self) -> burn::tensor::DType {
+        match self {
+            DType::F32 => burn::tensor::DType::F32,
+            DType::F16 => burn::tensor::DType::F16,
+            DType::Bf16 => burn::tensor::DType::BF16,
+        }
+    }
+
     pub fn from_safetensors(dtype: safetensors::Dtype) -> Option<Self> {
         match dtype {
             safetensors::Dtype::F32 => Some(DType::F32),

@@ -121,7 +121,7 @@ impl Compute {
     }
 
     /// The dtype burn's matmul takes its inputs in.
-    fn matmul_dtype(self) -> DType {
+    pub(crate) fn matmul_dtype(self) -> DType {
         match self.precision {
             Precision::F32 => DType::F32,
             Precision::Bf16 => DType::BF16,

@@ -33,10 +33,10 @@ pub(crate) fn upload_f32<B: Backend, const D: usize>(
 pub(crate) fn upload_weight<B: Backend>(stored: StoredTensor, device: &B::Device) -> Uploaded<B, 2> {
     let shape = stored.shape().to_vec();
     match stored {
-        StoredTensor::Float(host) if host.dtype != StoredDType::F32 && holds::<B>(device, float_dtype(host.dtype)) => {
-            let bytes = host.bytes.len() as u64;
-            let data = TensorData::from_bytes_vec(host.bytes, shape, float_dtype(host.dtype));
-            Uploaded { tensor: Tensor::from_data(data, (device, float_dtype(host.dtype))), bytes }
+        StoredTensor::Float(host) if host.dtype != StoredDType::F32 && holds::<B>(device, host.dtype.to_burn()) => {
+            let (bytes, dtype) = (host.bytes.len() as u64, host.dtype.to_burn());
+            let data = TensorData::from_bytes_vec(host.bytes, shape, dtype);
+            Uploaded { tensor: Tensor::from_data(data, (device, dtype)), bytes }
         }
         StoredTensor::Quantized(quant) if holds::<B>(device, code_dtype(quant.scheme)) => dequantize(&quant, device),
         other => upload_f32(&shape, other.to_f32(), device),
@@ -46,14 +46,6 @@ pub(crate) fn upload_weight<B: Backend>(stored: StoredTensor, device: &B::Device
 /// Whether `B` stores `dtype` on `device` (and converts it to and from f32).
 fn holds<B: Backend>(device: &B::Device, dtype: DType) -> bool {
     B::dtype_usage(device, dtype).contains(DTypeUsage::Storage)
-}
-
-fn float_dtype(dtype: StoredDType) -> DType {
-    match dtype {
-        StoredDType::F32 => DType::F32,
-        StoredDType::F16 => DType::F16,
-        StoredDType::Bf16 => DType::BF16,
-    }
 }
 
 /// The integer type a scheme's codes travel in: int8's signed bytes, int4's pairs of nibbles.
