@@ -29,10 +29,25 @@ def load_requests(path: Path, limit: int | None = None) -> list[dict]:
                 raise SystemExit(f"{path}:{line_no}: needs non-empty 'tokens' and 'positions'")
             if any(not 0 <= p < len(tokens) for p in positions):
                 raise SystemExit(f"{path}:{line_no}: a position is outside 0..{len(tokens) - 1}")
-            requests.append({"tokens": tokens, "positions": positions, "line": line_no})
+            targets = r.get("targets", [])
+            if any(len(t) != 2 or t[0] not in positions for t in targets):
+                raise SystemExit(f"{path}:{line_no}: each target must be [position, token] at a scored position")
+            requests.append({"tokens": tokens, "positions": positions, "targets": targets, "line": line_no})
     if not requests:
         raise SystemExit(f"{path}: no requests")
     return requests
+
+
+def target_scores(request: dict, rows) -> list[list]:
+    """`[log-prob, is the row's argmax]` of each of the request's targets (`[position, token]`, from
+    the requests file), `rows` its log-probability rows in `positions` order (numpy or torch). From
+    these `airllm-eval bench --scores-from` computes the task's metric, as for our own rows."""
+    at = {p: i for i, p in enumerate(request["positions"])}
+    out = []
+    for position, token in request["targets"]:
+        row = rows[at[position]]
+        out.append([float(row[token]), int(row.argmax()) == token])
+    return out
 
 
 def check_vocab(requests: list[dict], vocab: int, path: Path) -> None:

@@ -51,6 +51,13 @@ if [[ " $* " == *bf16* ]]; then
     --requests "$out/requests.jsonl" --batch-sizes "${HF_BF16_BATCH_SIZES:-8,32}" --threads 2 --dtype bfloat16 \
     --json "$out/transformers-bf16.json"
 fi
+# Each baseline's per-target scores through the job's own metric (the task code our rows use):
+# its `score` goes into its JSON.
+for f in transformers transformers-bf16 llama_cpp; do
+  if [[ -f "$out/$f.json" ]]; then
+    target/release/airllm-eval bench "$job" --scores-from "$out/$f.json" "$@"
+  fi
+done
 python3 - "$out" <<'PY'
 import json, sys
 from pathlib import Path
@@ -58,30 +65,37 @@ out = Path(sys.argv[1])
 ours = json.loads((out / "ours.json").read_text())
 hf = json.loads((out / "transformers.json").read_text())
 best_hf = max(hf["results"], key=lambda r: r["tokens_per_s"])
-# (system, tokens/s, peak RSS in bytes or None where the baseline does not measure it)
-rows = [(f"transformers float32, batch {r['batch_size']}", r["tokens_per_s"], None) for r in hf["results"]]
+# (system, tokens/s, peak RSS in bytes or None where the baseline does not measure it, the job's
+# metric or None: one per baseline file, from its last pass)
+score = lambda record: (record.get("score") or {}).get("value")
+rows = [(f"transformers float32, batch {r['batch_size']}", r["tokens_per_s"], None, score(hf)) for r in hf["results"]]
 if (out / "transformers-bf16.json").exists():
     bf16 = json.loads((out / "transformers-bf16.json").read_text())
-    rows += [(f"transformers bfloat16, batch {r['batch_size']}", r["tokens_per_s"], None) for r in bf16["results"]]
+    rows += [(f"transformers bfloat16, batch {r['batch_size']}", r["tokens_per_s"], None, score(bf16))
+             for r in bf16["results"]]
 if (out / "airllm.json").exists():
     airllm = json.loads((out / "airllm.json").read_text())
-    rows.append((f"AirLLM {airllm['airllm_version']} batch 1 ({airllm['requests']} prompts)", airllm["tokens_per_s"], None))
+    rows.append((f"AirLLM {airllm['airllm_version']} batch 1 ({airllm['requests']} prompts)", airllm["tokens_per_s"],
+                 None, None))
 llama = None
 if (out / "llama_cpp.json").exists():
     llama = json.loads((out / "llama_cpp.json").read_text())
     rows.append((f"llama.cpp {llama['llama_cpp_version']} ({llama['computes_in_short']})",
-                 llama["tokens_per_s"], llama["peak_rss_bytes"]))
+                 llama["tokens_per_s"], llama["peak_rss_bytes"], score(llama)))
 for m in ours["modes"]:
     label = " ".join([m["mode"]] + ([m["store_kind"]] if m["store_kind"] != "none" else [])
                      + ([m["precision"]] if m["precision"] != "f32" else [])
                      + ([] if m.get("share_prefixes", True) else ["unshared"]))
-    rows.append((f"airllm-eval {label}", m["tokens_per_s"], m.get("peak_rss_bytes")))
-print(f"\nsame requests, same machine ({hf['cpu']}), 2 threads")
-w = max(38, *(len(name) for name, _, _ in rows))
-print(f"{'system':<{w}} {'tokens/s':>9} {'vs best transformers float32':>29} {'peak RSS':>9}")
-for name, rate, rss in rows:
+    rows.append((f"airllm-eval {label}", m["tokens_per_s"], m.get("peak_rss_bytes"), score(m)))
+metric = next((m["score"] for m in ours["modes"] if m.get("score")), None)
+print(f"\nsame requests, same machine ({hf['cpu']}), 2 threads"
+      + (f"; score: {metric['task']} {metric['metric']}" if metric else ""))
+w = max(38, *(len(row[0]) for row in rows))
+print(f"{'system':<{w}} {'tokens/s':>9} {'vs best transformers float32':>29} {'peak RSS':>9} {'score':>7}")
+for name, rate, rss, value in rows:
     rss = f"{rss / 2**20:.0f} MiB" if rss else "-"
-    print(f"{name:<{w}} {rate:>9.1f} {rate / best_hf['tokens_per_s']:>28.2f}x {rss:>9}")
+    value = f"{value:.4f}" if value is not None else "-"
+    print(f"{name:<{w}} {rate:>9.1f} {rate / best_hf['tokens_per_s']:>28.2f}x {rss:>9} {value:>7}")
 if llama is not None:
     b = llama["llama_cpp_build"]
     print(f"\nllama.cpp: ggml {b['ggml_version']} ({b['ggml_commit']}), one request per decode, "

@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from bench_common import check_vocab, cpu_name, load_requests, versions, write_json
+from bench_common import check_vocab, cpu_name, load_requests, target_scores, versions, write_json
 
 PACKAGES = ("torch", "transformers", "gguf", "accelerate", "safetensors", "numpy")
 
@@ -95,13 +95,18 @@ def score_batch(model, batch: list[dict], pad_id: int) -> torch.Tensor:
     return torch.log_softmax(model.lm_head(picked).float(), dim=-1)
 
 
-def run_pass(model, batches: list[list[dict]], pad_id: int) -> dict:
-    """Scores every batch; returns timing and token counts for the whole pass."""
+def run_pass(model, batches: list[list[dict]], pad_id: int, scores: dict) -> dict:
+    """Scores every batch; returns timing and token counts for the whole pass, and leaves each
+    request's target scores in `scores` (by its line)."""
     real = padded = scored = 0
     checksum = 0.0
     start, cpu_start = time.perf_counter(), time.process_time()
     for batch in batches:
         logp = score_batch(model, batch, pad_id)
+        row = 0
+        for r in batch:
+            scores[r["line"]] = target_scores(r, logp[row : row + len(r["positions"])])
+            row += len(r["positions"])
         real += sum(len(r["tokens"]) for r in batch)
         padded += len(batch) * max(len(r["tokens"]) for r in batch)
         scored += logp.shape[0]
@@ -151,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         for bs in args.batch_sizes:
             batches = make_batches(requests, bs)
             score_batch(model, batches[-1], pad_id)  # warm-up: the shortest batch, untimed
-            r = run_pass(model, batches, pad_id)
+            scores: dict = {}
+            r = run_pass(model, batches, pad_id, scores)
             r = {"batch_size": bs, "requests": len(requests), "batches": len(batches), **r,
                  "tokens_per_s": r["tokens"] / r["seconds"],
                  "padded_tokens_per_s": r["padded_tokens"] / r["seconds"],
@@ -175,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_count": os.cpu_count(),
             "load_seconds": load_s,
             "results": results,
+            # Of the last batch size's pass, per request in file order: [log-prob, greedy] per target.
+            "target_scores": [scores[r["line"]] for r in requests],
         }
         print()
         write_json(args.json, report)

@@ -88,7 +88,7 @@ import numpy as np
 
 import llama_cpp as lc
 
-from bench_common import check_vocab, cpu_name, load_requests, versions, write_json
+from bench_common import check_vocab, cpu_name, load_requests, target_scores, versions, write_json
 
 PACKAGES = ("llama-cpp-python", "numpy")
 
@@ -302,6 +302,11 @@ def main(argv: list[str] | None = None) -> int:
         computes_in = ("Q4_1 weights x Q8_1-quantized activations (integer dot products per block of "
                        "32, f32 scales and sums); output head (token_embd, Q8_0 in this GGUF) Q8_0 x "
                        "Q8_0; KV cache f16; norms, RoPE, softmax, SiLU, residuals f32")
+    elif lc.llama_model_ftype(scorer.model) == lc.LLAMA_FTYPE_MOSTLY_Q4_K_M:
+        computes_in_short = "Q4_K/Q6_K weights, Q8_K activations"
+        computes_in = ("Q4_K and Q6_K weights (the Q4_K_M mix) x Q8_K-quantized activations (ggml-cpu's "
+                       "vec_dot_type of both K-quants: integer dot products per super-block of 256, f32 "
+                       "scales); KV cache f16; norms, RoPE, softmax, SiLU, residuals f32")
     else:  # what the docstring says holds for Q4_1 only; other types have their own vec_dot_type
         computes_in_short = desc.value.decode().rsplit(" ", 1)[-1] + " weights"
         computes_in = (f"{desc.value.decode()}: see type_traits_cpu[].vec_dot_type in ggml-cpu.c for "
@@ -322,10 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     scorer.log_probs(min(requests, key=lambda r: len(r["tokens"])))  # warm-up, untimed
 
     kept = []
+    scores = []
     checksum = 0.0
     start, cpu_start = time.perf_counter(), time.process_time()
     for r in requests:
-        for p, row in zip(r["positions"], scorer.log_probs(r)):
+        rows = scorer.log_probs(r)
+        scores.append(target_scores(r, rows))
+        for p, row in zip(r["positions"], rows):
             token = reported_token(r, p, row)
             kept.append((r["line"], p, token, row[token]))
             checksum += float(row.max())  # a sanity number, as the other baselines keep
@@ -381,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
             "logprobs": [{"line": line, "position": p, "token": t, "logprob": float(v)}
                          for line, p, t, v in kept],
             "check": check,
+            # Per request in file order: [log-prob, greedy] per target.
+            "target_scores": scores,
         }
         write_json(args.json, report)
     return 0

@@ -1,10 +1,13 @@
-//! Shared prefixes run once (`executor::prefix`) must not change what is scored: every family's
-//! tiny model, and SmolLM2, score sequences that share long prefixes with sharing on and off;
-//! logits agree within 1e-4 and argmax is identical at every scored row.
+//! Shared prefixes run once (`executor::prefix`) must not change what is scored or generated: every
+//! family's tiny model, and SmolLM2, score sequences that share long prefixes with sharing on and
+//! off (logits agree within 1e-4 and argmax is identical at every scored row), and generate from
+//! them greedily (the same tokens, with the KV cache in f32 and in f16: each cache starts with a
+//! copy of its prefix's keys and values).
 
 mod common;
 
 use airllm_engine::executor::{Engine, EngineOptions, HeadOutput, Quiet};
+use airllm_engine::model::kv_cache::KvDtype;
 use common::*;
 
 /// Sequences sharing prefixes as few-shot prompts do: two groups of three, each member with a
@@ -51,10 +54,49 @@ fn check(source: &std::path::Path) {
     assert!(max <= 1e-4 && agree == 1.0, "{}: max |Δ| {max}, argmax agreement {agree}", source.display());
 }
 
+/// Greedy continuations of `prompts`, `NEW_TOKENS` each.
+fn generated(engine: &mut Engine, prompts: &[Vec<u32>]) -> Vec<Vec<u32>> {
+    const NEW_TOKENS: usize = 6;
+    let mut out = vec![Vec::new(); prompts.len()];
+    engine
+        .generate_wave(prompts, &vec![NEW_TOKENS; prompts.len()], &Quiet, &mut |i, token| {
+            out[i].push(token);
+            true
+        })
+        .unwrap();
+    out
+}
+
+fn check_generation(source: &std::path::Path) {
+    let (store, _) = engine_for(source, EngineOptions::default());
+    for kv_dtype in [KvDtype::F32, KvDtype::F16] {
+        let options =
+            |share_prefixes| EngineOptions { micro_batch_tokens: 48, share_prefixes, kv_dtype, ..Default::default() };
+        let mut shared = Engine::open(store.path(), options(true)).unwrap();
+        let mut whole = Engine::open(store.path(), options(false)).unwrap();
+        let (prompts, _) = few_shot_like(shared.spec().vocab_size as u32, 11);
+        let (a, b) = (generated(&mut shared, &prompts), generated(&mut whole, &prompts));
+        let rescaled = prompts.iter().any(|s| shared.spec().rope_rescales_at(s.len()));
+        let expected = if rescaled { 0 } else { 2 * (24 + 40) };
+        assert_eq!(shared.stats().shared_prefix_tokens, expected, "{}", source.display());
+        assert_eq!(a, b, "{} ({kv_dtype:?} cache): generated tokens", source.display());
+    }
+}
+
 #[test]
 fn tiny_models_score_the_same_with_shared_prefixes() {
     for name in ["tiny-llama", "tiny-mistral", "tiny-qwen2"] {
         check(&fixtures().join("models").join(name));
+    }
+}
+
+#[test]
+fn tiny_models_and_remote_code_families_generate_the_same_with_shared_prefixes() {
+    let tiny = ["tiny-llama", "tiny-mistral", "tiny-qwen2"].map(|name| fixtures().join("models").join(name));
+    let archs = ["chatglm", "baichuan_7b", "baichuan2_13b", "internlm", "internlm2", "qwen", "qwen_longctx"]
+        .map(|name| fixtures().join("archs").join(name));
+    for source in tiny.iter().chain(&archs) {
+        check_generation(source);
     }
 }
 
@@ -68,6 +110,7 @@ fn remote_code_families_score_the_same_with_shared_prefixes() {
 }
 
 #[test]
-fn smollm2_scores_the_same_with_shared_prefixes() {
+fn smollm2_scores_and_generates_the_same_with_shared_prefixes() {
     check(&smollm2_gguf());
+    check_generation(&smollm2_gguf());
 }

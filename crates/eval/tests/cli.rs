@@ -529,6 +529,57 @@ fn a_gsm8k_job_writes_generations_and_resumes_them() {
     assert!(!d.join("small").exists(), "a KV budget too small for one sequence is refused before anything is written");
 }
 
+/// `bench` scores its modes with the task code `run` uses, and `--scores-from` scores a baseline's
+/// per-target log-probs the same way: every choice tied means every prediction is choice 0.
+#[test]
+fn bench_scores_its_modes_and_baselines_as_run_scores_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let job = write_job(d, &common::smollm2_gguf(), "");
+    let output = run(airllm(d).arg(&job));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let summary = std::fs::read_to_string(d.join("out/summary.csv")).unwrap();
+    let run_acc: f64 = summary
+        .lines()
+        .find_map(|l| l.strip_prefix("mmlu,acc,12,"))
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let requests = d.join("requests.jsonl");
+    let output =
+        run(airllm(d).args(["bench", job.to_str().unwrap(), "--mode", "layer-major", "--requests-out"]).arg(&requests));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let result: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(result["score"]["metric"], "acc");
+    assert!((result["score"]["value"].as_f64().unwrap() - run_acc).abs() < 1e-9, "bench {result} vs run {run_acc}");
+
+    let targets: Vec<usize> = std::fs::read_to_string(&requests)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["targets"].as_array().unwrap().len())
+        .collect();
+    let tied: Vec<Vec<(f64, bool)>> = targets.iter().map(|&n| vec![(-1.0, false); n]).collect();
+    let baseline = d.join("baseline.json");
+    std::fs::write(&baseline, serde_json::json!({ "target_scores": tied }).to_string()).unwrap();
+    let output = run(airllm(d).args(["bench", job.to_str().unwrap(), "--scores-from"]).arg(&baseline));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let docs = std::fs::read_to_string(d.join("out/docs.csv")).unwrap();
+    let golds: Vec<&str> = docs.lines().skip(1).map(|l| l.split(',').nth(2).unwrap()).collect();
+    let expected = golds.iter().filter(|&&g| g == "0").count() as f64 / golds.len() as f64;
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&baseline).unwrap()).unwrap();
+    assert!((written["score"]["value"].as_f64().unwrap() - expected).abs() < 1e-9, "{written}");
+
+    std::fs::write(&baseline, serde_json::json!({ "target_scores": &tied[1..] }).to_string()).unwrap();
+    let output = run(airllm(d).args(["bench", job.to_str().unwrap(), "--scores-from"]).arg(&baseline));
+    assert!(!output.status.success(), "a baseline that scored part of the requests is refused");
+    assert!(stderr(&output).contains("baseline.json: field `target_scores`"), "{}", stderr(&output));
+}
+
 /// The Qwen2.5-Coder job: jobs/mmlu.yaml's tasks and memory, the model from six PyPI wheels.
 #[test]
 fn qwen_mmlu_job_names_its_six_wheel_parts() {

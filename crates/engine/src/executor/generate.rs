@@ -1,7 +1,9 @@
 //! Layer-major greedy generation with a per-layer KV cache.
 //!
 //! A wave of prompts is prefilled layer-major as a scoring wave is, keeping every layer's keys and
-//! values of every sequence (in host memory, [`SequenceKv`]). Then each decode step runs the
+//! values of every sequence (in host memory, [`SequenceKv`]). Prompts that share a prefix (a
+//! task's few-shot examples) run it once, as scoring does (`executor::prefix`): each one's cache
+//! starts with a copy of the prefix's keys and values. Then each decode step runs the
 //! wave's newest tokens through layer 0..L-1, one pass over the store per step (none when the
 //! layers are resident), each layer attending to its cache and appending to it. Sequences that
 //! finish (the caller says stop, or their token budget is spent) leave the wave and free their
@@ -24,7 +26,7 @@ pub struct GenerationStats {
     pub steps: usize,
     /// Tokens generated, over all sequences.
     pub tokens: u64,
-    /// The most bytes the KV caches held at once.
+    /// The most bytes of keys and values the KV caches held at once.
     pub peak_kv_bytes: u64,
 }
 
@@ -54,8 +56,13 @@ impl<B: Backend> Engine<B> {
         let spec = self.spec().clone();
         let longest = prompts.iter().zip(max_new).map(|(p, m)| p.len() + m).max().unwrap_or(1);
         let positions = Positions::<B>::new(&spec, longest, &self.device);
-        let empty = SequenceKv::new(self.options.kv_dtype);
-        let mut caches: Vec<Vec<SequenceKv>> = vec![vec![empty; prompts.len()]; spec.num_layers];
+        let kv_width = spec.num_kv_heads * spec.head_dim;
+        let mut caches: Vec<Vec<SequenceKv>> = (0..spec.num_layers)
+            .map(|_| {
+                let room = prompts.iter().zip(max_new).map(|(p, m)| p.len() + m);
+                room.map(|positions| SequenceKv::with_capacity(self.options.kv_dtype, positions, kv_width)).collect()
+            })
+            .collect();
         let mut last = self.prefill(&sequences, &last_rows, &positions, &mut caches, observer)?;
         let mut stats = GenerationStats { peak_kv_bytes: kv_bytes(&caches), ..Default::default() };
         let mut produced = vec![0usize; prompts.len()];
@@ -93,7 +100,7 @@ impl<B: Backend> Engine<B> {
         observer: &dyn WaveObserver,
     ) -> Result<Vec<u32>> {
         let table = self.embed_table()?;
-        let mut batches = self.embed(&table, sequences, last_rows, &self.plan_micro_batches(sequences));
+        let mut batches = self.embed_sharing_prefixes(&table, sequences, last_rows);
         drop(table);
         let spec = self.spec().clone();
         self.run_layers(&spec, &mut batches, positions, observer, Some(Prefill { caches }))?;

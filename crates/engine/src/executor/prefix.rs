@@ -6,7 +6,9 @@
 //! prefix runs through each layer as a sequence of its own, keeping its keys and values for that
 //! layer; the members then run only their remaining tokens, at the positions after the prefix,
 //! attending to the prefix's keys and values (`model::kv_cache::attend_after_past`). Layer-major
-//! order means a prefix's keys and values are needed only while its layer runs.
+//! order means a prefix's keys and values are needed only while its layer runs; a generation's
+//! prefill copies them into the cache of each member (`model::kv_cache::keep_after_past`), whose
+//! decode steps attend to the whole prompt.
 //!
 //! A prefix never reaches a row whose head output is asked for, and leaves every sequence at
 //! least one token of its own, so every scored row is computed as before: the log-likelihoods

@@ -80,6 +80,18 @@ impl Rows {
         }
     }
 
+    /// Appends `other`'s rows, converted to this one's type.
+    fn extend_from(&mut self, other: &Rows) {
+        match (self, other) {
+            (Rows::F32(v), Rows::F32(o)) => v.extend_from_slice(o),
+            (this, other) => {
+                let mut values = vec![0f32; other.len()];
+                other.read(0, &mut values);
+                this.extend(&values);
+            }
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             Rows::F32(v) => v.len(),
@@ -88,11 +100,20 @@ impl Rows {
         }
     }
 
+    /// Bytes of the values held (a reservation not yet written is not resident memory).
     fn bytes(&self) -> usize {
         match self {
-            Rows::F32(v) => v.capacity() * 4,
-            Rows::F16(v) => v.capacity() * 2,
-            Rows::Bf16(v) => v.capacity() * 2,
+            Rows::F32(v) => v.len() * 4,
+            Rows::F16(v) => v.len() * 2,
+            Rows::Bf16(v) => v.len() * 2,
+        }
+    }
+
+    fn reserve_exact(&mut self, values: usize) {
+        match self {
+            Rows::F32(v) => v.reserve_exact(values),
+            Rows::F16(v) => v.reserve_exact(values),
+            Rows::Bf16(v) => v.reserve_exact(values),
         }
     }
 
@@ -125,6 +146,16 @@ impl Default for SequenceKv {
 impl SequenceKv {
     pub fn new(dtype: KvDtype) -> Self {
         Self { keys: Rows::new(dtype), values: Rows::new(dtype), prompt: 0 }
+    }
+
+    /// An empty cache with room for `positions` rows of `width` values: allocated once for a
+    /// sequence's prompt and token budget, instead of growing by doubling (up to twice the
+    /// memory `memory.kv_budget` planned for).
+    pub fn with_capacity(dtype: KvDtype, positions: usize, width: usize) -> Self {
+        let mut kv = Self::new(dtype);
+        kv.keys.reserve_exact(positions * width);
+        kv.values.reserve_exact(positions * width);
+        kv
     }
 
     /// Cached positions, for rows of `width` values.
@@ -202,7 +233,7 @@ pub fn attend_new_tokens<B: Backend>(
 /// (padding rows zero).
 /// The tiled kernel of `kernels`' level runs where the CPU, head size and model (no ALiBi) suit it.
 pub fn attend_after_past<B: Backend>(
-    mut prepared: Vec<f32>,
+    prepared: &mut [f32],
     seq: usize,
     lengths: &[usize],
     past: &[Option<&SequenceKv>],
@@ -222,7 +253,7 @@ pub fn attend_after_past<B: Backend>(
         }
     });
     if positions.alibi_slopes().is_none()
-        && let Some(out) = attend_after_past_tiled(kernels, &prepared, seq, past, shape)
+        && let Some(out) = attend_after_past_tiled(kernels, prepared, seq, past, shape)
     {
         return out;
     }
@@ -255,6 +286,34 @@ pub fn attend_after_past<B: Backend>(
         attend_one(Query { values, position, first, alibi: positions.alibi_slopes() }, &context, shape, out);
     });
     out
+}
+
+/// A prefill's caches of sequences that continue shared prefixes: each gets its prefix's keys and
+/// values (`past[i]`), then its own `lengths[i]` rows of `prepared`, as [`attend_after_past`] left
+/// them (keys rotated). The caches then hold what [`keep`] would have kept of the whole prompt.
+pub fn keep_after_past(
+    prepared: &[f32],
+    seq: usize,
+    lengths: &[usize],
+    past: &[Option<&SequenceKv>],
+    shape: Heads,
+    caches: &mut [SequenceKv],
+) {
+    let Heads { heads, kv_heads, head_dim, .. } = shape;
+    let (q_width, kv_width) = (heads * head_dim, kv_heads * head_dim);
+    let width = q_width + 2 * kv_width;
+    caches.par_iter_mut().enumerate().for_each(|(sequence, cache)| {
+        let offset = past[sequence].map_or(0, |past| {
+            cache.keys.extend_from(&past.keys);
+            cache.values.extend_from(&past.values);
+            past.len(kv_width)
+        });
+        cache.prompt = offset + lengths[sequence];
+        for row in prepared[sequence * seq * width..][..lengths[sequence] * width].chunks_exact(width) {
+            cache.keys.extend(&row[q_width..q_width + kv_width]);
+            cache.values.extend(&row[q_width + kv_width..]);
+        }
+    });
 }
 
 /// [`attend_after_past`] with the tiled kernel: each sequence's prefix keys and values are laid

@@ -179,8 +179,12 @@ impl<B: Backend> DecoderLayer<B> {
         if let Some(past) = past {
             let [batch, seq, _] = qkv.dims();
             let device = qkv.device();
-            let values = qkv.into_data().convert::<f32>().into_vec::<f32>().expect("f32 data");
-            let out = kv_cache::attend_after_past(values, seq, lengths, past, self.heads(), positions, self.kernels);
+            let mut values = qkv.into_data().convert::<f32>().into_vec::<f32>().expect("f32 data");
+            let out =
+                kv_cache::attend_after_past(&mut values, seq, lengths, past, self.heads(), positions, self.kernels);
+            if let Some(caches) = keep {
+                kv_cache::keep_after_past(&values, seq, lengths, past, self.heads(), caches);
+            }
             return to_device(&[batch, seq, self.num_heads * self.head_dim], out, &device);
         }
         if let Some(caches) = keep {

@@ -35,10 +35,12 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use super::run::{BackendChoice, Selection, build_requests, engine_options, prepare_model};
+use super::run::{BackendChoice, Selection, build_requests, engine_options, prepare_model, scores_of};
 use crate::job::Job;
 use crate::outputs::peak_rss_bytes;
+use crate::report;
 use crate::schedule::{self, Sequence};
+use crate::task::{Request, Response, Task};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -79,6 +81,11 @@ pub struct BenchArgs {
     /// Also write the results as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Score a baseline instead: FILE is its results JSON, whose `target_scores` hold
+    /// `[log-prob, greedy]` per target of each request of `--requests-out`'s file, in order. The
+    /// job's metric goes into FILE as `score` and is printed; nothing is benched.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["mode", "requests_out", "json"])]
+    pub scores_from: Option<PathBuf>,
     /// Run one mode in this process and print its result as JSON (used by the parent run).
     #[arg(long, value_enum, hide = true)]
     pub mode: Option<Mode>,
@@ -133,6 +140,18 @@ pub struct ModeResult {
     pub peak_rss_bytes: u64,
     pub gflops: f64,
     pub waves: usize,
+    /// The job's headline metric from this mode's scores (none in per-prompt mode, which scores a
+    /// sample).
+    #[serde(default)]
+    pub score: Option<JobScore>,
+}
+
+/// A job's headline metric: the first row of its summary (a group's, or its first task's).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobScore {
+    pub task: String,
+    pub metric: String,
+    pub value: f64,
 }
 
 fn shared_by_default() -> bool {
@@ -169,6 +188,8 @@ struct Workload {
     store: PathBuf,
     store_size: u64,
     spec: ModelSpec,
+    tasks: Vec<Task>,
+    requests: Vec<Request>,
     sequences: Vec<Sequence>,
     waves: Vec<Vec<usize>>,
 }
@@ -188,11 +209,68 @@ fn load(args: &BenchArgs) -> Result<Workload> {
     let sequences = schedule::sequences(&requests, engine.spec().max_position_embeddings);
     let waves = schedule::waves(engine.spec(), &sequences, job.spec.memory.activation_budget.0);
     let (store_size, spec) = (engine.store_size(), engine.spec().clone());
-    Ok(Workload { job, store, store_size, spec, sequences, waves })
+    Ok(Workload { job, store, store_size, spec, tasks, requests, sequences, waves })
+}
+
+impl Workload {
+    /// The job's headline metric from `(sequence, one response per target)` of every sequence;
+    /// `None` when some document is left unscored.
+    fn score(&self, responses: &[(usize, Vec<Response>)]) -> Result<Option<JobScore>> {
+        let Some(scores) = scores_of(&self.tasks, &self.requests, &self.sequences, responses)? else {
+            return Ok(None);
+        };
+        let summary = report::build(&self.tasks, &scores, serde_json::Value::Null).summary;
+        Ok(summary.into_iter().next().map(|row| JobScore {
+            task: row.task,
+            metric: row.metric.to_string(),
+            value: row.aggregate.value,
+        }))
+    }
+}
+
+/// `--scores-from FILE`: the job's metric from a baseline's per-target scores, written into FILE.
+fn score_baseline(workload: &Workload, path: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut record: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    let per_request: Vec<Vec<(f64, bool)>> =
+        serde_json::from_value(record["target_scores"].clone()).with_context(|| {
+            format!("{}: field `target_scores`: expected [[log-prob, greedy], ...] per request", path.display())
+        })?;
+    if per_request.len() != workload.sequences.len() {
+        bail!(
+            "{}: field `target_scores` has {} requests; the job has {} (a baseline run with --limit scores only part)",
+            path.display(),
+            per_request.len(),
+            workload.sequences.len()
+        );
+    }
+    let mut responses = Vec::with_capacity(per_request.len());
+    for (i, (scores, sequence)) in per_request.into_iter().zip(&workload.sequences).enumerate() {
+        if scores.len() != sequence.request.targets.len() {
+            bail!(
+                "{}: `target_scores[{i}]` has {} targets, request {i} has {}",
+                path.display(),
+                scores.len(),
+                sequence.request.targets.len()
+            );
+        }
+        let scores =
+            scores.into_iter().map(|(loglikelihood, is_greedy)| Response { loglikelihood, is_greedy }).collect();
+        responses.push((i, scores));
+    }
+    let score = workload.score(&responses)?.context("the job has documents the requests do not score (generation)")?;
+    println!("{}: {} {} {:.4}", path.display(), score.task, score.metric, score.value);
+    record["score"] = serde_json::to_value(&score)?;
+    airllm_engine::store::write_atomic(path, &serde_json::to_vec_pretty(&record)?)?;
+    Ok(())
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let workload = load(&args)?;
+    if let Some(path) = &args.scores_from {
+        return score_baseline(&workload, path);
+    }
     if let Some(path) = &args.requests_out {
         write_requests(path, &workload.sequences)?;
     }
@@ -371,14 +449,18 @@ fn measure<B: burn::prelude::Backend>(
     }
     let before = engine.stats();
     let mut seconds = 0.0;
+    let mut responses = Vec::new();
     for wave in &waves {
         if drop_caches {
             drop_page_cache()?;
         }
         let batch: Vec<ScoreRequest> = wave.iter().map(|&s| workload.sequences[s].request.clone()).collect();
         let start = Instant::now();
-        engine.score_wave(&batch, &Quiet)?;
+        let scores = engine.score_wave(&batch, &Quiet)?;
         seconds += start.elapsed().as_secs_f64();
+        for (&s, scores) in wave.iter().zip(scores) {
+            responses.push((s, scores.iter().map(schedule::response).collect()));
+        }
     }
     let after = engine.stats();
     let lengths: Vec<usize> = waves.iter().flatten().map(|&s| workload.sequences[s].request.tokens.len()).collect();
@@ -404,13 +486,14 @@ fn measure<B: burn::prelude::Backend>(
             .checked_div(after.layer_loads - before.layer_loads)
             .unwrap_or(0),
         peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
-        // The FLOPs of what ran: shared prefixes' tokens once (their attention counted as if
-        // unshared, a slight overestimate).
-        gflops: perf::forward_flops(engine.spec(), &lengths, scored)
-            * (1.0 - shared_prefix_tokens as f64 / tokens as f64)
+        // The FLOPs of what ran: the layers ran shared prefixes' tokens once (attention scaled
+        // the same way, an approximation); the head ran every scored row.
+        gflops: (perf::forward_flops(engine.spec(), &lengths, 0) * (1.0 - shared_prefix_tokens as f64 / tokens as f64)
+            + perf::forward_flops(engine.spec(), &[], scored))
             / seconds
             / 1e9,
         waves: waves.len(),
+        score: if mode == Mode::PerPrompt { None } else { workload.score(&responses)? },
     })
 }
 
@@ -446,13 +529,17 @@ fn distinct_rows(request: &ScoreRequest) -> usize {
     positions.len()
 }
 
-/// `{"tokens": [...], "positions": [...]}` per sequence, the format of benches/hf_transformers.py.
+/// `{"tokens": [...], "positions": [...], "targets": [[position, token], ...]}` per sequence, the
+/// format of benches/hf_transformers.py (targets: what `--scores-from` reads scores of).
 fn write_requests(path: &Path, sequences: &[Sequence]) -> Result<()> {
     let mut text = String::new();
     for sequence in sequences {
         let mut positions: Vec<usize> = sequence.request.targets.iter().map(|t| t.position).collect();
         positions.dedup();
-        text.push_str(&serde_json::json!({"tokens": sequence.request.tokens, "positions": positions}).to_string());
+        let targets: Vec<[usize; 2]> =
+            sequence.request.targets.iter().map(|t| [t.position, t.token as usize]).collect();
+        let line = serde_json::json!({"tokens": sequence.request.tokens, "positions": positions, "targets": targets});
+        text.push_str(&line.to_string());
         text.push('\n');
     }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
@@ -465,13 +552,16 @@ fn print_table(backend: &str, results: &[ModeResult], peaks: &[(Precision, perf:
         super::run::backend_label(backend),
         store_size as f64 / (1u64 << 20) as f64
     );
+    if let Some(score) = results.iter().find_map(|r| r.score.as_ref()) {
+        println!("score: {} {}", score.task, score.metric);
+    }
     for (precision, peak) in peaks {
         let [m, k, n] = peak.shape;
         println!("GEMM peak {precision:?}: {:.1} GFLOP/s ({}, [{m}x{k}] x [{k}x{n}])", peak.gflops, peak.kernel);
     }
     let peak_of = |p: Precision| peaks.iter().find(|(q, _)| *q == p).map_or(f64::NAN, |(_, peak)| peak.gflops);
     println!(
-        "{:<24} {:>7} {:>8} {:>7} {:>9} {:>7} {:>10} {:>7} {:>9} {:>8} {:>6}",
+        "{:<24} {:>7} {:>8} {:>7} {:>9} {:>7} {:>10} {:>7} {:>9} {:>8} {:>6} {:>7}",
         "mode",
         "prompts",
         "tokens",
@@ -482,11 +572,12 @@ fn print_table(backend: &str, results: &[ModeResult], peaks: &[(Precision, perf:
         "passes",
         "peak MiB",
         "GFLOP/s",
-        "% peak"
+        "% peak",
+        "score"
     );
     for r in results {
         println!(
-            "{:<24} {:>7} {:>8} {:>6.1}% {:>9.1} {:>6.2}x {:>10.1} {:>7.2} {:>9.1} {:>8.1} {:>5.0}%",
+            "{:<24} {:>7} {:>8} {:>6.1}% {:>9.1} {:>6.2}x {:>10.1} {:>7.2} {:>9.1} {:>8.1} {:>5.0}% {:>7}",
             r.label(),
             r.prompts,
             r.tokens,
@@ -497,7 +588,8 @@ fn print_table(backend: &str, results: &[ModeResult], peaks: &[(Precision, perf:
             r.store_passes,
             r.peak_rss_bytes as f64 / (1u64 << 20) as f64,
             r.gflops,
-            100.0 * r.gflops / peak_of(r.precision)
+            100.0 * r.gflops / peak_of(r.precision),
+            r.score.as_ref().map_or("-".to_string(), |s| format!("{:.4}", s.value))
         );
     }
 }

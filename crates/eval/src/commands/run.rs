@@ -347,6 +347,7 @@ impl Execute<'_> {
             "waves_planned": counts.waves,
             "waves_run": stats.waves,
             "tokens": stats.tokens,
+            "shared_prefix_tokens": stats.shared_prefix_tokens,
             "tokens_per_s": if compute_s > 0.0 { stats.tokens as f64 / compute_s } else { 0.0 },
             "store_bytes_read": stats.store_bytes_read,
             "store_passes": stats.store_bytes_read as f64 / engine.store_size() as f64,
@@ -536,6 +537,26 @@ impl RunState {
         }
         Scores { responses, tokens, completions }
     }
+}
+
+/// The documents' scores from sequences' responses (`(sequence, one per target)`), recorded as a
+/// run records them; `None` while some document has none (a sample of the sequences, or a
+/// generation task). `airllm-eval bench` scores its modes and the baselines this way.
+pub(crate) fn scores_of(
+    tasks: &[Task],
+    requests: &[Request],
+    sequences: &[Sequence],
+    responses: &[(usize, Vec<Response>)],
+) -> Result<Option<Scores>> {
+    let mut state = RunState::new(tasks, requests, Vec::new())?;
+    let mut finished = Vec::new();
+    for (sequence, scores) in responses {
+        state.record(&sequences[*sequence], scores, &mut finished);
+    }
+    for doc in finished {
+        state.finish(tasks, doc);
+    }
+    Ok((state.done() == state.docs.len()).then(|| state.into_scores(tasks)))
 }
 
 /// Every generation document of the tasks (numbered across tasks) as a prompt: its context
