@@ -309,19 +309,17 @@ impl<B: Backend> Engine<B> {
         let rows: Vec<Vec<usize>> = requests.iter().map(|r| r.targets.iter().map(|t| t.position).collect()).collect();
         let (batches, head) = self.forward_wave(&sequences, &rows, observer)?;
         let mut scores: Vec<Vec<TargetScore>> = requests.iter().map(|r| Vec::with_capacity(r.targets.len())).collect();
-        for batch in batches {
-            self.for_each_head_chunk(batch, &rows, &mut |chunk, owners| {
-                let targets: Vec<i64> = owners.iter().map(|&(r, row)| requests[r].targets[row].token as i64).collect();
-                let targets = Tensor::from_data(TensorData::new(targets, [owners.len()]), &self.device);
-                let (picked, best) = head.score(chunk, targets);
-                let (picked, best) = (read_floats(picked)?, read_ints(best)?);
-                for (i, &(request, row)) in owners.iter().enumerate() {
-                    let greedy = best[i] == requests[request].targets[row].token as i64;
-                    scores[request].push(TargetScore { logprob: picked[i], greedy });
-                }
-                Ok(())
-            })?;
-        }
+        self.for_each_head_chunk(batches, &rows, &mut |chunk, owners| {
+            let targets: Vec<i64> = owners.iter().map(|&(r, row)| requests[r].targets[row].token as i64).collect();
+            let targets = Tensor::from_data(TensorData::new(targets, [owners.len()]), &self.device);
+            let (picked, best) = head.score(chunk, targets);
+            let (picked, best) = (read_floats(picked)?, read_ints(best)?);
+            for (i, &(request, row)) in owners.iter().enumerate() {
+                let greedy = best[i] == requests[request].targets[row].token as i64;
+                scores[request].push(TargetScore { logprob: picked[i], greedy });
+            }
+            Ok(())
+        })?;
         check_scores(requests, &scores)?;
         Ok(scores)
     }
@@ -347,10 +345,7 @@ impl<B: Backend> Engine<B> {
         sink: &mut dyn FnMut(usize, usize, &[f32]),
     ) -> Result<()> {
         let (batches, head) = self.forward_wave(sequences, rows, observer)?;
-        for batch in batches {
-            self.apply_head(&head, batch, rows, output, sink)?;
-        }
-        Ok(())
+        self.apply_head(&head, batches, rows, output, sink)
     }
 
     /// Embeds the wave and runs it through every layer: the micro-batches, each left holding the
@@ -625,17 +620,17 @@ impl<B: Backend> Engine<B> {
             .collect()
     }
 
-    /// Runs the head on the asked-for rows of one micro-batch and hands them to `sink`.
+    /// Runs the head on the asked-for rows of the micro-batches and hands them to `sink`.
     fn apply_head(
         &self,
         head: &Head<B>,
-        batch: MicroBatch<B>,
+        batches: Vec<MicroBatch<B>>,
         rows: &[Vec<usize>],
         output: HeadOutput,
         sink: &mut dyn FnMut(usize, usize, &[f32]),
     ) -> Result<()> {
         let vocab = self.spec().vocab_size;
-        self.for_each_head_chunk(batch, rows, &mut |chunk, owners| {
+        self.for_each_head_chunk(batches, rows, &mut |chunk, owners| {
             let values = read_floats(match output {
                 HeadOutput::Logits => head.logits(chunk),
                 HeadOutput::LogProbs => head.log_probs(chunk),
@@ -647,34 +642,47 @@ impl<B: Backend> Engine<B> {
         })
     }
 
-    /// Hands the last layer's output at one micro-batch's asked-for rows to `each(chunk, owners)`
-    /// at most [`head_chunk_rows`] rows at a time (`chunk` `[rows, hidden]`, `owners` the
-    /// (request, its row) of each): a rolling window scores every position, and its `[rows,
-    /// vocab]` head output (1.6 GB for 8192 rows of a 49k vocabulary) need never exist at once.
+    /// Hands the last layer's output at the micro-batches' asked-for rows to `each(chunk,
+    /// owners)` [`head_chunk_rows`] rows at a time (`chunk` `[rows, hidden]`, `owners` the
+    /// (request, its row) of each), in micro-batch order. Rows of consecutive micro-batches share
+    /// a chunk: the head's weights are read once per chunk, and a wave scoring one row per
+    /// sequence (MMLU) fills few chunks instead of one per micro-batch. A rolling window scores
+    /// every position, and its `[rows, vocab]` head output (1.6 GB for 8192 rows of a 49k
+    /// vocabulary) need never exist at once.
     fn for_each_head_chunk(
         &self,
-        mut batch: MicroBatch<B>,
+        batches: Vec<MicroBatch<B>>,
         rows: &[Vec<usize>],
         each: &mut HeadChunkFn<B>,
     ) -> Result<()> {
-        if batch.scored.is_empty() {
-            return Ok(());
-        }
-        // The last layer left only the scored rows, in order.
-        let hidden = batch.take_hidden(&self.device);
-        let [_, rows_left, h] = hidden.dims();
-        let selected = hidden.reshape([rows_left, h]);
-        let owners: Vec<(usize, usize)> = batch
-            .requests
-            .iter()
-            .flat_map(|&request| (0..rows[request].len()).map(move |row| (request, row)))
-            .collect();
         let chunk_rows = head_chunk_rows(self.spec().vocab_size);
-        for start in (0..rows_left).step_by(chunk_rows) {
-            let end = (start + chunk_rows).min(rows_left);
-            each(selected.clone().slice([start..end, 0..h]), &owners[start..end])?;
+        let mut pending: Option<Tensor<B, 2>> = None;
+        let mut owners: Vec<(usize, usize)> = Vec::new();
+        for mut batch in batches.into_iter().filter(|b| !b.scored.is_empty()) {
+            // The last layer left only the scored rows, in order.
+            let hidden = batch.take_hidden(&self.device);
+            let [_, count, width] = hidden.dims();
+            let hidden = hidden.reshape([count, width]);
+            owners.extend(batch.requests.iter().flat_map(|&r| (0..rows[r].len()).map(move |row| (r, row))));
+            let mut ready = match pending.take() {
+                Some(earlier) => Tensor::cat(vec![earlier, hidden], 0),
+                None => hidden,
+            };
+            while ready.dims()[0] >= chunk_rows {
+                let left = ready.dims()[0] - chunk_rows;
+                each(ready.clone().slice([0..chunk_rows, 0..width]), &owners[..chunk_rows])?;
+                owners.drain(..chunk_rows);
+                if left == 0 {
+                    break;
+                }
+                ready = ready.slice([chunk_rows..chunk_rows + left, 0..width]);
+            }
+            pending = (!owners.is_empty()).then_some(ready);
         }
-        Ok(())
+        match pending {
+            Some(rest) => each(rest, &owners),
+            None => Ok(()),
+        }
     }
 }
 

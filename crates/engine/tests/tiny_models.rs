@@ -5,7 +5,7 @@
 
 mod common;
 
-use airllm_engine::executor::{Engine, EngineOptions};
+use airllm_engine::executor::{Engine, EngineOptions, HeadOutput, Quiet};
 use airllm_engine::store::{Compression, SplitOptions};
 use burn::prelude::Backend;
 use common::*;
@@ -53,7 +53,34 @@ fn compressed_stores_and_parked_hidden_states<B: Backend>(target: &Target<B>) {
     }
 }
 
-on_every_backend!(tiny_hf_models, tiny_gguf_models, compressed_stores_and_parked_hidden_states);
+/// The head runs on chunks of rows that span micro-batches (600 rows of 30 sequences in 3-sequence
+/// micro-batches, chunks of 256): every row's logits are those of its sequence run alone.
+fn head_chunks_span_micro_batches<B: Backend>(target: &Target<B>) {
+    let dir = fixtures().join("models/tiny-llama");
+    let store = split_to_temp(&dir, &SplitOptions::default());
+    let mut engine = target.open(store.path(), EngineOptions { micro_batch_tokens: 64, ..Default::default() });
+    let vocab = engine.spec().vocab_size;
+    let mut rng = Rng(5);
+    let sequences: Vec<Vec<u32>> = (0..30).map(|_| (0..20).map(|_| rng.below(vocab) as u32).collect()).collect();
+    let slices: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
+    let rows: Vec<Vec<usize>> = sequences.iter().map(|s| (0..s.len()).collect()).collect();
+    let mut waved = vec![Vec::new(); sequences.len()];
+    engine
+        .run_wave(&slices, &rows, HeadOutput::Logits, &Quiet, &mut |i, _, values| waved[i].extend_from_slice(values))
+        .unwrap();
+    for (i, sequence) in sequences.iter().enumerate() {
+        let alone = engine.logits(sequence).unwrap();
+        let error = alone.iter().zip(&waved[i]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(alone.len() == waved[i].len() && error <= 1e-4, "sequence {i} on {}: max |Δ| {error}", target.name);
+    }
+}
+
+on_every_backend!(
+    tiny_hf_models,
+    tiny_gguf_models,
+    compressed_stores_and_parked_hidden_states,
+    head_chunks_span_micro_batches
+);
 
 #[test]
 fn unknown_architecture_is_named() {

@@ -106,14 +106,12 @@ impl<B: Backend> Engine<B> {
         self.run_layers(&spec, &mut batches, positions, observer, Some(Prefill { caches }))?;
         let head = self.head()?;
         let mut next = vec![0u32; sequences.len()];
-        for batch in batches {
-            self.for_each_head_chunk(batch, last_rows, &mut |chunk, owners| {
-                for (&(request, _), token) in owners.iter().zip(self.greedy_tokens(head.greedy(chunk))?) {
-                    next[request] = token;
-                }
-                Ok(())
-            })?;
-        }
+        self.for_each_head_chunk(batches, last_rows, &mut |chunk, owners| {
+            for (&(request, _), token) in owners.iter().zip(self.greedy_tokens(head.greedy(chunk))?) {
+                next[request] = token;
+            }
+            Ok(())
+        })?;
         self.tokens += sequences.iter().map(|s| s.len() as u64).sum::<u64>();
         self.waves += 1;
         Ok(next)
