@@ -43,10 +43,13 @@ def target_scores(request: dict, rows) -> list[list]:
     the requests file), `rows` its log-probability rows in `positions` order (numpy or torch). From
     these `airllm-eval bench --scores-from` computes the task's metric, as for our own rows."""
     at = {p: i for i, p in enumerate(request["positions"])}
+    best = {}  # each row's argmax, taken once however many targets share the row (MMLU: four)
     out = []
     for position, token in request["targets"]:
-        row = rows[at[position]]
-        out.append([float(row[token]), int(row.argmax()) == token])
+        i = at[position]
+        if i not in best:
+            best[i] = int(rows[i].argmax())
+        out.append([float(rows[i][token]), best[i] == token])
     return out
 
 

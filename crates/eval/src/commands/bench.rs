@@ -140,8 +140,8 @@ pub struct ModeResult {
     pub peak_rss_bytes: u64,
     pub gflops: f64,
     pub waves: usize,
-    /// The job's headline metric from this mode's scores (none in per-prompt mode, which scores a
-    /// sample).
+    /// The job's headline metric from this mode's scores (none where the mode scored only a
+    /// sample of the sequences, as per-prompt mode does).
     #[serde(default)]
     pub score: Option<JobScore>,
 }
@@ -493,7 +493,7 @@ fn measure<B: burn::prelude::Backend>(
             / seconds
             / 1e9,
         waves: waves.len(),
-        score: if mode == Mode::PerPrompt { None } else { workload.score(&responses)? },
+        score: workload.score(&responses)?,
     })
 }
 
