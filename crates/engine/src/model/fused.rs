@@ -166,6 +166,43 @@ fn silu_mul_rows_portable(out: &mut [f32], input: &[f32], width: usize) {
     }
 }
 
+widest_simd! {
+    /// Each `vocab`-wide row's largest value, and the log of its sum of `exp(value - largest)`.
+    fn softmax_terms_rows(rows: &[f32], vocab: usize, largest: &mut [f32], log_sum: &mut [f32]) =>
+        softmax_terms_rows_portable
+}
+
+#[inline(always)]
+fn softmax_terms_rows_portable(rows: &[f32], vocab: usize, largest: &mut [f32], log_sum: &mut [f32]) {
+    for ((row, largest), log_sum) in rows.chunks_exact(vocab).zip(largest).zip(log_sum) {
+        let top = max(row);
+        let mut lanes = [0f32; 8];
+        let chunks = row.chunks_exact(8);
+        let tail: f32 = chunks.remainder().iter().map(|&v| exp(v - top)).sum();
+        for chunk in chunks {
+            for i in 0..8 {
+                lanes[i] += exp(chunk[i] - top);
+            }
+        }
+        *largest = top;
+        *log_sum = (lanes.iter().sum::<f32>() + tail).ln();
+    }
+}
+
+/// The log-softmax terms of each `vocab`-wide row of `logits`: its largest value `m` and
+/// `ln Σ exp(x - m)`, so that a value's log-probability is `(x - m) - ln Σ`. Rows run in
+/// parallel, each loop compiled for `simd`. A NaN anywhere in a row makes its sum NaN.
+pub fn softmax_terms(logits: &[f32], vocab: usize, simd: Simd) -> (Vec<f32>, Vec<f32>) {
+    let rows = logits.len() / vocab;
+    let (mut largest, mut log_sum) = (vec![0f32; rows], vec![0f32; rows]);
+    logits
+        .par_chunks(vocab * ROWS_PER_TASK)
+        .zip(largest.par_chunks_mut(ROWS_PER_TASK))
+        .zip(log_sum.par_chunks_mut(ROWS_PER_TASK))
+        .for_each(|((rows, largest), log_sum)| softmax_terms_rows(simd, rows, vocab, largest, log_sum));
+    (largest, log_sum)
+}
+
 /// Head layout of a decoder layer's attention.
 #[derive(Debug, Clone, Copy)]
 pub struct Heads {

@@ -1,32 +1,38 @@
 //! The model's head: final norm and lm_head, applied only to the rows that are scored.
 
+use std::sync::Arc;
+
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
+use rayon::prelude::*;
 
-use super::fused::Simd;
-use super::{KernelLevel, matmul, rms_norm, to_device};
+use super::fused::{Simd, on_host, softmax_terms};
+use super::{Compute, KernelLevel, Linear, Precision, rms_norm, to_device};
 use crate::error::Result;
 use crate::store::{HEAD, LayerStore};
 
 #[derive(Clone)]
 pub struct Head<B: Backend> {
     norm: Tensor<B, 1>,
-    /// `[vocab, hidden]`
-    lm_head: Tensor<B, 2>,
+    /// `[vocab, hidden]`, always multiplied in f32; packed for the host kernel where the kernel
+    /// level allows (burn's matmul of the transposed weight copied it for every chunk of rows).
+    lm_head: Arc<Linear<B>>,
     eps: f64,
-    /// SIMD of the host norm loop.
+    /// SIMD of the host norm and softmax loops.
     simd: Simd,
 }
 
 impl<B: Backend> Head<B> {
-    /// Reads the head; on host backends its norm runs at `kernels`' SIMD.
+    /// Reads the head; on host backends its norm and softmax run at `kernels`' SIMD.
     pub fn load(store: &LayerStore, device: &B::Device, kernels: KernelLevel) -> Result<Self> {
-        let mut tensors = store.read_tensors(HEAD, &["norm", "lm_head"])?.into_iter();
-        let (norm_shape, norm) = tensors.next().expect("two tensors asked");
-        let (head_shape, lm_head) = tensors.next().expect("two tensors asked");
+        let mut tensors = store.read_stored(HEAD, &["norm", "lm_head"])?.into_iter();
+        let norm = tensors.next().expect("two tensors asked");
+        let lm_head = tensors.next().expect("two tensors asked");
+        let compute = Compute { precision: Precision::F32, kernels };
+        let (lm_head, _) = Linear::new(vec![lm_head], None, compute, device);
         Ok(Self {
-            norm: to_device(&norm_shape, norm, device),
-            lm_head: to_device(&head_shape, lm_head, device),
+            norm: to_device(norm.shape(), norm.to_f32(), device),
+            lm_head: Arc::new(lm_head),
             eps: store.manifest().spec.rms_norm_eps,
             simd: kernels.simd(),
         })
@@ -34,29 +40,84 @@ impl<B: Backend> Head<B> {
 
     /// Logits `[rows, vocab]` of hidden states `[rows, hidden]`.
     pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
-        matmul(rms_norm(hidden, &self.norm, self.eps, self.simd), self.lm_head.clone().transpose())
+        let [rows, width] = hidden.dims();
+        let normed = rms_norm(hidden, &self.norm, self.eps, self.simd).reshape([1, rows, width]);
+        let logits = self.lm_head.forward(normed);
+        let vocab = logits.dims()[2];
+        logits.reshape([rows, vocab])
     }
 
     /// Log-probabilities `[rows, vocab]`.
     pub fn log_probs(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
-        log_softmax(self.logits(hidden), 1)
+        let logits = self.logits(hidden);
+        if !on_host::<B>() {
+            return log_softmax(logits, 1);
+        }
+        let ([rows, vocab], device) = (logits.dims(), logits.device());
+        let mut values = host_values(logits);
+        let (largest, log_sum) = softmax_terms(&values, vocab, self.simd);
+        values.par_chunks_mut(vocab).zip(largest.par_iter().zip(&log_sum)).for_each(|(row, (top, sum))| {
+            row.iter_mut().for_each(|v| *v = (*v - top) - sum);
+        });
+        to_device(&[rows, vocab], values, &device)
     }
 
     /// For each row of `hidden` `[rows, hidden]`: the log-probability of `targets[row]`, and the
-    /// row's [`first_argmax`]. Both are taken where the log-probabilities are, so two numbers a
-    /// row leave the device instead of the vocabulary.
+    /// row's [`first_argmax`]. Both are taken where the logits are, so two numbers a row leave
+    /// the device instead of the vocabulary; on host backends in one parallel pass over each row
+    /// (burn's ops made several, one thread each).
     pub fn score(&self, hidden: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> (Tensor<B, 1>, Tensor<B, 1, Int>) {
-        let log_probs = self.log_probs(hidden);
-        let [rows, _] = log_probs.dims();
-        let picked = log_probs.clone().gather(1, targets.reshape([rows, 1])).reshape([rows]);
-        (picked, first_argmax(log_probs))
+        let logits = self.logits(hidden);
+        let ([rows, vocab], device) = (logits.dims(), logits.device());
+        if !on_host::<B>() {
+            let log_probs = log_softmax(logits, 1);
+            let picked = log_probs.clone().gather(1, targets.reshape([rows, 1])).reshape([rows]);
+            return (picked, first_argmax(log_probs));
+        }
+        let values = host_values(logits);
+        let targets: Vec<i64> = targets.into_data().convert::<i64>().into_vec().expect("int data");
+        let (largest, log_sum) = softmax_terms(&values, vocab, self.simd);
+        let (picked, best): (Vec<f32>, Vec<i64>) = values
+            .par_chunks(vocab)
+            .enumerate()
+            .map(|(i, row)| {
+                let picked = (row[targets[i] as usize] - largest[i]) - log_sum[i];
+                (picked, first_largest(row, largest[i], log_sum[i]) as i64)
+            })
+            .unzip();
+        (to_device(&[rows], picked, &device), Tensor::from_data(TensorData::new(best, [rows]), &device))
     }
 
     /// The greedy next token of each row of `hidden` `[rows, hidden]`: the [`first_argmax`] of
     /// its logits.
     pub fn greedy(&self, hidden: Tensor<B, 2>) -> Tensor<B, 1, Int> {
-        first_argmax(self.logits(hidden))
+        let logits = self.logits(hidden);
+        if !on_host::<B>() {
+            return first_argmax(logits);
+        }
+        let ([rows, vocab], device) = (logits.dims(), logits.device());
+        let values = host_values(logits);
+        let (largest, log_sum) = softmax_terms(&values, vocab, self.simd);
+        let best: Vec<i64> = values
+            .par_chunks(vocab)
+            .enumerate()
+            .map(|(i, row)| first_largest(row, largest[i], log_sum[i]) as i64)
+            .collect();
+        Tensor::from_data(TensorData::new(best, [rows]), &device)
     }
+}
+
+fn host_values<B: Backend>(logits: Tensor<B, 2>) -> Vec<f32> {
+    logits.into_data().convert::<f32>().into_vec().expect("f32 data")
+}
+
+/// [`first_argmax`] of one row on the host, given its largest value and log-sum (NaN when the
+/// row holds a NaN: then, as there, the row's length).
+fn first_largest(row: &[f32], largest: f32, log_sum: f32) -> usize {
+    if log_sum.is_nan() {
+        return row.len();
+    }
+    row.iter().position(|&v| v == largest).unwrap_or(row.len())
 }
 
 /// The index of the first largest value of each row of `values` `[rows, n]`, as `argmax` picks it
@@ -74,6 +135,8 @@ pub fn first_argmax<B: Backend>(values: Tensor<B, 2>) -> Tensor<B, 1, Int> {
 mod tests {
     use super::*;
     use crate::backend::DefaultBackend;
+    use crate::store::StoredTensor;
+    use crate::tensor::HostTensor;
 
     #[test]
     fn first_argmax_takes_the_first_of_tied_maxima() {
@@ -81,5 +144,86 @@ mod tests {
         let values = to_device::<DefaultBackend, 2>(&[4, 4], values, &Default::default());
         let picks: Vec<i64> = first_argmax(values).into_data().convert::<i64>().into_vec().unwrap();
         assert_eq!(picks, [1, 0, 0, 2]);
+    }
+
+    fn floats<const D: usize>(values: Tensor<DefaultBackend, D>) -> Vec<f32> {
+        values.into_data().convert::<f32>().into_vec().unwrap()
+    }
+
+    fn ints(values: Tensor<DefaultBackend, 1, Int>) -> Vec<i64> {
+        values.into_data().convert::<i64>().into_vec().unwrap()
+    }
+
+    /// A head of random weights whose rows 5 and 9 are equal (tied logits in every row), at
+    /// `kernels` (the packed matmul at the SIMD levels, burn's at `off`); and a hidden state whose
+    /// largest logits are those two.
+    fn random_head(kernels: KernelLevel, vocab: usize, width: usize) -> (Head<DefaultBackend>, Vec<f32>) {
+        let device = Default::default();
+        let mut state = 0x2545_f491_u64;
+        let mut next = move || {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+        };
+        let mut weight: Vec<f32> = (0..vocab * width).map(|_| next()).collect();
+        weight.copy_within(5 * width..6 * width, 9 * width);
+        let stored = StoredTensor::Float(HostTensor::from_f32(vec![vocab, width], &weight));
+        let compute = Compute { precision: Precision::F32, kernels };
+        let norm: Vec<f32> = (0..width).map(|_| 1.0 + next() / 8.0).collect();
+        let tied = weight[5 * width..6 * width].iter().zip(&norm).map(|(w, n)| w / n).collect();
+        let head = Head {
+            norm: to_device(&[width], norm, &device),
+            lm_head: Arc::new(Linear::new(vec![stored], None, compute, &device).0),
+            eps: 1e-5,
+            simd: kernels.simd(),
+        };
+        (head, tied)
+    }
+
+    /// The host scoring (one pass per row) against burn's log_softmax, gather and
+    /// [`first_argmax`] on the same logits, at every kernel level this CPU runs; the vocabulary
+    /// is not a multiple of the SIMD width, and tied maxima must give the first index.
+    #[test]
+    fn host_scores_match_burn_ops_at_every_level() {
+        let (vocab, width, rows) = (1003, 64, 37);
+        for kernels in KernelLevel::ALL.into_iter().filter(|&k| k.capped() == k) {
+            let (head, tied) = random_head(kernels, vocab, width);
+            let mut hidden: Vec<f32> = (0..rows * width).map(|i| ((i * 7919 % 1000) as f32 / 250.0) - 2.0).collect();
+            for row in [3, 20] {
+                hidden[row * width..(row + 1) * width].copy_from_slice(&tied);
+            }
+            let hidden = to_device::<DefaultBackend, 2>(&[rows, width], hidden, &Default::default());
+            let targets: Vec<i64> = (0..rows as i64).map(|r| r * 97 % vocab as i64).collect();
+            let targets =
+                Tensor::<DefaultBackend, 1, Int>::from_data(TensorData::new(targets, [rows]), &Default::default());
+
+            let logits = head.logits(hidden.clone());
+            let expected = log_softmax(logits.clone(), 1);
+            let expected_picked =
+                floats(expected.clone().gather(1, targets.clone().reshape([rows, 1])).reshape([rows]));
+            let expected_best = ints(first_argmax(logits));
+            let (picked, best) = head.score(hidden.clone(), targets);
+            assert_eq!(ints(best), expected_best, "{kernels}");
+            assert_eq!((expected_best[3], expected_best[20]), (5, 5), "{kernels}: the tie goes to the first");
+            for (a, b) in floats(picked).iter().zip(&expected_picked) {
+                assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{kernels}: {a} against {b}");
+            }
+            let log_probs = floats(head.log_probs(hidden.clone()));
+            for (a, b) in log_probs.iter().zip(floats(expected)) {
+                assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{kernels}: {a} against {b}");
+            }
+            assert_eq!(ints(head.greedy(hidden)), expected_best, "{kernels}");
+        }
+    }
+
+    #[test]
+    fn a_row_with_a_nan_has_no_largest_value() {
+        let row = [1.0, f32::NAN, 3.0];
+        let (largest, log_sum) = softmax_terms(&row, 3, Simd::Portable);
+        assert!(log_sum[0].is_nan());
+        assert_eq!(first_largest(&row, largest[0], log_sum[0]), 3);
+        let row = [1.0, 3.0, 3.0, f32::NEG_INFINITY];
+        let (largest, log_sum) = softmax_terms(&row, 4, Simd::Portable);
+        assert_eq!((largest[0], first_largest(&row, largest[0], log_sum[0])), (3.0, 1));
+        assert!((log_sum[0] - (2.0 + (-2f32).exp()).ln()).abs() < 1e-6);
     }
 }
