@@ -305,15 +305,7 @@ impl<B: Backend> Engine<B> {
         requests: &[ScoreRequest],
         observer: &dyn WaveObserver,
     ) -> Result<Vec<Vec<TargetScore>>> {
-        let vocab = self.spec().vocab_size;
-        for (i, request) in requests.iter().enumerate() {
-            if let Some(bad) = request.targets.iter().find(|t| t.token as usize >= vocab) {
-                return Err(EngineError::Other(format!(
-                    "sequence {i}: target token id {} is outside the vocabulary ({vocab})",
-                    bad.token
-                )));
-            }
-        }
+        check_targets(requests, self.spec().vocab_size)?;
         let sequences: Vec<&[u32]> = requests.iter().map(|r| r.tokens.as_slice()).collect();
         let rows: Vec<Vec<usize>> = requests.iter().map(|r| r.targets.iter().map(|t| t.position).collect()).collect();
         let (batches, head) = self.forward_wave(&sequences, &rows, observer)?;
@@ -731,6 +723,20 @@ const BIG_ENOUGH_BATCH: usize = 256;
 fn head_chunk_rows(vocab: usize) -> usize {
     const ROWS: usize = 256;
     (DEVICE_TENSOR_BYTES / (vocab.max(1) * 4)).clamp(1, ROWS)
+}
+
+/// Every target token must be in the vocabulary (the tokens the sequences hold are checked with
+/// their positions when the wave is embedded).
+fn check_targets(requests: &[ScoreRequest], vocab: usize) -> Result<()> {
+    for (i, request) in requests.iter().enumerate() {
+        if let Some(bad) = request.targets.iter().find(|t| t.token as usize >= vocab) {
+            return Err(EngineError::Other(format!(
+                "sequence {i}: target token id {} is outside the vocabulary ({vocab})",
+                bad.token
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A NaN or +inf log-probability is never an answer but broken weights or numerics (a NaN weight,

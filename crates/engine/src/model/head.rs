@@ -53,13 +53,12 @@ impl<B: Backend> Head<B> {
         if !on_host::<B>() {
             return log_softmax(logits, 1);
         }
-        let ([rows, vocab], device) = (logits.dims(), logits.device());
-        let mut values = host_values(logits);
-        let (largest, log_sum) = softmax_terms(&values, vocab, self.simd);
+        let (shape, device) = (logits.dims(), logits.device());
+        let HostLogits { mut values, vocab, largest, log_sum } = HostLogits::read(logits, self.simd);
         values.par_chunks_mut(vocab).zip(largest.par_iter().zip(&log_sum)).for_each(|(row, (top, sum))| {
             row.iter_mut().for_each(|v| *v = (*v - top) - sum);
         });
-        to_device(&[rows, vocab], values, &device)
+        to_device(&shape, values, &device)
     }
 
     /// For each row of `hidden` `[rows, hidden]`: the log-probability of `targets[row]`, and the
@@ -68,23 +67,16 @@ impl<B: Backend> Head<B> {
     /// (burn's ops made several, one thread each).
     pub fn score(&self, hidden: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> (Tensor<B, 1>, Tensor<B, 1, Int>) {
         let logits = self.logits(hidden);
-        let ([rows, vocab], device) = (logits.dims(), logits.device());
+        let ([rows, _], device) = (logits.dims(), logits.device());
         if !on_host::<B>() {
             let log_probs = log_softmax(logits, 1);
             let picked = log_probs.clone().gather(1, targets.reshape([rows, 1])).reshape([rows]);
             return (picked, first_argmax(log_probs));
         }
-        let values = host_values(logits);
         let targets: Vec<i64> = targets.into_data().convert::<i64>().into_vec().expect("int data");
-        let (largest, log_sum) = softmax_terms(&values, vocab, self.simd);
-        let (picked, best): (Vec<f32>, Vec<i64>) = values
-            .par_chunks(vocab)
-            .enumerate()
-            .map(|(i, row)| {
-                let picked = (row[targets[i] as usize] - largest[i]) - log_sum[i];
-                (picked, first_largest(row, largest[i], log_sum[i]) as i64)
-            })
-            .unzip();
+        let host = HostLogits::read(logits, self.simd);
+        let (picked, best): (Vec<f32>, Vec<i64>) =
+            (0..rows).into_par_iter().map(|i| (host.log_prob(i, targets[i] as usize), host.first_largest(i))).unzip();
         (to_device(&[rows], picked, &device), Tensor::from_data(TensorData::new(best, [rows]), &device))
     }
 
@@ -95,29 +87,48 @@ impl<B: Backend> Head<B> {
         if !on_host::<B>() {
             return first_argmax(logits);
         }
-        let ([rows, vocab], device) = (logits.dims(), logits.device());
-        let values = host_values(logits);
-        let (largest, log_sum) = softmax_terms(&values, vocab, self.simd);
-        let best: Vec<i64> = values
-            .par_chunks(vocab)
-            .enumerate()
-            .map(|(i, row)| first_largest(row, largest[i], log_sum[i]) as i64)
-            .collect();
+        let ([rows, _], device) = (logits.dims(), logits.device());
+        let host = HostLogits::read(logits, self.simd);
+        let best: Vec<i64> = (0..rows).into_par_iter().map(|i| host.first_largest(i)).collect();
         Tensor::from_data(TensorData::new(best, [rows]), &device)
     }
 }
 
-fn host_values<B: Backend>(logits: Tensor<B, 2>) -> Vec<f32> {
-    logits.into_data().convert::<f32>().into_vec().expect("f32 data")
+/// Logits `[rows, vocab]` read into host memory, with each row's log-softmax terms
+/// ([`softmax_terms`]): what the host paths of [`Head`] compute from.
+struct HostLogits {
+    values: Vec<f32>,
+    vocab: usize,
+    largest: Vec<f32>,
+    log_sum: Vec<f32>,
 }
 
-/// [`first_argmax`] of one row on the host, given its largest value and log-sum (NaN when the
-/// row holds a NaN: then, as there, the row's length).
-fn first_largest(row: &[f32], largest: f32, log_sum: f32) -> usize {
-    if log_sum.is_nan() {
-        return row.len();
+impl HostLogits {
+    fn read<B: Backend>(logits: Tensor<B, 2>, simd: Simd) -> Self {
+        let vocab = logits.dims()[1];
+        let values: Vec<f32> = logits.into_data().convert::<f32>().into_vec().expect("f32 data");
+        let (largest, log_sum) = softmax_terms(&values, vocab, simd);
+        Self { values, vocab, largest, log_sum }
     }
-    row.iter().position(|&v| v == largest).unwrap_or(row.len())
+
+    fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.vocab..(i + 1) * self.vocab]
+    }
+
+    /// The log-probability of `token` in row `i`.
+    fn log_prob(&self, i: usize, token: usize) -> f32 {
+        (self.row(i)[token] - self.largest[i]) - self.log_sum[i]
+    }
+
+    /// [`first_argmax`] of row `i` (a row holding a NaN has a NaN log-sum: then, as there, the
+    /// vocabulary size).
+    fn first_largest(&self, i: usize) -> i64 {
+        let row = self.row(i);
+        if self.log_sum[i].is_nan() {
+            return row.len() as i64;
+        }
+        row.iter().position(|&v| v == self.largest[i]).unwrap_or(row.len()) as i64
+    }
 }
 
 /// The index of the first largest value of each row of `values` `[rows, n]`, as `argmax` picks it
@@ -217,13 +228,15 @@ mod tests {
 
     #[test]
     fn a_row_with_a_nan_has_no_largest_value() {
-        let row = [1.0, f32::NAN, 3.0];
-        let (largest, log_sum) = softmax_terms(&row, 3, Simd::Portable);
-        assert!(log_sum[0].is_nan());
-        assert_eq!(first_largest(&row, largest[0], log_sum[0]), 3);
-        let row = [1.0, 3.0, 3.0, f32::NEG_INFINITY];
-        let (largest, log_sum) = softmax_terms(&row, 4, Simd::Portable);
-        assert_eq!((largest[0], first_largest(&row, largest[0], log_sum[0])), (3.0, 1));
-        assert!((log_sum[0] - (2.0 + (-2f32).exp()).ln()).abs() < 1e-6);
+        let host = |row: &[f32]| {
+            let logits = to_device::<DefaultBackend, 2>(&[1, row.len()], row.to_vec(), &Default::default());
+            HostLogits::read(logits, Simd::Portable)
+        };
+        let nan = host(&[1.0, f32::NAN, 3.0]);
+        assert!(nan.log_sum[0].is_nan());
+        assert_eq!(nan.first_largest(0), 3);
+        let tied = host(&[1.0, 3.0, 3.0, f32::NEG_INFINITY]);
+        assert_eq!((tied.largest[0], tied.first_largest(0)), (3.0, 1));
+        assert!((tied.log_sum[0] - (2.0 + (-2f32).exp()).ln()).abs() < 1e-6);
     }
 }
