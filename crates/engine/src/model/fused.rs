@@ -6,6 +6,7 @@
 //! as the matmuls. On other backends the same math runs as burn ops.
 
 use std::any::TypeId;
+use std::mem::MaybeUninit;
 
 use burn::prelude::*;
 use burn::tensor::activation::silu;
@@ -31,34 +32,55 @@ fn host_values<B: Backend, const D: usize>(x: Tensor<B, D>) -> TensorData {
     x.into_data().convert::<f32>()
 }
 
+/// Calls `read` with `x`'s values and returns `x`: on host backends its own buffer, lent without
+/// a copy (`into_data` of a clone would copy it); elsewhere a download.
+pub fn read_values<B: Backend, const D: usize>(x: Tensor<B, D>, read: impl FnOnce(&[f32])) -> Tensor<B, D> {
+    if !on_host::<B>() {
+        read(host_values(x.clone()).as_slice::<f32>().expect("f32 data"));
+        return x;
+    }
+    let device = x.device();
+    let data = host_values(x);
+    read(data.as_slice::<f32>().expect("f32 data"));
+    Tensor::from_data(data, &device)
+}
+
 fn slice_mut(data: &mut TensorData) -> &mut [f32] {
     data.as_mut_slice::<f32>().expect("f32 data")
 }
 
-/// `x / rms(x) * weight` over the last dimension (f32, as Hugging Face computes it); on host
-/// backends the loop is compiled for `simd`.
+/// `x` itself and `x / rms(x) * weight` over its last dimension (f32, as Hugging Face computes
+/// it): the layers keep `x` for the residual connection. On host backends `x`'s buffer is read
+/// in place and the loop is compiled for `simd`.
 pub fn rms_norm<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     weight: &Tensor<B, 1>,
     eps: f64,
     simd: Simd,
-) -> Tensor<B, D> {
+) -> (Tensor<B, D>, Tensor<B, D>) {
     if !on_host::<B>() {
         let variance = x.clone().powi_scalar(2).mean_dim(D - 1);
         // A division, not `recip()`: burn-ndarray's vectorized reciprocal is an approximation
         // (relative error ~5e-5, seen as logit errors up to 4e-3 on SmolLM2).
-        let normed = x / (variance + eps).sqrt();
-        return normed * weight.clone().unsqueeze::<D>();
+        let normed = x.clone() / (variance + eps).sqrt();
+        return (x, normed * weight.clone().unsqueeze::<D>());
     }
     let device = x.device();
     let weight = host_values(weight.clone());
     let weight = weight.as_slice::<f32>().expect("f32 data");
-    let mut data = host_values(x);
+    let data = host_values(x);
+    let values = data.as_slice::<f32>().expect("f32 data");
     let width = weight.len();
-    slice_mut(&mut data)
+    // Written where it lies, not zeroed first: the zero fill was a serial pass of its own.
+    let mut normed = Vec::with_capacity(values.len());
+    normed.spare_capacity_mut()[..values.len()]
         .par_chunks_mut(width * ROWS_PER_TASK)
-        .for_each(|rows| norm_rows(simd, rows, weight, eps as f32));
-    Tensor::from_data(data, &device)
+        .zip(values.par_chunks(width * ROWS_PER_TASK))
+        .for_each(|(out, rows)| norm_rows(simd, out, rows, weight, eps as f32));
+    // SAFETY: the chunks cover the first `values.len()` values, and `norm_rows` writes each.
+    unsafe { normed.set_len(values.len()) };
+    let normed = TensorData::new(normed, data.shape.clone());
+    (Tensor::from_data(data, &device), Tensor::from_data(normed, &device))
 }
 
 /// `silu(gate) * up` for `x` = `[batch, seq, 2 * width]` holding gate then up in each row;
@@ -135,18 +157,18 @@ macro_rules! widest_simd {
 }
 
 widest_simd! {
-    /// RMS-normalizes each `weight.len()`-wide row of `rows` in place.
-    fn norm_rows(rows: &mut [f32], weight: &[f32], eps: f32) => norm_rows_portable
+    /// RMS-normalizes each `weight.len()`-wide row of `rows` into `out`.
+    fn norm_rows(out: &mut [MaybeUninit<f32>], rows: &[f32], weight: &[f32], eps: f32) => norm_rows_portable
 }
 
 #[inline(always)]
-fn norm_rows_portable(rows: &mut [f32], weight: &[f32], eps: f32) {
+fn norm_rows_portable(out: &mut [MaybeUninit<f32>], rows: &[f32], weight: &[f32], eps: f32) {
     let width = weight.len();
-    for row in rows.chunks_exact_mut(width) {
+    for (out, row) in out.chunks_exact_mut(width).zip(rows.chunks_exact(width)) {
         let mean_square = dot(row, row) / width as f32;
         let scale = 1.0 / (mean_square + eps).sqrt();
-        for (v, w) in row.iter_mut().zip(weight) {
-            *v = w * (*v * scale);
+        for ((o, v), w) in out.iter_mut().zip(row).zip(weight) {
+            o.write(w * (v * scale));
         }
     }
 }
@@ -161,9 +183,16 @@ fn silu_mul_rows_portable(out: &mut [f32], input: &[f32], width: usize) {
     for (out, row) in out.chunks_exact_mut(width).zip(input.chunks_exact(2 * width)) {
         let (gate, up) = row.split_at(width);
         for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
-            *o = g / (1.0 + exp(-g)) * u;
+            *o = swiglu(*g, *u);
         }
     }
+}
+
+/// `silu(gate) · up`, as every path of the MLP computes it (the packed matmul's gated epilogue
+/// too, so that fusing changes no bit).
+#[inline(always)]
+pub(crate) fn swiglu(gate: f32, up: f32) -> f32 {
+    gate / (1.0 + exp(-gate)) * up
 }
 
 widest_simd! {

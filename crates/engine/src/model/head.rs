@@ -41,7 +41,8 @@ impl<B: Backend> Head<B> {
     /// Logits `[rows, vocab]` of hidden states `[rows, hidden]`.
     pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
         let [rows, width] = hidden.dims();
-        let normed = rms_norm(hidden, &self.norm, self.eps, self.simd).reshape([1, rows, width]);
+        let (_, normed) = rms_norm(hidden, &self.norm, self.eps, self.simd);
+        let normed = normed.reshape([1, rows, width]);
         let logits = self.lm_head.forward(normed);
         let vocab = logits.dims()[2];
         logits.reshape([rows, vocab])

@@ -31,7 +31,8 @@ pub struct DecoderLayer<B: Backend> {
     qkv_proj: Linear<B>,
     o_proj: Linear<B>,
     ffn_norm: Tensor<B, 1>,
-    /// `[2 intermediate, hidden]`: gate rows, then up rows.
+    /// `[2 intermediate, hidden]`: gate rows, then up rows (paired, when packed: see
+    /// [`Linear::new_gated`]).
     gate_up_proj: Linear<B>,
     down_proj: Linear<B>,
     num_heads: usize,
@@ -80,7 +81,7 @@ impl<B: Backend> DecoderLayer<B> {
         };
         let o = vec![take(OProj, &[h, q])?];
         let o_bias = if spec.o_bias { Some(take(OBias, &[h])?.to_f32()) } else { None };
-        let gate_up = vec![take(GateProj, &[ffn, h])?, take(UpProj, &[ffn, h])?];
+        let (gate, up) = (take(GateProj, &[ffn, h])?, take(UpProj, &[ffn, h])?);
         let down = vec![take(DownProj, &[h, ffn])?];
         let attn_norm = take(AttnNorm, &[h])?.to_f32();
         let ffn_norm = take(FfnNorm, &[h])?.to_f32();
@@ -91,7 +92,9 @@ impl<B: Backend> DecoderLayer<B> {
             linear
         };
         let (qkv_proj, o_proj) = (linear(qkv, qkv_bias), linear(o, o_bias));
-        let (gate_up_proj, down_proj) = (linear(gate_up, None), linear(down, None));
+        let down_proj = linear(down, None);
+        let (gate_up_proj, gate_up_bytes) = Linear::new_gated(gate, up, compute, device);
+        uploaded_bytes += gate_up_bytes;
         Ok(Self {
             attn_norm: to_device(&[h], attn_norm, device),
             qkv_proj,
@@ -117,9 +120,9 @@ impl<B: Backend> DecoderLayer<B> {
 
     /// Runs `x` `[batch, seq, hidden]` (right-padded, so every row starts at position 0).
     pub fn forward(&self, x: Tensor<B, 3>, positions: &Positions<B>, sequences: Sequences) -> Tensor<B, 3> {
-        let heads =
-            self.attention(rms_norm(x.clone(), &self.attn_norm, self.eps, self.kernels.simd()), positions, sequences);
-        self.mlp(x + self.o_proj.forward(heads))
+        let (x, normed) = rms_norm(x, &self.attn_norm, self.eps, self.kernels.simd());
+        let heads = self.attention(normed, positions, sequences);
+        self.mlp(self.o_proj.forward_plus(heads, x))
     }
 
     /// [`forward`](Self::forward) for the last layer when only some rows are read: keys and
@@ -133,33 +136,42 @@ impl<B: Backend> DecoderLayer<B> {
         sequences: Sequences,
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
-        let heads =
-            self.attention(rms_norm(x.clone(), &self.attn_norm, self.eps, self.kernels.simd()), positions, sequences);
+        let (x, normed) = rms_norm(x, &self.attn_norm, self.eps, self.kernels.simd());
+        let heads = self.attention(normed, positions, sequences);
         let pick = |t: Tensor<B, 3>| {
             let width = t.dims()[2];
             t.reshape([batch * seq, width]).select(0, rows.clone()).unsqueeze::<3>()
         };
-        self.mlp(pick(x) + self.o_proj.forward(pick(heads)))
+        self.mlp(self.o_proj.forward_plus(pick(heads), pick(x)))
+    }
+
+    /// Only the keys and values of `x` (right-padded, `lengths` long), into `caches`: what the
+    /// last layer does for a shared prefix, whose output nothing reads (its sequences' scored
+    /// rows come after it).
+    pub fn keep_kv(&self, x: Tensor<B, 3>, positions: &Positions<B>, lengths: &[usize], caches: &mut [SequenceKv]) {
+        let (_, normed) = rms_norm(x, &self.attn_norm, self.eps, self.kernels.simd());
+        self.keep_keys_values(self.qkv_proj.forward(normed), positions, lengths, caches);
     }
 
     /// The residual SwiGLU block.
     fn mlp(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let normed = rms_norm(x.clone(), &self.ffn_norm, self.eps, self.kernels.simd());
-        let gated = fused::silu_mul_halves(self.gate_up_proj.forward(normed), self.kernels.simd());
-        x + self.down_proj.forward(gated)
+        let (x, normed) = rms_norm(x, &self.ffn_norm, self.eps, self.kernels.simd());
+        let gated = self.gate_up_proj.forward_swiglu(normed, self.kernels.simd());
+        self.down_proj.forward_plus(gated, x)
     }
 
     /// One decode step: `x` `[n, 1, hidden]` holds the newest token of each sequence, `caches[i]`
     /// sequence `i`'s keys and values so far (the token's own are appended).
     pub fn decode_step(&self, x: Tensor<B, 3>, positions: &Positions<B>, caches: &mut [SequenceKv]) -> Tensor<B, 3> {
         let [n, _, _] = x.dims();
-        let qkv = self.qkv_proj.forward(rms_norm(x.clone(), &self.attn_norm, self.eps, self.kernels.simd()));
+        let (x, normed) = rms_norm(x, &self.attn_norm, self.eps, self.kernels.simd());
+        let qkv = self.qkv_proj.forward(normed);
         let device = qkv.device();
         let qkv = qkv.into_data().convert::<f32>();
         let out =
             kv_cache::attend_new_tokens(qkv.as_slice::<f32>().expect("f32 data"), self.heads(), positions, caches);
         let heads = to_device(&[n, 1, self.num_heads * self.head_dim], out, &device);
-        self.mlp(x + self.o_proj.forward(heads))
+        self.mlp(self.o_proj.forward_plus(heads, x))
     }
 
     fn heads(&self) -> fused::Heads {
@@ -187,17 +199,28 @@ impl<B: Backend> DecoderLayer<B> {
             }
             return to_device(&[batch, seq, self.num_heads * self.head_dim], out, &device);
         }
-        if let Some(caches) = keep {
-            let seq = qkv.dims()[1];
-            let values = qkv.clone().into_data().convert::<f32>();
-            let values = values.as_slice::<f32>().expect("f32 data");
-            kv_cache::keep(values, seq, lengths, self.heads(), positions, caches);
-        }
+        let qkv = match keep {
+            Some(caches) => self.keep_keys_values(qkv, positions, lengths, caches),
+            None => qkv,
+        };
         if fused::on_host::<B>() {
             fused::attention_host(qkv, self.heads(), positions, lengths, self.kernels)
         } else {
             self.attention_ops(qkv, positions, lengths)
         }
+    }
+
+    /// Keeps the keys (rotated) and values of the stacked projection `qkv` of a prefill in
+    /// `caches`; returns `qkv`.
+    fn keep_keys_values(
+        &self,
+        qkv: Tensor<B, 3>,
+        positions: &Positions<B>,
+        lengths: &[usize],
+        caches: &mut [SequenceKv],
+    ) -> Tensor<B, 3> {
+        let seq = qkv.dims()[1];
+        fused::read_values(qkv, |values| kv_cache::keep(values, seq, lengths, self.heads(), positions, caches))
     }
 
     /// Attention as burn ops, for device backends: `[batch, seq, q + 2 kv]` -> `[batch, seq, q]`.

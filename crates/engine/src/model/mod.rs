@@ -173,6 +173,27 @@ impl<B: Backend> Linear<B> {
                 gemm::PackedWeight::pack(&weight, weight.len() / input, input, compute.precision, compute.kernels);
             return (Linear::Packed { weight, bias }, bytes);
         }
+        Self::upload(parts, bias, compute, device)
+    }
+
+    /// The gate and up projections of a SwiGLU MLP as one (gate rows, then up rows), whose
+    /// [`forward_swiglu`](Self::forward_swiglu) gives `silu(gate) · up`: packed in pairs where
+    /// the packed matmul runs and the width pairs at its level, so the gating happens as the
+    /// product is stored.
+    pub fn new_gated(gate: StoredTensor, up: StoredTensor, compute: Compute, device: &B::Device) -> (Self, u64) {
+        #[cfg(target_arch = "x86_64")]
+        if compute.packed::<B>() && gemm::PackedWeight::can_gate(gate.shape()[0], compute.kernels) {
+            let input = gate.shape()[1];
+            let (gate, up) = (gate.to_f32(), up.to_f32());
+            let bytes = ((gate.len() + up.len()) * 4) as u64;
+            let weight = gemm::PackedWeight::pack_gated(&gate, &up, input, compute.precision, compute.kernels);
+            return (Linear::Packed { weight, bias: None }, bytes);
+        }
+        Self::new(vec![gate, up], None, compute, device)
+    }
+
+    /// [`new`](Self::new) as burn tensors: each part uploaded in its stored form.
+    fn upload(parts: Vec<StoredTensor>, bias: Option<Vec<f32>>, compute: Compute, device: &B::Device) -> (Self, u64) {
         let bias = bias.map(|b| upload::upload_f32::<B, 1>(&[b.len()], b, device));
         let bias_bytes = bias.as_ref().map_or(0, |b| b.bytes);
         let uploaded: Vec<_> = parts.into_iter().map(|part| upload::upload_weight::<B>(part, device)).collect();
@@ -190,27 +211,65 @@ impl<B: Backend> Linear<B> {
 
     /// `[batch, seq, in]` -> `[batch, seq, out]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [batch, seq, input] = x.dims();
         match self {
-            Linear::Tensor { weight, bias, inputs } => {
-                // A weight stored 16-bit but multiplied in f32 widens for this product only.
-                let x = cast(x.reshape([batch * seq, input]), *inputs);
-                let out = cast(matmul(x, cast(weight.clone(), *inputs).transpose()), DType::F32);
-                let out = match bias {
-                    Some(bias) => out + bias.clone().unsqueeze_dim(0),
-                    None => out,
-                };
-                let features = out.dims()[1];
-                out.reshape([batch, seq, features])
-            }
+            Linear::Tensor { .. } => self.forward_ops(x),
             #[cfg(target_arch = "x86_64")]
             Linear::Packed { weight, bias } => {
+                let [batch, seq, _] = x.dims();
                 let device = x.device();
                 let data = x.into_data().convert::<f32>();
                 let out = weight.matmul(data.as_slice::<f32>().expect("f32 data"), bias.as_deref());
                 to_device(&[batch, seq, weight.out_features()], out, &device)
             }
         }
+    }
+
+    /// `residual + forward(x)`: on the packed path each tile adds its sums to the residual's
+    /// buffer (taken without a copy where the tensor is the only owner), with no pass of its own.
+    pub fn forward_plus(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Linear::Packed { weight, bias } => {
+                let device = x.device();
+                let x = x.into_data().convert::<f32>();
+                let mut sum = residual.into_data().convert::<f32>();
+                let values = sum.as_mut_slice::<f32>().expect("f32 data");
+                weight.matmul_add_to(x.as_slice::<f32>().expect("f32 data"), bias.as_deref(), values);
+                Tensor::from_data(sum, &device)
+            }
+            _ => residual + self.forward(x),
+        }
+    }
+
+    /// `silu(gate) · up` of a projection from [`new_gated`](Self::new_gated): `[batch, seq, in]`
+    /// -> `[batch, seq, width]`.
+    pub fn forward_swiglu(&self, x: Tensor<B, 3>, simd: fused::Simd) -> Tensor<B, 3> {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Linear::Packed { weight, .. } if weight.is_gated() => {
+                let [batch, seq, _] = x.dims();
+                let device = x.device();
+                let data = x.into_data().convert::<f32>();
+                let out = weight.matmul_swiglu(data.as_slice::<f32>().expect("f32 data"));
+                to_device(&[batch, seq, weight.out_features()], out, &device)
+            }
+            _ => fused::silu_mul_halves(self.forward(x), simd),
+        }
+    }
+
+    /// [`forward`](Self::forward) as burn ops.
+    fn forward_ops(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let Linear::Tensor { weight, bias, inputs } = self else { unreachable!("a burn tensor weight") };
+        let [batch, seq, input] = x.dims();
+        // A weight stored 16-bit but multiplied in f32 widens for this product only.
+        let x = cast(x.reshape([batch * seq, input]), *inputs);
+        let out = cast(matmul(x, cast(weight.clone(), *inputs).transpose()), DType::F32);
+        let out = match bias {
+            Some(bias) => out + bias.clone().unsqueeze_dim(0),
+            None => out,
+        };
+        let features = out.dims()[1];
+        out.reshape([batch, seq, features])
     }
 }
 
@@ -294,5 +353,46 @@ mod tests {
         let scale = plain.iter().fold(0f32, |m, p| m.max(p.abs()));
         // f32's own rounding of sums of 320 products, and no TF32-sized error (1e-3 of scale).
         assert!(error <= scale * 1e-5, "max |Δ| {error} of values up to {scale}");
+    }
+
+    fn stored(shape: [usize; 2], seed: usize) -> StoredTensor {
+        StoredTensor::Float(crate::tensor::HostTensor::from_f32(shape.to_vec(), &values(tensor(shape, seed))))
+    }
+
+    /// The fused host paths (the residual added as tiles are stored, SwiGLU gated as they are
+    /// stored) give what the separate steps give, bit for bit, at every kernel level this CPU
+    /// runs: widths that pair at the level (gated packing) and widths that do not (the
+    /// stacked product, then `silu_mul_halves`).
+    #[test]
+    fn fused_residual_and_gating_change_no_bit() {
+        let device = Default::default();
+        for kernels in KernelLevel::ALL.into_iter().filter(|&level| level <= KernelLevel::cpu()) {
+            let compute = Compute { precision: Precision::F32, kernels };
+            for width in [48, 20] {
+                let x = tensor([2, 13, 40], 4);
+                let (gated, _) = Linear::<DefaultBackend>::new_gated(
+                    stored([width, 40], 5),
+                    stored([width, 40], 6),
+                    compute,
+                    &device,
+                );
+                let (stacked, _) = Linear::<DefaultBackend>::new(
+                    vec![stored([width, 40], 5), stored([width, 40], 6)],
+                    None,
+                    compute,
+                    &device,
+                );
+                let fused = values(gated.forward_swiglu(x.clone(), kernels.simd()));
+                let separate = values(fused::silu_mul_halves(stacked.forward(x.clone()), kernels.simd()));
+                assert_eq!(fused, separate, "gating at {kernels}, width {width}");
+
+                let residual = tensor([2, 13, width], 7);
+                let bias: Vec<f32> = (0..width).map(|i| i as f32 / 7.0 - 1.0).collect();
+                let (o, _) = Linear::<DefaultBackend>::new(vec![stored([width, 40], 8)], Some(bias), compute, &device);
+                let fused = values(o.forward_plus(x.clone(), residual.clone()));
+                let separate = values(residual + o.forward(x));
+                assert_eq!(fused, separate, "residual at {kernels}, width {width}");
+            }
+        }
     }
 }

@@ -14,6 +14,9 @@ pub(super) const GEMM_TILE_ROWS: usize = 6;
 /// Value vectors the tiled attention sums per pass: 6 rows x 2 accumulators, as in the matmul.
 const DIM_VECTORS: usize = 2;
 
+/// f32 lanes of this level's [`Vector`].
+pub(super) const LANES: usize = F32x8::LANES;
+
 #[derive(Clone, Copy)]
 pub(super) struct F32x8(__m256);
 
@@ -39,22 +42,16 @@ impl Vector for F32x8 {
         unsafe { _mm256_storeu_ps(at, self.0) }
     }
     #[inline(always)]
-    unsafe fn store_first(self, at: *mut f32, count: usize) {
-        // Lane i is stored where its mask lane has the top bit set: i < count.
-        // SAFETY: masked-off lanes are not touched; the caller's contract covers the others.
-        unsafe {
-            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(count.min(8) as i32), lanes);
-            _mm256_maskstore_ps(at, mask, self.0)
-        }
-    }
-    #[inline(always)]
     unsafe fn mul_add(self, b: Self, c: Self) -> Self {
         Self(unsafe { _mm256_fmadd_ps(self.0, b.0, c.0) })
     }
     #[inline(always)]
     unsafe fn mul(self, b: Self) -> Self {
         Self(unsafe { _mm256_mul_ps(self.0, b.0) })
+    }
+    #[inline(always)]
+    unsafe fn add(self, b: Self) -> Self {
+        Self(unsafe { _mm256_add_ps(self.0, b.0) })
     }
 }
 

@@ -13,6 +13,9 @@ pub(super) const GEMM_TILE_ROWS: usize = 12;
 /// Value vectors the tiled attention sums per pass: 6 rows x 4 accumulators of its 32 registers.
 const DIM_VECTORS: usize = 4;
 
+/// f32 lanes of this level's [`Vector`].
+pub(super) const LANES: usize = F32x16::LANES;
+
 #[derive(Clone, Copy)]
 pub(super) struct F32x16(__m512);
 
@@ -38,18 +41,16 @@ impl Vector for F32x16 {
         unsafe { _mm512_storeu_ps(at, self.0) }
     }
     #[inline(always)]
-    unsafe fn store_first(self, at: *mut f32, count: usize) {
-        let mask = if count >= 16 { 0xffff } else { ((1u32 << count) - 1) as __mmask16 };
-        // SAFETY: masked lanes are not touched; the caller's contract covers the others.
-        unsafe { _mm512_mask_storeu_ps(at, mask, self.0) }
-    }
-    #[inline(always)]
     unsafe fn mul_add(self, b: Self, c: Self) -> Self {
         Self(unsafe { _mm512_fmadd_ps(self.0, b.0, c.0) })
     }
     #[inline(always)]
     unsafe fn mul(self, b: Self) -> Self {
         Self(unsafe { _mm512_mul_ps(self.0, b.0) })
+    }
+    #[inline(always)]
+    unsafe fn add(self, b: Self) -> Self {
+        Self(unsafe { _mm512_add_ps(self.0, b.0) })
     }
 }
 

@@ -19,9 +19,8 @@ pub(crate) trait Vector: Copy {
     unsafe fn load(at: *const f32) -> Self;
     /// Unaligned store of `LANES` values.
     unsafe fn store(self, at: *mut f32);
-    /// Stores the first `count` lanes (at most `LANES`); the memory past them is not touched.
-    unsafe fn store_first(self, at: *mut f32, count: usize);
     /// `self * b + c`, fused.
     unsafe fn mul_add(self, b: Self, c: Self) -> Self;
     unsafe fn mul(self, b: Self) -> Self;
+    unsafe fn add(self, b: Self) -> Self;
 }
