@@ -371,7 +371,7 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Every micro-batch through every layer, layer-major. The last layer computes only the
-    /// rows the head reads. With `keep` (the wave's sequences and each layer's caches, for a
+    /// rows the head reads, and of shared prefixes only their keys and values. With `keep` (the wave's sequences and each layer's caches, for a
     /// generation's prefill), every sequence's keys and values also go to its cache.
     fn run_layers(
         &mut self,

@@ -215,11 +215,7 @@ impl<B: Backend> Linear<B> {
             Linear::Tensor { .. } => self.forward_ops(x),
             #[cfg(target_arch = "x86_64")]
             Linear::Packed { weight, bias } => {
-                let [batch, seq, _] = x.dims();
-                let device = x.device();
-                let data = x.into_data().convert::<f32>();
-                let out = weight.matmul(data.as_slice::<f32>().expect("f32 data"), bias.as_deref());
-                to_device(&[batch, seq, weight.out_features()], out, &device)
+                packed_product(x, weight.out_features(), |x| weight.matmul(x, bias.as_deref()))
             }
         }
     }
@@ -247,11 +243,7 @@ impl<B: Backend> Linear<B> {
         match self {
             #[cfg(target_arch = "x86_64")]
             Linear::Packed { weight, .. } if weight.is_gated() => {
-                let [batch, seq, _] = x.dims();
-                let device = x.device();
-                let data = x.into_data().convert::<f32>();
-                let out = weight.matmul_swiglu(data.as_slice::<f32>().expect("f32 data"));
-                to_device(&[batch, seq, weight.out_features()], out, &device)
+                packed_product(x, weight.out_features(), |x| weight.matmul_swiglu(x))
             }
             _ => fused::silu_mul_halves(self.forward(x), simd),
         }
@@ -271,6 +263,16 @@ impl<B: Backend> Linear<B> {
         let features = out.dims()[1];
         out.reshape([batch, seq, features])
     }
+}
+
+/// `product` of `x`'s values (`[batch, seq, in]`, taken without a copy where `x` is the only
+/// owner) as a `[batch, seq, out]` tensor: the packed matmul's way in and out of burn.
+#[cfg(target_arch = "x86_64")]
+fn packed_product<B: Backend>(x: Tensor<B, 3>, out: usize, product: impl FnOnce(&[f32]) -> Vec<f32>) -> Tensor<B, 3> {
+    let [batch, seq, _] = x.dims();
+    let device = x.device();
+    let data = x.into_data().convert::<f32>();
+    to_device(&[batch, seq, out], product(data.as_slice::<f32>().expect("f32 data")), &device)
 }
 
 pub(crate) use fused::{on_host, rms_norm};

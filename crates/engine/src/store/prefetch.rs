@@ -73,12 +73,19 @@ fn yield_to_compute() {
     const IOPRIO_WHO_PROCESS: libc::c_long = 1;
     const IOPRIO_CLASS_BE: libc::c_long = 2;
     const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+    /// The level a best-effort thread gets by default (nice 0).
+    const DEFAULT_LEVEL: libc::c_long = 4;
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: both calls act on the calling thread (id 0) with valid arguments.
     let (policy, io) = unsafe {
         (
             libc::sched_setscheduler(0, libc::SCHED_IDLE, &param),
-            libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, (IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT) | 4),
+            libc::syscall(
+                libc::SYS_ioprio_set,
+                IOPRIO_WHO_PROCESS,
+                0,
+                (IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT) | DEFAULT_LEVEL,
+            ),
         )
     };
     if policy != 0 || io != 0 {

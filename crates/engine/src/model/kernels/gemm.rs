@@ -195,10 +195,8 @@ impl PackedWeight {
         let panels = self.out_features.div_ceil(PANEL);
         let steps = steps(self.in_features, self.precision);
         // A gated product's output is half as wide: panel `p` lands at column `p * PANEL / 2`.
-        let (c_stride, c_column) = match self.gated {
-            true => (self.out_features / 2, PANEL / 2),
-            false => (self.out_features, PANEL),
-        };
+        let c_stride = self.out_features();
+        let c_column = if self.gated { PANEL / 2 } else { PANEL };
         let tile_rows = match self.level {
             KernelLevel::Avx512 => avx512::GEMM_TILE_ROWS,
             KernelLevel::Avx2 => avx2::GEMM_TILE_ROWS,
