@@ -160,14 +160,25 @@ struct MicroBatch<B: Backend> {
     lengths: Vec<usize>,
     /// `[batch, seq, hidden]`; after the last layer, `[1, scored rows, hidden]`.
     hidden: Option<Hidden<B>>,
-    /// Flat indices (into `batch x seq`) of the rows whose head output is wanted, in request order.
+    /// Flat indices (into `batch x seq`) of the rows whose head output is wanted: each row once,
+    /// in order of sequence and position.
     scored: Vec<i64>,
+    /// For each scored row, the asked-for rows it answers: several where a sequence asks for one
+    /// position more than once (MMLU's four answers after one question), or where the members of
+    /// a shared prefix ask for a row inside it (HellaSwag's endings, after one context).
+    owners: Vec<Vec<RowOwner>>,
     /// The shared prefix each sequence continues (its rows start after it), if any.
     past: Vec<Option<usize>>,
     /// Whether the batch holds shared prefixes (`requests` are prefix ids), run for their keys
     /// and values only.
     is_prefix: bool,
 }
+
+/// An asked-for row: (sequence of the wave, index into that sequence's asked-for rows).
+type RowOwner = (usize, usize);
+
+/// A sequence's asked-for rows as (position in what the micro-batch runs of it, owner).
+type WantedRows = Vec<(usize, RowOwner)>;
 
 /// A layer from the prefetch thread. On host backends it was built there (packed, converted), so
 /// that work overlaps the compute of the layer before. On device backends it comes as read and
@@ -309,18 +320,22 @@ impl<B: Backend> Engine<B> {
         let sequences: Vec<&[u32]> = requests.iter().map(|r| r.tokens.as_slice()).collect();
         let rows: Vec<Vec<usize>> = requests.iter().map(|r| r.targets.iter().map(|t| t.position).collect()).collect();
         let (batches, head) = self.forward_wave(&sequences, &rows, observer)?;
-        let mut scores: Vec<Vec<TargetScore>> = requests.iter().map(|r| Vec::with_capacity(r.targets.len())).collect();
-        self.for_each_head_chunk(batches, &rows, &mut |chunk, owners| {
-            let targets: Vec<i64> = owners.iter().map(|&(r, row)| requests[r].targets[row].token as i64).collect();
-            let targets = Tensor::from_data(TensorData::new(targets, [owners.len()]), &self.device);
-            let (picked, best) = head.score(chunk, targets);
+        let mut scores: Vec<Vec<Option<TargetScore>>> = requests.iter().map(|r| vec![None; r.targets.len()]).collect();
+        self.for_each_head_chunk(batches, &mut |chunk, owners| {
+            let targets: Vec<(usize, u32)> = (owners.iter().enumerate())
+                .flat_map(|(row, owners)| owners.iter().map(move |&(r, j)| (row, requests[r].targets[j].token)))
+                .collect();
+            let (picked, best) = head.score(chunk, &targets);
             let (picked, best) = (read_floats(picked)?, read_ints(best)?);
-            for (i, &(request, row)) in owners.iter().enumerate() {
-                let greedy = best[i] == requests[request].targets[row].token as i64;
-                scores[request].push(TargetScore { logprob: picked[i], greedy });
+            for ((&(r, j), &(row, token)), logprob) in owners.iter().flatten().zip(&targets).zip(picked) {
+                scores[r][j] = Some(TargetScore { logprob, greedy: best[row] == token as i64 });
             }
             Ok(())
         })?;
+        let scores: Vec<Vec<TargetScore>> = (scores.into_iter())
+            .map(|scores| scores.into_iter().collect::<Option<_>>())
+            .collect::<Option<_>>()
+            .ok_or_else(|| EngineError::Other("a target of the wave was left unscored".into()))?;
         check_scores(requests, &scores)?;
         Ok(scores)
     }
@@ -336,7 +351,8 @@ impl<B: Backend> Engine<B> {
     }
 
     /// The core loop. `rows[i]` lists the positions of sequence `i` whose head output is wanted;
-    /// `sink(i, j, values)` receives the `vocab` values of `rows[i][j]`, in order for each `i`.
+    /// `sink(i, j, values)` receives the `vocab` values of `rows[i][j]`, for each `i` in order of
+    /// position (so in the order of `rows[i]` where it is sorted).
     pub fn run_wave(
         &mut self,
         sequences: &[&[u32]],
@@ -346,7 +362,7 @@ impl<B: Backend> Engine<B> {
         sink: &mut dyn FnMut(usize, usize, &[f32]),
     ) -> Result<()> {
         let (batches, head) = self.forward_wave(sequences, rows, observer)?;
-        self.apply_head(&head, batches, rows, output, sink)
+        self.apply_head(&head, batches, output, sink)
     }
 
     /// Embeds the wave and runs it through every layer: the micro-batches, each left holding the
@@ -371,8 +387,9 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Every micro-batch through every layer, layer-major. The last layer computes only the
-    /// rows the head reads, and of shared prefixes only their keys and values. With `keep` (the wave's sequences and each layer's caches, for a
-    /// generation's prefill), every sequence's keys and values also go to its cache.
+    /// rows the head reads, and of a shared prefix that holds none of them only its keys and
+    /// values. With `keep` (the wave's sequences and each layer's caches, for a generation's
+    /// prefill), every sequence's keys and values also go to its cache.
     fn run_layers(
         &mut self,
         spec: &ModelSpec,
@@ -392,11 +409,14 @@ impl<B: Backend> Engine<B> {
                 let mut kv: Vec<SequenceKv> =
                     batch.requests.iter().map(|&p| std::mem::take(&mut prefix_kv[p])).collect();
                 let hidden = batch.take_hidden(&device);
+                let sequences = Sequences { lengths: &batch.lengths, keep: Some(&mut kv), past: None };
                 if index + 1 < spec.num_layers {
-                    let sequences = Sequences { lengths: &batch.lengths, keep: Some(&mut kv), past: None };
                     batch.put_hidden(layer.forward(hidden, positions, sequences), on_host);
-                } else {
+                } else if batch.scored.is_empty() {
                     layer.keep_kv(hidden, positions, &batch.lengths, &mut kv);
+                } else {
+                    let rows = scored_rows(&batch.scored, &device);
+                    batch.put_hidden(layer.forward_rows(hidden, positions, rows, sequences), on_host);
                 }
                 for (&p, kv) in batch.requests.iter().zip(kv) {
                     prefix_kv[p] = kv;
@@ -414,8 +434,7 @@ impl<B: Backend> Engine<B> {
                 let hidden = if index + 1 < spec.num_layers {
                     layer.forward(hidden, positions, sequences)
                 } else {
-                    let rows = TensorData::new(batch.scored.clone(), [batch.scored.len()]);
-                    layer.forward_rows(hidden, positions, Tensor::from_data(rows, &device), sequences)
+                    layer.forward_rows(hidden, positions, scored_rows(&batch.scored, &device), sequences)
                 };
                 batch.put_hidden(hidden, on_host);
                 if let (Some(Prefill { caches, .. }), Some(kv)) = (keep.as_mut(), taken) {
@@ -506,17 +525,23 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Groups sequences, longest first, into micro-batches of at most `micro_batch_tokens` padded
-    /// tokens (a longer sequence runs alone). A batch already [`BIG_ENOUGH_BATCH`] tokens long
-    /// takes no sequence shorter than 95% of its longest: padding costs what real rows cost, and
-    /// the short suffixes of shared prefixes (HellaSwag's endings) had been padded by 14%.
+    /// tokens (a longer sequence runs alone). Where burn's matmuls run, padding costs what real
+    /// rows cost, so a batch already [`BIG_ENOUGH_BATCH`] tokens long takes no sequence shorter
+    /// than 95% of its longest (the short suffixes of shared prefixes, HellaSwag's endings, had
+    /// been padded by 14%). The packed matmul skips padding rows ([`TokenRows`]): there fewer,
+    /// fuller batches run faster (HellaSwag 1% in an A/B).
+    ///
+    /// [`TokenRows`]: crate::model::TokenRows
     fn plan_micro_batches(&self, sequences: &[&[u32]]) -> Vec<Vec<usize>> {
         let mut order: Vec<usize> = (0..sequences.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(sequences[i].len()));
+        let padding_is_free = self.options.compute().packed::<B>();
         let joins = |batch: &[usize], len: usize| {
             // Sorted longest first, so the batch's first sequence sets its padded length.
             let longest = sequences[batch[0]].len();
             let fits = (batch.len() + 1) * longest <= self.options.micro_batch_tokens;
-            fits && (20 * len >= 19 * longest || batch.len() * longest < BIG_ENOUGH_BATCH)
+            let padding_pays = padding_is_free || 20 * len >= 19 * longest;
+            fits && (padding_pays || batch.len() * longest < BIG_ENOUGH_BATCH)
         };
         let mut batches: Vec<Vec<usize>> = Vec::new();
         for i in order {
@@ -541,7 +566,7 @@ impl<B: Backend> Engine<B> {
         // depend on the whole sequence's length.
         let rescaled = sequences.iter().any(|s| self.spec().rope_rescales_at(s.len()));
         if self.options.share_prefixes && crate::model::on_host::<B>() && !rescaled {
-            let plan = prefix::plan(sequences, rows);
+            let plan = prefix::plan(sequences);
             let run: usize = plan.prefixes.iter().map(|p| p.1).sum();
             let skipped: usize = (0..sequences.len()).map(|i| plan.offset(i)).sum();
             self.shared_prefix_tokens += (skipped - run) as u64;
@@ -549,9 +574,16 @@ impl<B: Backend> Engine<B> {
                 return self.embed_with_prefixes(table, sequences, rows, &plan);
             }
         }
-        self.embed(table, sequences, rows, &self.plan_micro_batches(sequences))
+        let wanted: Vec<WantedRows> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, rows)| rows.iter().enumerate().map(|(j, &p)| (p, (i, j))).collect())
+            .collect();
+        self.embed(table, sequences, &wanted, &self.plan_micro_batches(sequences))
     }
 
+    /// The prefixes' micro-batches, then their members'. An asked-for row inside a prefix is
+    /// computed once, in the prefix, for every member that asks for it.
     fn embed_with_prefixes(
         &self,
         table: &[f32],
@@ -559,14 +591,22 @@ impl<B: Backend> Engine<B> {
         rows: &[Vec<usize>],
         plan: &prefix::PrefixPlan,
     ) -> Vec<MicroBatch<B>> {
+        let mut in_prefix: Vec<WantedRows> = vec![Vec::new(); plan.prefixes.len()];
+        let mut after_prefix: Vec<WantedRows> = vec![Vec::new(); sequences.len()];
+        for (i, rows) in rows.iter().enumerate() {
+            let offset = plan.offset(i);
+            for (j, &position) in rows.iter().enumerate() {
+                match plan.of[i] {
+                    Some(prefix) if position < offset => in_prefix[prefix].push((position, (i, j))),
+                    _ => after_prefix[i].push((position - offset, (i, j))),
+                }
+            }
+        }
         let prefixes: Vec<&[u32]> = plan.prefixes.iter().map(|&(member, len)| &sequences[member][..len]).collect();
-        let no_rows = vec![Vec::new(); prefixes.len()];
-        let mut batches = self.embed(table, &prefixes, &no_rows, &self.plan_micro_batches(&prefixes));
+        let mut batches = self.embed(table, &prefixes, &in_prefix, &self.plan_micro_batches(&prefixes));
         batches.iter_mut().for_each(|batch| batch.is_prefix = true);
         let suffixes: Vec<&[u32]> = sequences.iter().enumerate().map(|(i, s)| &s[plan.offset(i)..]).collect();
-        let suffix_rows: Vec<Vec<usize>> =
-            rows.iter().enumerate().map(|(i, rows)| rows.iter().map(|r| r - plan.offset(i)).collect()).collect();
-        let mut continued = self.embed(table, &suffixes, &suffix_rows, &self.plan_micro_batches(&suffixes));
+        let mut continued = self.embed(table, &suffixes, &after_prefix, &self.plan_micro_batches(&suffixes));
         for batch in &mut continued {
             batch.past = batch.requests.iter().map(|&r| plan.of[r]).collect();
         }
@@ -598,11 +638,13 @@ impl<B: Backend> Engine<B> {
         Ok(head)
     }
 
+    /// The micro-batches of `plan` (indices into `sequences`), each sequence asking for the head
+    /// rows `wanted` lists.
     fn embed(
         &self,
         table: &[f32],
         sequences: &[&[u32]],
-        rows: &[Vec<usize>],
+        wanted: &[WantedRows],
         plan: &[Vec<usize>],
     ) -> Vec<MicroBatch<B>> {
         let hidden = self.spec().hidden_size;
@@ -618,14 +660,11 @@ impl<B: Backend> Engine<B> {
                     }
                 }
                 let tensor = Hidden::Host(TensorData::new(values, [requests.len(), seq, hidden]));
-                let scored = requests
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(slot, &request)| rows[request].iter().map(move |&p| (slot * seq + p) as i64))
-                    .collect();
+                let (scored, owners) = distinct_rows(requests.iter().map(|&r| &wanted[r]), seq);
                 let lengths = requests.iter().map(|&r| sequences[r].len()).collect();
                 let past = vec![None; requests.len()];
-                MicroBatch { requests: requests.clone(), lengths, hidden: Some(tensor), scored, past, is_prefix: false }
+                let hidden = Some(tensor);
+                MicroBatch { requests: requests.clone(), lengths, hidden, scored, owners, past, is_prefix: false }
             })
             .collect()
     }
@@ -635,18 +674,17 @@ impl<B: Backend> Engine<B> {
         &self,
         head: &Head<B>,
         batches: Vec<MicroBatch<B>>,
-        rows: &[Vec<usize>],
         output: HeadOutput,
         sink: &mut dyn FnMut(usize, usize, &[f32]),
     ) -> Result<()> {
         let vocab = self.spec().vocab_size;
-        self.for_each_head_chunk(batches, rows, &mut |chunk, owners| {
+        self.for_each_head_chunk(batches, &mut |chunk, owners| {
             let values = read_floats(match output {
                 HeadOutput::Logits => head.logits(chunk),
                 HeadOutput::LogProbs => head.log_probs(chunk),
             })?;
-            for (i, &(request, row)) in owners.iter().enumerate() {
-                sink(request, row, &values[i * vocab..(i + 1) * vocab]);
+            for (values, owners) in values.chunks_exact(vocab).zip(owners) {
+                owners.iter().for_each(|&(sequence, row)| sink(sequence, row, values));
             }
             Ok(())
         })
@@ -654,26 +692,22 @@ impl<B: Backend> Engine<B> {
 
     /// Hands the last layer's output at the micro-batches' asked-for rows to `each(chunk,
     /// owners)` [`head_chunk_rows`] rows at a time (`chunk` `[rows, hidden]`, `owners` the
-    /// (request, its row) of each), in micro-batch order. Rows of consecutive micro-batches share
-    /// a chunk: the head's weights are read once per chunk, and a wave scoring one row per
-    /// sequence (MMLU) fills few chunks instead of one per micro-batch. A rolling window scores
+    /// (sequence, index into its rows) that each row answers), in micro-batch order. Rows of
+    /// consecutive micro-batches share a chunk: the head's weights are read once per chunk, and
+    /// a wave scoring one row per sequence (MMLU) fills few chunks instead of one per
+    /// micro-batch. A rolling window scores
     /// every position, and its `[rows, vocab]` head output (1.6 GB for 8192 rows of a 49k
     /// vocabulary) need never exist at once.
-    fn for_each_head_chunk(
-        &self,
-        batches: Vec<MicroBatch<B>>,
-        rows: &[Vec<usize>],
-        each: &mut HeadChunkFn<B>,
-    ) -> Result<()> {
+    fn for_each_head_chunk(&self, batches: Vec<MicroBatch<B>>, each: &mut HeadChunkFn<B>) -> Result<()> {
         let chunk_rows = head_chunk_rows::<B>(self.spec().vocab_size);
         let mut pending: Option<Tensor<B, 2>> = None;
-        let mut owners: Vec<(usize, usize)> = Vec::new();
+        let mut owners: Vec<Vec<RowOwner>> = Vec::new();
         for mut batch in batches.into_iter().filter(|b| !b.scored.is_empty()) {
             // The last layer left only the scored rows, in order.
             let hidden = batch.take_hidden(&self.device);
             let [_, count, width] = hidden.dims();
             let hidden = hidden.reshape([count, width]);
-            owners.extend(batch.requests.iter().flat_map(|&r| (0..rows[r].len()).map(move |row| (r, row))));
+            owners.append(&mut batch.owners);
             let mut ready = match pending.take() {
                 Some(earlier) => Tensor::cat(vec![earlier, hidden], 0),
                 None => hidden,
@@ -697,7 +731,34 @@ impl<B: Backend> Engine<B> {
 }
 
 /// What [`Engine::for_each_head_chunk`] calls with each chunk of rows and their owners.
-type HeadChunkFn<'a, B> = dyn FnMut(Tensor<B, 2>, &[(usize, usize)]) -> Result<()> + 'a;
+type HeadChunkFn<'a, B> = dyn FnMut(Tensor<B, 2>, &[Vec<RowOwner>]) -> Result<()> + 'a;
+
+/// A micro-batch's scored rows (flat indices into `batch x seq`, sequence by sequence, by
+/// position) and what each answers: every row once, however many ask for it.
+fn distinct_rows<'a>(slots: impl Iterator<Item = &'a WantedRows>, seq: usize) -> (Vec<i64>, Vec<Vec<RowOwner>>) {
+    let (mut scored, mut owners): (Vec<i64>, Vec<Vec<RowOwner>>) = (Vec::new(), Vec::new());
+    for (slot, wanted) in slots.enumerate() {
+        let mut wanted = wanted.clone();
+        // Stable: the owners of one position stay in the order they asked.
+        wanted.sort_by_key(|&(position, _)| position);
+        for (position, owner) in wanted {
+            let row = (slot * seq + position) as i64;
+            match owners.last_mut() {
+                Some(last) if scored.last() == Some(&row) => last.push(owner),
+                _ => {
+                    scored.push(row);
+                    owners.push(vec![owner]);
+                }
+            }
+        }
+    }
+    (scored, owners)
+}
+
+/// The flat indices of a micro-batch's scored rows, as [`DecoderLayer::forward_rows`] takes them.
+fn scored_rows<B: Backend>(scored: &[i64], device: &B::Device) -> Tensor<B, 1, Int> {
+    Tensor::from_data(TensorData::new(scored.to_vec(), [scored.len()]), device)
+}
 
 /// A device tensor's values, read back as f32.
 pub(crate) fn read_floats<B: Backend, const D: usize>(values: Tensor<B, D>) -> Result<Vec<f32>> {

@@ -13,7 +13,7 @@ use burn::tensor::Distribution;
 
 #[cfg(target_arch = "x86_64")]
 use crate::model::{Compute, KernelLevel, gemm::PackedWeight};
-use crate::model::{Precision, matmul};
+use crate::model::{Precision, TokenRows, matmul};
 use crate::spec::ModelSpec;
 
 /// Multiply-adds count two FLOPs.
@@ -84,7 +84,7 @@ pub fn gemm_peak<B: Backend>(spec: &ModelSpec, rows: usize, precision: Precision
                 (Precision::F32, _) => "packed f32",
                 (Precision::Bf16, _) => "packed bf16",
             };
-            consider(kernel, seconds_per_call(|| packed.matmul(&a, None)));
+            consider(kernel, seconds_per_call(|| packed.matmul(&a, TokenRows::All, None)));
         }
     }
     best

@@ -1,6 +1,7 @@
 //! `HostTensor`: a tensor's bytes in host memory, as read from a source or a layer store.
 
 use half::{bf16, f16};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,11 +69,7 @@ impl HostTensor {
     }
 
     pub fn to_f32(&self) -> Vec<f32> {
-        match self.dtype {
-            DType::F32 => self.bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            DType::F16 => self.bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            DType::Bf16 => self.bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        }
+        floats(self.dtype, &self.bytes)
     }
 
     /// Converts to `dtype`, rounding to nearest when narrowing.
@@ -91,4 +88,31 @@ impl HostTensor {
         }
         Self { dtype, shape: self.shape, bytes }
     }
+}
+
+/// Little-endian values of `dtype` as f32, converted in parallel (a model's embedding table is
+/// read at the start of every wave, while the cores would otherwise wait).
+pub fn floats(dtype: DType, bytes: &[u8]) -> Vec<f32> {
+    match dtype {
+        DType::F32 => convert(bytes, |b: [u8; 4]| f32::from_le_bytes(b)),
+        DType::F16 => convert(bytes, |b: [u8; 2]| f16::from_le_bytes(b).to_f32()),
+        DType::Bf16 => convert(bytes, |b: [u8; 2]| bf16::from_le_bytes(b).to_f32()),
+    }
+}
+
+/// Every whole `N`-byte value of `bytes` through `value`.
+fn convert<const N: usize>(bytes: &[u8], value: impl Fn([u8; N]) -> f32 + Sync) -> Vec<f32> {
+    const CHUNK: usize = 1 << 16;
+    let len = bytes.len() / N;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let chunks = out.spare_capacity_mut().par_chunks_mut(CHUNK).zip(bytes.par_chunks(CHUNK * N));
+    chunks.for_each(|(out, bytes)| {
+        for (slot, b) in out.iter_mut().zip(bytes.chunks_exact(N)) {
+            slot.write(value(b.try_into().expect("N bytes")));
+        }
+    });
+    // SAFETY: chunk for chunk, the values of `out` and the whole values of `bytes` pair up, so
+    // every one of the `len` values was written.
+    unsafe { out.set_len(len) };
+    out
 }

@@ -10,20 +10,24 @@ use airllm_engine::executor::{Engine, EngineOptions, HeadOutput, Quiet};
 use airllm_engine::model::kv_cache::KvDtype;
 use common::*;
 
-/// Sequences sharing prefixes as few-shot prompts do: two groups of three, each member with a
-/// tail of its own; and one sequence alone. Rows: the last four positions of each.
+/// Sequences sharing prefixes as few-shot prompts and multi-token continuations do: two groups of
+/// three, each member with a tail of its own; and one sequence alone. Rows: of each member, the
+/// last two positions of the prefix (inside it: run once for the three, as the last token of a
+/// context before each of its endings) and every position of its tail; of the lone sequence, its
+/// last four.
 fn few_shot_like(vocab: u32, seed: u64) -> (Vec<Vec<u32>>, Vec<Vec<usize>>) {
     let mut rng = Rng(seed);
     let mut tokens = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.below(vocab as usize) as u32).collect() };
-    let mut sequences = Vec::new();
+    let (mut sequences, mut rows) = (Vec::new(), Vec::new());
     for prefix_len in [24, 40] {
         let prefix = tokens(prefix_len);
         for tail in [5, 9, 14] {
             sequences.push([prefix.clone(), tokens(tail)].concat());
+            rows.push((prefix_len - 2..prefix_len + tail).collect());
         }
     }
     sequences.push(tokens(30));
-    let rows = sequences.iter().map(|s| (s.len() - 4..s.len()).collect()).collect();
+    rows.push((26..30).collect());
     (sequences, rows)
 }
 

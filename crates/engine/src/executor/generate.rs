@@ -106,9 +106,9 @@ impl<B: Backend> Engine<B> {
         self.run_layers(&spec, &mut batches, positions, observer, Some(Prefill { caches }))?;
         let head = self.head()?;
         let mut next = vec![0u32; sequences.len()];
-        self.for_each_head_chunk(batches, last_rows, &mut |chunk, owners| {
-            for (&(request, _), token) in owners.iter().zip(self.greedy_tokens(head.greedy(chunk))?) {
-                next[request] = token;
+        self.for_each_head_chunk(batches, &mut |chunk, owners| {
+            for (owners, token) in owners.iter().zip(self.greedy_tokens(head.greedy(chunk))?) {
+                owners.iter().for_each(|&(sequence, _)| next[sequence] = token);
             }
             Ok(())
         })?;

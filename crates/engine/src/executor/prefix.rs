@@ -10,9 +10,11 @@
 //! prefill copies them into the cache of each member (`model::kv_cache::keep_after_past`), whose
 //! decode steps attend to the whole prompt.
 //!
-//! A prefix never reaches a row whose head output is asked for, and leaves every sequence at
-//! least one token of its own, so every scored row is computed as before: the log-likelihoods
-//! change only by float rounding (the tests hold them to 1e-4 of the unshared path).
+//! A prefix leaves every sequence at least one token of its own. Rows inside a prefix whose head
+//! output is asked for (the last token of a context, before each of its endings) are computed in
+//! the prefix, once for all its members. Every scored row is thus computed from the same tokens as
+//! before: the log-likelihoods change only by float rounding (the tests hold them to 1e-4 of the
+//! unshared path).
 
 /// Common prefixes shorter than this are not worth a sequence of their own. (At 16, a fifth of
 /// HellaSwag's contexts, 9 to 15 tokens long, ran again for each of their four endings.)
@@ -34,11 +36,9 @@ impl PrefixPlan {
     }
 }
 
-/// Groups `sequences` by shared prefixes; `rows[i]` are the positions of sequence `i` whose head
-/// output is wanted, which the prefix must not reach.
-pub fn plan(sequences: &[&[u32]], rows: &[Vec<usize>]) -> PrefixPlan {
-    let limit =
-        |i: usize| rows[i].iter().copied().min().unwrap_or(usize::MAX).min(sequences[i].len().saturating_sub(1));
+/// Groups `sequences` by shared prefixes.
+pub fn plan(sequences: &[&[u32]]) -> PrefixPlan {
+    let limit = |i: usize| sequences[i].len().saturating_sub(1);
     let mut order: Vec<usize> = (0..sequences.len()).collect();
     order.sort_by(|&a, &b| sequences[a].cmp(sequences[b]));
     let mut plan = PrefixPlan { prefixes: Vec::new(), of: vec![None; sequences.len()] };
@@ -90,20 +90,17 @@ mod tests {
     }
 
     #[test]
-    fn groups_by_shared_prefix_and_stops_before_scored_rows() {
+    fn groups_by_shared_prefix() {
         let few_shot_a = [seq(1, 40, &[7, 8]), seq(1, 40, &[9]), seq(1, 40, &[5, 5, 5])];
         let alone = seq(2, 30, &[1]);
         let short_common = [seq(3, 6, &[1]), seq(3, 6, &[2])];
         let all: Vec<&[u32]> = few_shot_a.iter().chain([&alone]).chain(&short_common).map(Vec::as_slice).collect();
-        let mut rows: Vec<Vec<usize>> = all.iter().map(|s| vec![s.len() - 1]).collect();
-        // The first sequence wants position 35: the prefix must stop there.
-        rows[0] = vec![35, 41];
-        let plan = plan(&all, &rows);
+        let plan = plan(&all);
         assert_eq!(plan.prefixes.len(), 1);
-        assert_eq!(plan.prefixes[0].1, 35);
+        assert_eq!(plan.prefixes[0].1, 40);
         assert_eq!(&plan.of[..3], &[Some(0); 3]);
         assert_eq!(&plan.of[3..], &[None; 3]);
-        assert_eq!(plan.offset(1), 35);
+        assert_eq!(plan.offset(1), 40);
     }
 
     /// Two subjects of 0-shot MMLU: headers that share their first 12 tokens, then 8 of their
@@ -115,8 +112,7 @@ mod tests {
         let question = |subject: u32, q: u32| header(subject).into_iter().chain([50_000 + q, 7]).collect::<Vec<u32>>();
         let all: Vec<Vec<u32>> = (0..2).flat_map(|s| (0..5).map(move |q| question(s + 1, q))).collect();
         let sequences: Vec<&[u32]> = all.iter().map(Vec::as_slice).collect();
-        let rows: Vec<Vec<usize>> = all.iter().map(|s| vec![s.len() - 1]).collect();
-        let plan = plan(&sequences, &rows);
+        let plan = plan(&sequences);
         assert_eq!(plan.prefixes.iter().map(|p| p.1).collect::<Vec<_>>(), [20, 20]);
     }
 
@@ -124,7 +120,7 @@ mod tests {
     fn a_sequence_keeps_a_token_of_its_own() {
         let a = seq(1, 20, &[]);
         let b = seq(1, 20, &[3]);
-        let plan = plan(&[&a, &b], &[vec![], vec![]]);
+        let plan = plan(&[&a, &b]);
         assert_eq!(plan.prefixes, vec![(0, 19)]);
     }
 }

@@ -377,15 +377,21 @@ pub(crate) const KEY_PADDING: usize = 32;
 pub(crate) fn transposed_keys(qkv: &[f32], batch: usize, seq: usize, width: usize, shape: Heads) -> Vec<f32> {
     let Heads { heads, kv_heads, head_dim, .. } = shape;
     let stride = seq + KEY_PADDING;
-    let mut keys_t = vec![0f32; batch * kv_heads * head_dim * stride];
-    keys_t.par_chunks_mut(kv_heads * head_dim * stride).enumerate().for_each(|(sequence, block)| {
-        for position in 0..seq {
-            let row = &qkv[(sequence * seq + position) * width + heads * head_dim..][..kv_heads * head_dim];
-            for (i, &value) in row.iter().enumerate() {
-                block[i * stride + position] = value;
-            }
+    let len = batch * kv_heads * head_dim * stride;
+    // Written in parallel without a zero fill first: the fill ran on the calling thread alone.
+    let mut keys_t: Vec<f32> = Vec::with_capacity(len);
+    let blocks = keys_t.spare_capacity_mut().par_chunks_mut(kv_heads * head_dim * stride);
+    blocks.enumerate().for_each(|(sequence, block)| {
+        let keys =
+            |position: usize| &qkv[(sequence * seq + position) * width + heads * head_dim..][..kv_heads * head_dim];
+        for (i, row) in block.chunks_exact_mut(stride).enumerate() {
+            let (values, padding) = row.split_at_mut(seq);
+            values.iter_mut().enumerate().for_each(|(position, value)| _ = value.write(keys(position)[i]));
+            padding.iter_mut().for_each(|value| _ = value.write(0.0));
         }
     });
+    // SAFETY: every block wrote every value of each of its rows, and the blocks cover `len`.
+    unsafe { keys_t.set_len(len) };
     keys_t
 }
 

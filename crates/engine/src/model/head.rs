@@ -7,7 +7,7 @@ use burn::tensor::activation::log_softmax;
 use rayon::prelude::*;
 
 use super::fused::{Simd, on_host, softmax_terms};
-use super::{Compute, KernelLevel, Linear, Precision, rms_norm, to_device};
+use super::{Compute, KernelLevel, Linear, Precision, TokenRows, rms_norm, to_device};
 use crate::error::Result;
 use crate::store::{HEAD, LayerStore};
 
@@ -43,7 +43,7 @@ impl<B: Backend> Head<B> {
         let [rows, width] = hidden.dims();
         let (_, normed) = rms_norm(hidden, &self.norm, self.eps, self.simd);
         let normed = normed.reshape([1, rows, width]);
-        let logits = self.lm_head.forward(normed);
+        let logits = self.lm_head.forward(normed, TokenRows::All);
         let vocab = logits.dims()[2];
         logits.reshape([rows, vocab])
     }
@@ -62,23 +62,27 @@ impl<B: Backend> Head<B> {
         to_device(&shape, values, &device)
     }
 
-    /// For each row of `hidden` `[rows, hidden]`: the log-probability of `targets[row]`, and the
-    /// row's [`first_argmax`]. Both are taken where the logits are, so two numbers a row leave
-    /// the device instead of the vocabulary; on host backends in one parallel pass over each row
-    /// (burn's ops made several, one thread each).
-    pub fn score(&self, hidden: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> (Tensor<B, 1>, Tensor<B, 1, Int>) {
+    /// The log-probability of each target `(row, token)` after the hidden states `[rows,
+    /// hidden]` (a row may have several targets), and each row's [`first_argmax`]. Both are taken
+    /// where the logits are, so a few numbers a row leave the device instead of the vocabulary; on
+    /// host backends in one parallel pass over each row (burn's ops made several, one thread
+    /// each).
+    pub fn score(&self, hidden: Tensor<B, 2>, targets: &[(usize, u32)]) -> (Tensor<B, 1>, Tensor<B, 1, Int>) {
         let logits = self.logits(hidden);
         let ([rows, _], device) = (logits.dims(), logits.device());
+        let count = targets.len();
         if !on_host::<B>() {
             let log_probs = log_softmax(logits, 1);
-            let picked = log_probs.clone().gather(1, targets.reshape([rows, 1])).reshape([rows]);
+            let ints = |values: Vec<i64>| Tensor::<B, 1, Int>::from_data(TensorData::new(values, [count]), &device);
+            let target_rows = ints(targets.iter().map(|&(row, _)| row as i64).collect());
+            let tokens = ints(targets.iter().map(|&(_, token)| token as i64).collect()).reshape([count, 1]);
+            let picked = log_probs.clone().select(0, target_rows).gather(1, tokens).reshape([count]);
             return (picked, first_argmax(log_probs));
         }
-        let targets: Vec<i64> = targets.into_data().convert::<i64>().into_vec().expect("int data");
         let host = HostLogits::read(logits, self.simd);
-        let (picked, best): (Vec<f32>, Vec<i64>) =
-            (0..rows).into_par_iter().map(|i| (host.log_prob(i, targets[i] as usize), host.first_largest(i))).unzip();
-        (to_device(&[rows], picked, &device), Tensor::from_data(TensorData::new(best, [rows]), &device))
+        let picked: Vec<f32> = targets.par_iter().map(|&(row, token)| host.log_prob(row, token as usize)).collect();
+        let best: Vec<i64> = (0..rows).into_par_iter().map(|i| host.first_largest(i)).collect();
+        (to_device(&[count], picked, &device), Tensor::from_data(TensorData::new(best, [rows]), &device))
     }
 
     /// The greedy next token of each row of `hidden` `[rows, hidden]`: the [`first_argmax`] of
@@ -204,23 +208,27 @@ mod tests {
                 hidden[row * width..(row + 1) * width].copy_from_slice(&tied);
             }
             let hidden = to_device::<DefaultBackend, 2>(&[rows, width], hidden, &Default::default());
-            let targets: Vec<i64> = (0..rows as i64).map(|r| r * 97 % vocab as i64).collect();
-            let targets =
-                Tensor::<DefaultBackend, 1, Int>::from_data(TensorData::new(targets, [rows]), &Default::default());
+            // Rows with one target, rows with three (as MMLU's answers after one question), and
+            // every fifth row with none.
+            let targets: Vec<(usize, u32)> = (0..rows)
+                .filter(|row| row % 5 != 4)
+                .flat_map(|row| (0..1 + 2 * (row % 2)).map(move |k| (row, ((row * 97 + k * 31) % vocab) as u32)))
+                .collect();
 
             let logits = head.logits(hidden.clone());
-            let expected = log_softmax(logits.clone(), 1);
-            let expected_picked =
-                floats(expected.clone().gather(1, targets.clone().reshape([rows, 1])).reshape([rows]));
+            let expected = floats(log_softmax(logits.clone(), 1));
             let expected_best = ints(first_argmax(logits));
-            let (picked, best) = head.score(hidden.clone(), targets);
+            let (picked, best) = head.score(hidden.clone(), &targets);
             assert_eq!(ints(best), expected_best, "{kernels}");
             assert_eq!((expected_best[3], expected_best[20]), (5, 5), "{kernels}: the tie goes to the first");
-            for (a, b) in floats(picked).iter().zip(&expected_picked) {
+            let picked = floats(picked);
+            assert_eq!(picked.len(), targets.len());
+            for (a, &(row, token)) in picked.iter().zip(&targets) {
+                let b = expected[row * vocab + token as usize];
                 assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{kernels}: {a} against {b}");
             }
             let log_probs = floats(head.log_probs(hidden.clone()));
-            for (a, b) in log_probs.iter().zip(floats(expected)) {
+            for (a, &b) in log_probs.iter().zip(&expected) {
                 assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{kernels}: {a} against {b}");
             }
             assert_eq!(ints(head.greedy(hidden)), expected_best, "{kernels}");

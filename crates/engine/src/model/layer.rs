@@ -7,7 +7,9 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
 use super::kv_cache::{self, SequenceKv};
-use super::{Compute, DEVICE_TENSOR_BYTES, KernelLevel, Linear, Positions, fused, matmul, rms_norm, to_device};
+use super::{
+    Compute, DEVICE_TENSOR_BYTES, KernelLevel, Linear, Positions, TokenRows, fused, matmul, rms_norm, to_device,
+};
 use crate::error::{EngineError, Result};
 use crate::source::LayerTensor;
 use crate::spec::ModelSpec;
@@ -120,9 +122,10 @@ impl<B: Backend> DecoderLayer<B> {
 
     /// Runs `x` `[batch, seq, hidden]` (right-padded, so every row starts at position 0).
     pub fn forward(&self, x: Tensor<B, 3>, positions: &Positions<B>, sequences: Sequences) -> Tensor<B, 3> {
+        let tokens = token_rows(&x, sequences.lengths);
         let (x, normed) = rms_norm(x, &self.attn_norm, self.eps, self.kernels.simd());
-        let heads = self.attention(normed, positions, sequences);
-        self.mlp(self.o_proj.forward_plus(heads, x))
+        let heads = self.attention(normed, tokens, positions, sequences);
+        self.mlp(self.o_proj.forward_plus(heads, tokens, x), tokens)
     }
 
     /// [`forward`](Self::forward) for the last layer when only some rows are read: keys and
@@ -136,28 +139,30 @@ impl<B: Backend> DecoderLayer<B> {
         sequences: Sequences,
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
+        let tokens = token_rows(&x, sequences.lengths);
         let (x, normed) = rms_norm(x, &self.attn_norm, self.eps, self.kernels.simd());
-        let heads = self.attention(normed, positions, sequences);
+        let heads = self.attention(normed, tokens, positions, sequences);
         let pick = |t: Tensor<B, 3>| {
             let width = t.dims()[2];
             t.reshape([batch * seq, width]).select(0, rows.clone()).unsqueeze::<3>()
         };
-        self.mlp(self.o_proj.forward_plus(pick(heads), pick(x)))
+        self.mlp(self.o_proj.forward_plus(pick(heads), TokenRows::All, pick(x)), TokenRows::All)
     }
 
     /// Only the keys and values of `x` (right-padded, `lengths` long), into `caches`: what the
     /// last layer does for a shared prefix, whose output nothing reads (its sequences' scored
     /// rows come after it).
     pub fn keep_kv(&self, x: Tensor<B, 3>, positions: &Positions<B>, lengths: &[usize], caches: &mut [SequenceKv]) {
+        let tokens = token_rows(&x, lengths);
         let (_, normed) = rms_norm(x, &self.attn_norm, self.eps, self.kernels.simd());
-        self.keep_keys_values(self.qkv_proj.forward(normed), positions, lengths, caches);
+        self.keep_keys_values(self.qkv_proj.forward(normed, tokens), positions, lengths, caches);
     }
 
-    /// The residual SwiGLU block.
-    fn mlp(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// The residual SwiGLU block, its matmuls at the `tokens` rows.
+    fn mlp(&self, x: Tensor<B, 3>, tokens: TokenRows) -> Tensor<B, 3> {
         let (x, normed) = rms_norm(x, &self.ffn_norm, self.eps, self.kernels.simd());
-        let gated = self.gate_up_proj.forward_swiglu(normed, self.kernels.simd());
-        self.down_proj.forward_plus(gated, x)
+        let gated = self.gate_up_proj.forward_swiglu(normed, tokens, self.kernels.simd());
+        self.down_proj.forward_plus(gated, tokens, x)
     }
 
     /// One decode step: `x` `[n, 1, hidden]` holds the newest token of each sequence, `caches[i]`
@@ -165,13 +170,13 @@ impl<B: Backend> DecoderLayer<B> {
     pub fn decode_step(&self, x: Tensor<B, 3>, positions: &Positions<B>, caches: &mut [SequenceKv]) -> Tensor<B, 3> {
         let [n, _, _] = x.dims();
         let (x, normed) = rms_norm(x, &self.attn_norm, self.eps, self.kernels.simd());
-        let qkv = self.qkv_proj.forward(normed);
+        let qkv = self.qkv_proj.forward(normed, TokenRows::All);
         let device = qkv.device();
         let qkv = qkv.into_data().convert::<f32>();
         let out =
             kv_cache::attend_new_tokens(qkv.as_slice::<f32>().expect("f32 data"), self.heads(), positions, caches);
         let heads = to_device(&[n, 1, self.num_heads * self.head_dim], out, &device);
-        self.mlp(self.o_proj.forward_plus(heads, x))
+        self.mlp(self.o_proj.forward_plus(heads, TokenRows::All, x), TokenRows::All)
     }
 
     fn heads(&self) -> fused::Heads {
@@ -184,9 +189,15 @@ impl<B: Backend> DecoderLayer<B> {
     }
 
     /// Positions and attention of every head: `[batch, seq, hidden]` -> `[batch, seq, heads *
-    /// head_dim]`, before the output projection.
-    fn attention(&self, x: Tensor<B, 3>, positions: &Positions<B>, sequences: Sequences) -> Tensor<B, 3> {
-        let qkv = self.qkv_proj.forward(x);
+    /// head_dim]`, before the output projection (which runs at the `tokens` rows).
+    fn attention(
+        &self,
+        x: Tensor<B, 3>,
+        tokens: TokenRows,
+        positions: &Positions<B>,
+        sequences: Sequences,
+    ) -> Tensor<B, 3> {
+        let qkv = self.qkv_proj.forward(x, tokens);
         let Sequences { lengths, keep, past } = sequences;
         if let Some(past) = past {
             let [batch, seq, _] = qkv.dims();
@@ -294,6 +305,12 @@ impl<B: Backend> DecoderLayer<B> {
             dim,
         ])
     }
+}
+
+/// The rows of a right-padded micro-batch `x` `[batch, seq, _]` that hold its sequences'
+/// tokens.
+fn token_rows<'a, B: Backend>(x: &Tensor<B, 3>, lengths: &'a [usize]) -> TokenRows<'a> {
+    TokenRows::Padded { seq: x.dims()[1], lengths }
 }
 
 /// Causal mask (`true` = masked) of the query rows `queries` over the keys `0..queries.end`,

@@ -12,7 +12,7 @@ mod upload;
 pub use head::Head;
 #[cfg(target_arch = "x86_64")]
 pub use kernels::gemm;
-pub use kernels::{KERNELS_ENV, KernelLevel};
+pub use kernels::{KERNELS_ENV, KernelLevel, TokenRows};
 pub use layer::{DecoderLayer, Sequences};
 pub use position::{Positions, alibi_slopes};
 
@@ -209,20 +209,22 @@ impl<B: Backend> Linear<B> {
         (Linear::Tensor { weight, bias: bias.map(|b| b.tensor), inputs }, bytes)
     }
 
-    /// `[batch, seq, in]` -> `[batch, seq, out]`
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// `[batch, seq, in]` -> `[batch, seq, out]`. The packed path computes only the `tokens`
+    /// rows (padding rows come out zero); burn's ops compute every row.
+    pub fn forward(&self, x: Tensor<B, 3>, tokens: TokenRows) -> Tensor<B, 3> {
         match self {
             Linear::Tensor { .. } => self.forward_ops(x),
             #[cfg(target_arch = "x86_64")]
             Linear::Packed { weight, bias } => {
-                packed_product(x, weight.out_features(), |x| weight.matmul(x, bias.as_deref()))
+                packed_product(x, weight.out_features(), |x| weight.matmul(x, tokens, bias.as_deref()))
             }
         }
     }
 
     /// `residual + forward(x)`: on the packed path each tile adds its sums to the residual's
-    /// buffer (taken without a copy where the tensor is the only owner), with no pass of its own.
-    pub fn forward_plus(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// buffer (taken without a copy where the tensor is the only owner), with no pass of its own,
+    /// at the `tokens` rows only.
+    pub fn forward_plus(&self, x: Tensor<B, 3>, tokens: TokenRows, residual: Tensor<B, 3>) -> Tensor<B, 3> {
         match self {
             #[cfg(target_arch = "x86_64")]
             Linear::Packed { weight, bias } => {
@@ -230,22 +232,22 @@ impl<B: Backend> Linear<B> {
                 let x = x.into_data().convert::<f32>();
                 let mut sum = residual.into_data().convert::<f32>();
                 let values = sum.as_mut_slice::<f32>().expect("f32 data");
-                weight.matmul_add_to(x.as_slice::<f32>().expect("f32 data"), bias.as_deref(), values);
+                weight.matmul_add_to(x.as_slice::<f32>().expect("f32 data"), tokens, bias.as_deref(), values);
                 Tensor::from_data(sum, &device)
             }
-            _ => residual + self.forward(x),
+            _ => residual + self.forward(x, tokens),
         }
     }
 
     /// `silu(gate) · up` of a projection from [`new_gated`](Self::new_gated): `[batch, seq, in]`
-    /// -> `[batch, seq, width]`.
-    pub fn forward_swiglu(&self, x: Tensor<B, 3>, simd: fused::Simd) -> Tensor<B, 3> {
+    /// -> `[batch, seq, width]`, as [`forward`](Self::forward) at the `tokens` rows.
+    pub fn forward_swiglu(&self, x: Tensor<B, 3>, tokens: TokenRows, simd: fused::Simd) -> Tensor<B, 3> {
         match self {
             #[cfg(target_arch = "x86_64")]
             Linear::Packed { weight, .. } if weight.is_gated() => {
-                packed_product(x, weight.out_features(), |x| weight.matmul_swiglu(x))
+                packed_product(x, weight.out_features(), |x| weight.matmul_swiglu(x, tokens))
             }
-            _ => fused::silu_mul_halves(self.forward(x), simd),
+            _ => fused::silu_mul_halves(self.forward(x, tokens), simd),
         }
     }
 
@@ -384,15 +386,16 @@ mod tests {
                     compute,
                     &device,
                 );
-                let fused = values(gated.forward_swiglu(x.clone(), kernels.simd()));
-                let separate = values(fused::silu_mul_halves(stacked.forward(x.clone()), kernels.simd()));
+                let fused = values(gated.forward_swiglu(x.clone(), TokenRows::All, kernels.simd()));
+                let separate =
+                    values(fused::silu_mul_halves(stacked.forward(x.clone(), TokenRows::All), kernels.simd()));
                 assert_eq!(fused, separate, "gating at {kernels}, width {width}");
 
                 let residual = tensor([2, 13, width], 7);
                 let bias: Vec<f32> = (0..width).map(|i| i as f32 / 7.0 - 1.0).collect();
                 let (o, _) = Linear::<DefaultBackend>::new(vec![stored([width, 40], 8)], Some(bias), compute, &device);
-                let fused = values(o.forward_plus(x.clone(), residual.clone()));
-                let separate = values(residual + o.forward(x));
+                let fused = values(o.forward_plus(x.clone(), TokenRows::All, residual.clone()));
+                let separate = values(residual + o.forward(x, TokenRows::All));
                 assert_eq!(fused, separate, "residual at {kernels}, width {width}");
             }
         }

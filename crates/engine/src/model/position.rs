@@ -135,12 +135,20 @@ impl Rotary {
     /// position's angles.
     fn rotate(&self, values: &mut [f32], head_dim: usize, (cos, sin): (&[f32], &[f32])) {
         let half = self.dims / 2;
+        let turn = |a: &mut f32, b: &mut f32, cos: f32, sin: f32| (*a, *b) = (*a * cos - *b * sin, *b * cos + *a * sin);
         for head in values.chunks_exact_mut(head_dim) {
-            for i in 0..half {
-                let (ia, ib) = if self.interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
-                let (a, b) = (head[ia], head[ib]);
-                head[ia] = a * cos[i] - b * sin[i];
-                head[ib] = b * cos[i] + a * sin[i];
+            if self.interleaved {
+                for ((pair, &cos), &sin) in head[..2 * half].chunks_exact_mut(2).zip(cos).zip(sin) {
+                    let [a, b] = pair else { unreachable!("pairs of two") };
+                    turn(a, b, cos, sin);
+                }
+            } else {
+                // Halves as separate slices, so the loop vectorizes (it had been a fifth of a
+                // percent of a HellaSwag wave one value at a time).
+                let (first, second) = head[..2 * half].split_at_mut(half);
+                for (((a, b), &cos), &sin) in first.iter_mut().zip(second).zip(cos).zip(sin) {
+                    turn(a, b, cos, sin);
+                }
             }
         }
     }

@@ -148,16 +148,27 @@ impl LayerStore {
     /// Reads the named tensors of a file as f32 (in the order asked); block-quantized tensors
     /// (`NAME.q`, `NAME.scale`, ...) are dequantized.
     pub fn read_tensors(&self, file: &str, names: &[&str]) -> Result<Vec<(Vec<usize>, Vec<f32>)>> {
-        Ok(self
-            .read_stored(file, names)?
-            .into_iter()
-            .map(|tensor| (tensor.shape().to_vec(), tensor.to_f32()))
-            .collect())
+        // Float tensors convert straight from the file's bytes: no copy of them first (the
+        // embedding table is read at the start of every wave).
+        self.read_views(file, names, |view| match view {
+            View::Float { dtype, shape, bytes } => (shape.to_vec(), crate::tensor::floats(dtype, bytes)),
+            View::Quantized(tensor) => (tensor.shape().to_vec(), tensor.to_f32()),
+        })
     }
 
     /// Reads the named tensors of a file (in the order asked) as the file holds them; a
     /// block-quantized tensor is its `NAME.q`, `NAME.scale` (and `NAME.min`), checked.
     pub fn read_stored(&self, file: &str, names: &[&str]) -> Result<Vec<StoredTensor>> {
+        self.read_views(file, names, |view| match view {
+            View::Float { dtype, shape, bytes } => {
+                StoredTensor::Float(HostTensor { dtype, shape: shape.to_vec(), bytes: bytes.to_vec() })
+            }
+            View::Quantized(tensor) => tensor,
+        })
+    }
+
+    /// Reads a file (checking it) and hands each named tensor to `take`, in the order asked.
+    fn read_views<T>(&self, file: &str, names: &[&str], take: impl Fn(View) -> T) -> Result<Vec<T>> {
         let bytes = self.read_file(file)?;
         let path = self.dir.join(file);
         let tensors = SafeTensors::deserialize(&bytes).map_err(|e| EngineError::format(&path, e.to_string()))?;
@@ -165,11 +176,11 @@ impl LayerStore {
             .iter()
             .map(|name| {
                 let Ok(view) = tensors.tensor(name) else {
-                    return read_quantized(&tensors, name, &path);
+                    return read_quantized(&tensors, name, &path).map(|tensor| take(View::Quantized(tensor)));
                 };
                 let dtype = DType::from_safetensors(view.dtype())
                     .ok_or_else(|| EngineError::format(&path, format!("tensor {name}: dtype {:?}", view.dtype())))?;
-                Ok(StoredTensor::Float(HostTensor { dtype, shape: view.shape().to_vec(), bytes: view.data().to_vec() }))
+                Ok(take(View::Float { dtype, shape: view.shape(), bytes: view.data() }))
             })
             .collect()
     }
@@ -243,6 +254,13 @@ fn stored_shape(header: &serde_json::Map<String, serde_json::Value>, name: &str)
 
 /// Reads `NAME.q`, `NAME.scale` (and `NAME.min`); `NAME` missing altogether is a
 /// `MissingTensor` error. Every size is checked, so a malformed file is an error, not a panic.
+/// A tensor of a file as read: a float tensor's bytes where they lie in the file, or a
+/// block-quantized tensor gathered from its parts.
+enum View<'a> {
+    Float { dtype: DType, shape: &'a [usize], bytes: &'a [u8] },
+    Quantized(StoredTensor),
+}
+
 fn read_quantized(tensors: &SafeTensors, name: &str, path: &Path) -> Result<StoredTensor> {
     let q = tensors
         .tensor(&format!("{name}.q"))

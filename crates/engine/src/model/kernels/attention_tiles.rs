@@ -61,7 +61,10 @@ pub(super) fn attend(
 pub(super) fn attend_continued(kernel: GroupKernel, sequences: &[Continued], width: usize, shape: Heads) -> Vec<f32> {
     let out_width = shape.heads * shape.head_dim;
     let rows = sequences.iter().map(|s| s.seq - s.first_query).max().unwrap_or(0);
-    let mut out = vec![0f32; sequences.len() * rows * out_width];
+    let len = sequences.len() * rows * out_width;
+    // No zero fill of the whole output first (it ran on the calling thread alone): each
+    // sequence's first task zeroes the rows past its own.
+    let mut out = Vec::with_capacity(len);
     let target = SharedOut(out.as_mut_ptr());
     (0..sequences.len() * shape.kv_heads).into_par_iter().for_each(|task| {
         let (index, kv_head) = (task / shape.kv_heads, task % shape.kv_heads);
@@ -69,10 +72,19 @@ pub(super) fn attend_continued(kernel: GroupKernel, sequences: &[Continued], wid
         let block = shape.head_dim * (seq + KEY_PADDING);
         let keys_t = &keys_t[kv_head * block..][..block];
         let group = Group { rows: values, width, keys_t, seq, first_query, shape, kv_head };
+        let own = seq - first_query;
         // SAFETY: the level's `tiled_attention` was checked by the caller; `out` has `rows` rows
-        // for each sequence, and this task writes only its own sequence's rows and heads' columns.
-        unsafe { kernel(&group, target.at(index * rows * out_width), out_width) };
+        // for each sequence, and this task writes only its own sequence's rows: its heads'
+        // columns of the first `own`, or (the first task) every column of the others.
+        unsafe {
+            kernel(&group, target.at(index * rows * out_width), out_width);
+            if kv_head == 0 {
+                std::ptr::write_bytes(target.at((index * rows + own) * out_width), 0, (rows - own) * out_width);
+            }
+        }
     });
+    // SAFETY: each sequence's tasks wrote every column of its first `own` rows and zeroed the rest.
+    unsafe { out.set_len(len) };
     out
 }
 

@@ -18,13 +18,14 @@
 //! twice-as-wide product is never written out.
 
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
 use super::super::Precision;
 use super::super::fused::swiglu;
 use super::vector::Vector;
-use super::{KernelLevel, SharedOut, avx2, avx512};
+use super::{KernelLevel, SharedOut, TokenRows, avx2, avx512};
 
 /// Output columns per panel: two 16-lane vectors.
 const PANEL: usize = 32;
@@ -138,36 +139,45 @@ impl PackedWeight {
         self.gated
     }
 
-    /// `x · wᵀ (+ bias)` for `x` = `[rows, in]` row-major; returns `[rows, out]`.
-    pub fn matmul(&self, x: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    /// `x · wᵀ (+ bias)` for `x` = `[rows, in]` row-major, at its token rows; returns `[rows,
+    /// out]`.
+    pub fn matmul(&self, x: &[f32], tokens: TokenRows, bias: Option<&[f32]>) -> Vec<f32> {
         assert!(!self.gated, "a gated weight multiplies through matmul_swiglu");
-        self.product(x, Epilogue::Store(bias))
+        self.product(x, tokens, Epilogue::Store(bias))
     }
 
-    /// `sum += x · wᵀ (+ bias)`: a residual connection, added as each tile is stored.
-    pub fn matmul_add_to(&self, x: &[f32], bias: Option<&[f32]>, sum: &mut [f32]) {
+    /// `sum += x · wᵀ (+ bias)` at the token rows: a residual connection, added as each tile is
+    /// stored.
+    pub fn matmul_add_to(&self, x: &[f32], tokens: TokenRows, bias: Option<&[f32]>, sum: &mut [f32]) {
         assert!(!self.gated, "a gated weight multiplies through matmul_swiglu");
-        let rows = self.rows(x);
-        assert_eq!(sum.len(), rows * self.out_features, "residual size");
-        self.run_precision(x, rows, &SharedOut(sum.as_mut_ptr()), Epilogue::Accumulate(bias));
+        let spans = tokens.spans(self.rows(x));
+        assert_eq!(sum.len(), self.rows(x) * self.out_features, "residual size");
+        self.run_precision(x, &spans, &SharedOut(sum.as_mut_ptr()), Epilogue::Accumulate(bias));
     }
 
-    /// `silu(x · gateᵀ) · (x · upᵀ)` of a weight from [`pack_gated`](Self::pack_gated); returns
-    /// `[rows, width]`.
-    pub fn matmul_swiglu(&self, x: &[f32]) -> Vec<f32> {
+    /// `silu(x · gateᵀ) · (x · upᵀ)` of a weight from [`pack_gated`](Self::pack_gated), at the
+    /// token rows; returns `[rows, width]`.
+    pub fn matmul_swiglu(&self, x: &[f32], tokens: TokenRows) -> Vec<f32> {
         assert!(self.gated, "matmul_swiglu needs a weight from pack_gated");
-        self.product(x, Epilogue::SwiGlu)
+        self.product(x, tokens, Epilogue::SwiGlu)
     }
 
-    /// The product into a new `[rows, out_features()]` buffer.
-    fn product(&self, x: &[f32], epilogue: Epilogue) -> Vec<f32> {
-        let rows = self.rows(x);
-        let len = rows * self.out_features();
-        let mut out = Vec::with_capacity(len);
-        self.run_precision(x, rows, &SharedOut(out.as_mut_ptr()), epilogue);
-        // SAFETY: `run` wrote every valid column of every row (tasks cover all of them), and
-        // the capacity is exactly that; skipping the zero fill saves a pass over a large output.
-        unsafe { out.set_len(len) };
+    /// The product into a new `[rows, out_features()]` buffer, zero at rows holding no token.
+    fn product(&self, x: &[f32], tokens: TokenRows, epilogue: Epilogue) -> Vec<f32> {
+        let (rows, width) = (self.rows(x), self.out_features());
+        let spans = tokens.spans(rows);
+        let mut out = Vec::with_capacity(rows * width);
+        self.run_precision(x, &spans, &SharedOut(out.as_mut_ptr()), epilogue);
+        let mut done = 0;
+        for span in spans.iter().cloned().chain(std::iter::once(rows..rows)) {
+            // SAFETY: rows `done..span.start` are within the capacity, and no task wrote them.
+            unsafe { std::ptr::write_bytes(out.as_mut_ptr().add(done * width), 0, (span.start - done) * width) };
+            done = span.end;
+        }
+        // SAFETY: `run` wrote every valid column of every token row (tasks cover all of them),
+        // the loop above zeroed the rest, and the capacity is exactly that; skipping a zero fill
+        // of the whole output saves a pass over it.
+        unsafe { out.set_len(rows * width) };
         out
     }
 
@@ -176,22 +186,23 @@ impl PackedWeight {
         x.len() / self.in_features
     }
 
-    /// Runs the tiles on `x` as the precision takes it (bf16 pairs rounded here).
-    fn run_precision(&self, x: &[f32], rows: usize, out: &SharedOut, epilogue: Epilogue) {
+    /// Runs the tiles on the rows `spans` of `x` as the precision takes it (bf16 pairs rounded
+    /// here).
+    fn run_precision(&self, x: &[f32], spans: &[Range<usize>], out: &SharedOut, epilogue: Epilogue) {
         if let Epilogue::Store(Some(bias)) | Epilogue::Accumulate(Some(bias)) = epilogue {
             assert_eq!(bias.len(), self.out_features, "bias size");
         }
         match self.precision {
-            Precision::F32 => self.run(as_bits(x), self.in_features, rows, out, epilogue),
+            Precision::F32 => self.run(as_bits(x), self.in_features, spans, out, epilogue),
             Precision::Bf16 => {
                 let pairs = to_bf16_pairs(x, self.in_features);
-                self.run(&pairs, steps(self.in_features, Precision::Bf16), rows, out, epilogue)
+                self.run(&pairs, steps(self.in_features, Precision::Bf16), spans, out, epilogue)
             }
         }
     }
 
-    /// Splits `rows x panels` into tasks, each running micro-tiles panel by panel.
-    fn run(&self, x: &[u32], x_stride: usize, rows: usize, out: &SharedOut, epilogue: Epilogue) {
+    /// Splits the rows `spans` x panels into tasks, each running micro-tiles panel by panel.
+    fn run(&self, x: &[u32], x_stride: usize, spans: &[Range<usize>], out: &SharedOut, epilogue: Epilogue) {
         let panels = self.out_features.div_ceil(PANEL);
         let steps = steps(self.in_features, self.precision);
         // A gated product's output is half as wide: panel `p` lands at column `p * PANEL / 2`.
@@ -202,15 +213,18 @@ impl PackedWeight {
             KernelLevel::Avx2 => avx2::GEMM_TILE_ROWS,
             KernelLevel::Off => unreachable!("packing checked the level"),
         };
-        let tasks: Vec<(usize, usize)> = (0..rows.div_ceil(TASK_ROWS))
-            .flat_map(|r| (0..panels.div_ceil(TASK_PANELS)).map(move |p| (r * TASK_ROWS, p * TASK_PANELS)))
+        let row_blocks = spans.iter().flat_map(|span| {
+            span.clone().step_by(TASK_ROWS).map(move |start| start..(start + TASK_ROWS).min(span.end))
+        });
+        let tasks: Vec<(Range<usize>, usize)> = row_blocks
+            .flat_map(|rows| (0..panels.div_ceil(TASK_PANELS)).map(move |p| (rows.clone(), p * TASK_PANELS)))
             .collect();
-        tasks.into_par_iter().for_each(|(row0, panel0)| {
+        tasks.into_par_iter().for_each(|(rows, panel0)| {
             for panel in panel0..(panel0 + TASK_PANELS).min(panels) {
                 let weights = &self.lines[panel * steps * 2..][..steps * 2];
                 let columns = PANEL.min(self.out_features - panel * PANEL);
-                for tile in (row0..(row0 + TASK_ROWS).min(rows)).step_by(tile_rows) {
-                    let tile_rows = tile_rows.min(rows - tile);
+                for tile in rows.clone().step_by(tile_rows) {
+                    let tile_rows = tile_rows.min(rows.end - tile);
                     let a = &x[tile * x_stride..][..(tile_rows - 1) * x_stride + steps];
                     // SAFETY: `out` has room for `rows x c_stride`; tasks cover disjoint
                     // (row, panel) blocks, and the kernel writes rows `tile..tile + tile_rows`
@@ -544,10 +558,10 @@ mod tests {
             for (rows, out, inp) in ODD_SHAPES {
                 let (x, w, bias) = (values(rows * inp, 1), values(out * inp, 2), values(out, 3));
                 let packed = PackedWeight::pack(&w, out, inp, precision, level);
-                let stored = packed.matmul(&x, Some(&bias));
+                let stored = packed.matmul(&x, TokenRows::All, Some(&bias));
                 let residual = values(rows * out, 4);
                 let mut summed = residual.clone();
-                packed.matmul_add_to(&x, Some(&bias), &mut summed);
+                packed.matmul_add_to(&x, TokenRows::All, Some(&bias), &mut summed);
                 let want = reference(&x, &w, &bias, out, inp);
                 assert_eq!((stored.len(), summed.len()), (want.len(), want.len()));
                 for (i, &(want, magnitude)) in want.iter().enumerate() {
@@ -579,7 +593,7 @@ mod tests {
                     continue;
                 }
                 let (x, gate, up) = (values(rows * inp, 1), values(width * inp, 2), values(width * inp, 5));
-                let got = PackedWeight::pack_gated(&gate, &up, inp, precision, level).matmul_swiglu(&x);
+                let got = PackedWeight::pack_gated(&gate, &up, inp, precision, level).matmul_swiglu(&x, TokenRows::All);
                 let zero = vec![0f32; width];
                 let (gates, ups) = (reference(&x, &gate, &zero, width, inp), reference(&x, &up, &zero, width, inp));
                 assert_eq!(got.len(), rows * width);
@@ -607,7 +621,43 @@ mod tests {
         let lanes = lanes(level);
         let gated = PackedWeight::pack_gated(&vec![0.5; lanes * 3], &vec![0.5; lanes * 3], 3, Precision::F32, level);
         assert_eq!(gated.out_features(), lanes);
-        gated.matmul(&[1.0; 3], None);
+        gated.matmul(&[1.0; 3], TokenRows::All, None);
+    }
+
+    /// A right-padded batch's products at its token rows only: those rows bit for bit as the
+    /// whole product has them (each row's sums do not depend on the others), padding rows of a
+    /// new output zero, and of a residual untouched; at every level and precision here, for the
+    /// stored, the residual and the gated product, with sequences shorter than a tile, longer
+    /// than a task, empty and full.
+    #[test]
+    fn padded_batches_compute_only_their_token_rows() {
+        let (seq, lengths) = (61, [5usize, 61, 0, 50, 13]);
+        let rows = seq * lengths.len();
+        let tokens = TokenRows::Padded { seq, lengths: &lengths };
+        let is_token = |row: usize| row % seq < lengths[row / seq];
+        for (level, precision) in kernels_here() {
+            let (out, inp) = (2 * lanes(level) + 3, 40);
+            let (x, w, bias) = (values(rows * inp, 1), values(out * inp, 2), values(out, 3));
+            let packed = PackedWeight::pack(&w, out, inp, precision, level);
+            let whole = packed.matmul(&x, TokenRows::All, Some(&bias));
+            let padded = packed.matmul(&x, tokens, Some(&bias));
+            let residual = values(rows * out, 4);
+            let mut summed = residual.clone();
+            packed.matmul_add_to(&x, tokens, Some(&bias), &mut summed);
+            for (i, ((&whole, &padded), (&summed, &residual))) in
+                whole.iter().zip(&padded).zip(summed.iter().zip(&residual)).enumerate()
+            {
+                let (want, want_sum) = if is_token(i / out) { (whole, residual + whole) } else { (0.0, residual) };
+                assert_eq!((padded, summed), (want, want_sum), "{level} {precision} at row {}", i / out);
+            }
+            let width = 2 * lanes(level);
+            let gated =
+                PackedWeight::pack_gated(&values(width * inp, 5), &values(width * inp, 6), inp, precision, level);
+            let (whole, padded) = (gated.matmul_swiglu(&x, TokenRows::All), gated.matmul_swiglu(&x, tokens));
+            for (i, (&whole, &padded)) in whole.iter().zip(&padded).enumerate() {
+                assert_eq!(padded, if is_token(i / width) { whole } else { 0.0 }, "{level} {precision} gated");
+            }
+        }
     }
 
     #[test]

@@ -18,9 +18,37 @@ pub mod gemm;
 #[cfg(target_arch = "x86_64")]
 mod vector;
 
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use super::fused::{Heads, Simd};
+
+/// The rows of an activation `[rows, in]` that hold tokens, which a product computes.
+#[derive(Debug, Clone, Copy)]
+pub enum TokenRows<'a> {
+    All,
+    /// A right-padded batch of sequences `seq` rows apart: the first `lengths[b]` rows of each
+    /// sequence `b`. The padding rows of a new output are zero; those of a residual are left as
+    /// they are. (HellaSwag's micro-batches are 4% padding.)
+    Padded {
+        seq: usize,
+        lengths: &'a [usize],
+    },
+}
+
+impl TokenRows<'_> {
+    /// The row ranges to compute, of `rows` in all.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn spans(&self, rows: usize) -> Vec<Range<usize>> {
+        match *self {
+            TokenRows::All => std::iter::once(0..rows).collect(),
+            TokenRows::Padded { seq, lengths } => {
+                assert_eq!(seq * lengths.len(), rows, "padded batch size");
+                (lengths.iter().enumerate()).map(|(b, &len)| b * seq..b * seq + len.min(seq)).collect()
+            }
+        }
+    }
+}
 
 /// The environment variable that caps the host kernel level of a process.
 pub const KERNELS_ENV: &str = "AIRLLM_HOST_KERNELS";
