@@ -29,7 +29,7 @@ pub enum TokenRows<'a> {
     All,
     /// A right-padded batch of sequences `seq` rows apart: the first `lengths[b]` rows of each
     /// sequence `b`. The padding rows of a new output are zero; those of a residual are left as
-    /// they are. (HellaSwag's micro-batches are 4% padding.)
+    /// they are.
     Padded {
         seq: usize,
         lengths: &'a [usize],
