@@ -565,25 +565,21 @@ impl<B: Backend> Engine<B> {
         // A prefix's keys must be those each member would compute: not so where the angles
         // depend on the whole sequence's length.
         let rescaled = sequences.iter().any(|s| self.spec().rope_rescales_at(s.len()));
-        if self.options.share_prefixes && crate::model::on_host::<B>() && !rescaled {
+        let plan = if self.options.share_prefixes && crate::model::on_host::<B>() && !rescaled {
             let plan = prefix::plan(sequences);
             let run: usize = plan.prefixes.iter().map(|p| p.1).sum();
             let skipped: usize = (0..sequences.len()).map(|i| plan.offset(i)).sum();
             self.shared_prefix_tokens += (skipped - run) as u64;
-            if !plan.prefixes.is_empty() {
-                return self.embed_with_prefixes(table, sequences, rows, &plan);
-            }
-        }
-        let wanted: Vec<WantedRows> = rows
-            .iter()
-            .enumerate()
-            .map(|(i, rows)| rows.iter().enumerate().map(|(j, &p)| (p, (i, j))).collect())
-            .collect();
-        self.embed(table, sequences, &wanted, &self.plan_micro_batches(sequences))
+            plan
+        } else {
+            prefix::PrefixPlan::unshared(sequences.len())
+        };
+        self.embed_with_prefixes(table, sequences, rows, &plan)
     }
 
-    /// The prefixes' micro-batches, then their members'. An asked-for row inside a prefix is
-    /// computed once, in the prefix, for every member that asks for it.
+    /// The prefixes' micro-batches (none where `plan` has none), then every sequence's tokens
+    /// after its prefix. An asked-for row inside a prefix is computed once, in the prefix, for
+    /// every member that asks for it.
     fn embed_with_prefixes(
         &self,
         table: &[f32],

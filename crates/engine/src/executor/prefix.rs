@@ -30,6 +30,11 @@ pub struct PrefixPlan {
 }
 
 impl PrefixPlan {
+    /// `count` sequences, none continuing a prefix.
+    pub fn unshared(count: usize) -> Self {
+        Self { prefixes: Vec::new(), of: vec![None; count] }
+    }
+
     /// The number of leading tokens sequence `i` shares with its prefix.
     pub fn offset(&self, i: usize) -> usize {
         self.of[i].map_or(0, |p| self.prefixes[p].1)

@@ -123,8 +123,7 @@ impl<B: Backend> DecoderLayer<B> {
     /// Runs `x` `[batch, seq, hidden]` (right-padded, so every row starts at position 0).
     pub fn forward(&self, x: Tensor<B, 3>, positions: &Positions<B>, sequences: Sequences) -> Tensor<B, 3> {
         let tokens = token_rows(&x, sequences.lengths);
-        let (x, normed) = rms_norm(x, &self.attn_norm, self.eps, self.kernels.simd());
-        let heads = self.attention(normed, tokens, positions, sequences);
+        let (x, heads) = self.normed_attention(x, tokens, positions, sequences);
         self.mlp(self.o_proj.forward_plus(heads, tokens, x), tokens)
     }
 
@@ -140,8 +139,7 @@ impl<B: Backend> DecoderLayer<B> {
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
         let tokens = token_rows(&x, sequences.lengths);
-        let (x, normed) = rms_norm(x, &self.attn_norm, self.eps, self.kernels.simd());
-        let heads = self.attention(normed, tokens, positions, sequences);
+        let (x, heads) = self.normed_attention(x, tokens, positions, sequences);
         let pick = |t: Tensor<B, 3>| {
             let width = t.dims()[2];
             t.reshape([batch * seq, width]).select(0, rows.clone()).unsqueeze::<3>()
@@ -186,6 +184,19 @@ impl<B: Backend> DecoderLayer<B> {
             head_dim: self.head_dim,
             window: self.sliding_window,
         }
+    }
+
+    /// `x` itself (the residual) and the attention of its normed rows, as `forward` and
+    /// `forward_rows` begin.
+    fn normed_attention(
+        &self,
+        x: Tensor<B, 3>,
+        tokens: TokenRows,
+        positions: &Positions<B>,
+        sequences: Sequences,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let (x, normed) = rms_norm(x, &self.attn_norm, self.eps, self.kernels.simd());
+        (x, self.attention(normed, tokens, positions, sequences))
     }
 
     /// Positions and attention of every head: `[batch, seq, hidden]` -> `[batch, seq, heads *

@@ -252,8 +252,6 @@ fn stored_shape(header: &serde_json::Map<String, serde_json::Value>, name: &str)
     }
 }
 
-/// Reads `NAME.q`, `NAME.scale` (and `NAME.min`); `NAME` missing altogether is a
-/// `MissingTensor` error. Every size is checked, so a malformed file is an error, not a panic.
 /// A tensor of a file as read: a float tensor's bytes where they lie in the file, or a
 /// block-quantized tensor gathered from its parts.
 enum View<'a> {
@@ -261,6 +259,8 @@ enum View<'a> {
     Quantized(StoredTensor),
 }
 
+/// Reads `NAME.q`, `NAME.scale` (and `NAME.min`); `NAME` missing altogether is a
+/// `MissingTensor` error. Every size is checked, so a malformed file is an error, not a panic.
 fn read_quantized(tensors: &SafeTensors, name: &str, path: &Path) -> Result<StoredTensor> {
     let q = tensors
         .tensor(&format!("{name}.q"))

@@ -150,8 +150,9 @@ impl PackedWeight {
     /// stored.
     pub fn matmul_add_to(&self, x: &[f32], tokens: TokenRows, bias: Option<&[f32]>, sum: &mut [f32]) {
         assert!(!self.gated, "a gated weight multiplies through matmul_swiglu");
-        let spans = tokens.spans(self.rows(x));
-        assert_eq!(sum.len(), self.rows(x) * self.out_features, "residual size");
+        let rows = self.rows(x);
+        assert_eq!(sum.len(), rows * self.out_features, "residual size");
+        let spans = tokens.spans(rows);
         self.run_precision(x, &spans, &SharedOut(sum.as_mut_ptr()), Epilogue::Accumulate(bias));
     }
 
