@@ -13,7 +13,7 @@
 # (.cache/versus/cache), since store formats may differ between the two; it runs REV's copy of JOB
 # (and so its datasets). The first run of each is a warm-up that also splits its store. Output:
 # one line per run, then the means, the speed ratio, and how far apart the two builds'
-# log-likelihoods are (requests.csv: max |delta| and the documents whose prediction differs).
+# log-likelihoods (requests.csv: max |delta|) and predictions (docs.csv, the task's own) are.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rev="${1:?usage: $0 REV [PAIRS] [JOB] [airllm-eval options]}"
@@ -27,7 +27,7 @@ mkdir -p "$base"
 [[ -d "$tree" ]] || git worktree add --detach "$tree" "$rev" >/dev/null
 cargo build --release -p airllm-eval
 (cd "$tree" && CARGO_TARGET_DIR="$base/target" cargo build --release -p airllm-eval)
-new=(env "$root/target/release/airllm-eval" "$root/$job")
+new=("$root/target/release/airllm-eval" "$root/$job")
 old=(env AIRLLM_CACHE="$base/cache" "$base/target/release/airllm-eval" "$tree/$job")
 out="$root/.cache/bench/versus"
 rm -rf "$out" && mkdir -p "$out"
@@ -58,13 +58,12 @@ def loglik(kind):
 old, new = loglik("old"), loglik("new")
 assert old.keys() == new.keys(), "the two builds scored different requests"
 delta = max(abs(old[k] - new[k]) for k in old)
-def predictions(scores):
-    docs = {}
-    for (task, doc, choice), value in scores.items():
-        docs.setdefault((task, doc), []).append((value, -int(choice)))
-    return {d: -max(v)[1] for d, v in docs.items()}
-po, pn = predictions(old), predictions(new)
+def predictions(kind):
+    with open(f"{out}/{kind}-1/docs.csv") as f:
+        return {(r["task"], r["doc"]): r["pred"] for r in csv.DictReader(f)}
+po, pn = predictions("old"), predictions("new")
+assert po.keys() == pn.keys(), "the two builds scored different documents"
 differ = sum(po[d] != pn[d] for d in po)
 print(f"log-likelihoods: max |delta| {delta:.2e} over {len(old)} requests; "
-      f"the highest-scoring choice differs on {differ} of {len(po)} documents")
+      f"predictions (docs.csv) differ on {differ} of {len(po)} documents")
 PY
