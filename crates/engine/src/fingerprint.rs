@@ -6,7 +6,8 @@
 //! an unchanged file is not read again. The cache is an optimisation only: an unreadable or
 //! stale cache file is ignored and rewritten, never trusted over a file whose size or mtime moved.
 //! (A rewrite that keeps both size and mtime to the nanosecond is not noticed; filesystems update
-//! mtime on every write.)
+//! mtime on every write.) The same cache remembers other digests of a file where a caller computes
+//! them ([`FileHashes::digest`]: the sha256 a job pins a fetched model to).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -27,7 +28,8 @@ pub struct FileHashes {
 struct CachedHash {
     size: u64,
     mtime_ns: u128,
-    xxh3: String,
+    #[serde(alias = "xxh3")]
+    digest: String,
 }
 
 type Cache = BTreeMap<String, CachedHash>;
@@ -48,13 +50,28 @@ impl FileHashes {
         let mut cache = self.load();
         let mut combined = xxhash_rust::xxh3::Xxh3::new();
         for path in files {
-            let entry = file_hash(path, &mut cache)?;
+            let entry = cached_digest(path, "", &mut cache, xxh3_contents)?;
             combined.update(path.file_name().unwrap_or_default().as_encoded_bytes());
             combined.update(&entry.size.to_le_bytes());
-            combined.update(entry.xxh3.as_bytes());
+            combined.update(entry.digest.as_bytes());
         }
         self.save(&cache);
         Ok(format!("xxh3-{:016x}", combined.digest()))
+    }
+
+    /// The `algorithm` digest of `path` (as `hash` computes it from the file: its size and the
+    /// digest's text), remembered like the fingerprint's hashes, so that an unchanged file is not
+    /// read again.
+    pub fn digest(
+        &self,
+        path: &Path,
+        algorithm: &str,
+        hash: impl FnOnce(&Path) -> Result<(u64, String)>,
+    ) -> Result<String> {
+        let mut cache = self.load();
+        let entry = cached_digest(path, &format!("{algorithm}:"), &mut cache, hash)?;
+        self.save(&cache);
+        Ok(entry.digest)
     }
 
     fn load(&self) -> Cache {
@@ -62,36 +79,47 @@ impl FileHashes {
         std::fs::read(path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default()
     }
 
+    /// Writes the cache, less the entries of files that no longer exist (temp folders, models
+    /// deleted from the cache), so that it does not grow without end.
     fn save(&self, cache: &Cache) {
         let Some(path) = &self.cache_file else { return };
-        let bytes = serde_json::to_vec_pretty(cache).expect("hash cache serializes");
+        let live: Cache = (cache.iter())
+            .filter(|(key, _)| key.find('/').is_some_and(|start| Path::new(&key[start..]).exists()))
+            .map(|(key, entry)| (key.clone(), entry.clone()))
+            .collect();
+        let bytes = serde_json::to_vec_pretty(&live).expect("hash cache serializes");
         if let Err(e) = crate::store::write_atomic(path, &bytes) {
             tracing::warn!("{e}: file hashes not remembered; the next run hashes the model again");
         }
     }
 }
 
-/// The file's hash from the cache when its size and mtime are unchanged, else read and hashed
-/// (and the cache updated).
-fn file_hash(path: &Path, cache: &mut Cache) -> Result<CachedHash> {
+/// The file's digest (cache key: `prefix` and its canonical path) from the cache when its size
+/// and mtime are unchanged, else read and hashed by `hash` (and the cache updated).
+fn cached_digest(
+    path: &Path,
+    prefix: &str,
+    cache: &mut Cache,
+    hash: impl FnOnce(&Path) -> Result<(u64, String)>,
+) -> Result<CachedHash> {
     let canonical = path.canonicalize().map_err(|e| EngineError::io(path, e))?;
     let metadata = std::fs::metadata(&canonical).map_err(|e| EngineError::io(path, e))?;
     if !metadata.is_file() {
         return Err(EngineError::format(path, "is not a file"));
     }
     let mtime_ns = metadata.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-    let key = canonical.to_string_lossy().into_owned();
+    let key = format!("{prefix}{}", canonical.to_string_lossy());
     if let Some(hit) = cache.get(&key).filter(|c| c.size == metadata.len() && c.mtime_ns == mtime_ns && mtime_ns != 0) {
         return Ok(hit.clone());
     }
-    let (size, digest) = hash_contents(path)?;
-    let entry = CachedHash { size, mtime_ns, xxh3: format!("{digest:016x}") };
+    let (size, digest) = hash(path)?;
+    let entry = CachedHash { size, mtime_ns, digest };
     cache.insert(key, entry.clone());
     Ok(entry)
 }
 
 /// Size and xxh3-64 of every byte of the file, read in large chunks.
-fn hash_contents(path: &Path) -> Result<(u64, u64)> {
+fn xxh3_contents(path: &Path) -> Result<(u64, String)> {
     let mut file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut buffer = vec![0u8; 8 << 20];
@@ -99,7 +127,7 @@ fn hash_contents(path: &Path) -> Result<(u64, u64)> {
     loop {
         let n = file.read(&mut buffer).map_err(|e| EngineError::io(path, e))?;
         if n == 0 {
-            return Ok((size, hasher.digest()));
+            return Ok((size, format!("{:016x}", hasher.digest())));
         }
         hasher.update(&buffer[..n]);
         size += n as u64;
@@ -130,6 +158,37 @@ mod tests {
         let after = hashes.fingerprint(std::slice::from_ref(&file)).unwrap();
         assert_ne!(before, after);
         assert_eq!(after, FileHashes::uncached().fingerprint(&[file]).unwrap());
+    }
+
+    #[test]
+    fn a_digest_is_remembered_until_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("model.gguf");
+        std::fs::write(&file, b"weights").unwrap();
+        let hashes = FileHashes::cached_in(dir.path().join("hashes.json"));
+        let calls = std::cell::Cell::new(0);
+        let count = |path: &Path| {
+            calls.set(calls.get() + 1);
+            let bytes = std::fs::read(path).unwrap();
+            Ok((bytes.len() as u64, format!("len{}", bytes.len())))
+        };
+        assert_eq!(hashes.digest(&file, "test", count).unwrap(), "len7");
+        assert_eq!(hashes.digest(&file, "test", count).unwrap(), "len7");
+        assert_eq!(calls.get(), 1, "an unchanged file is not hashed again");
+        // Another algorithm's digest of the same file is its own entry, beside the xxh3 one.
+        hashes.fingerprint(std::slice::from_ref(&file)).unwrap();
+        assert_eq!(hashes.digest(&file, "test", count).unwrap(), "len7");
+        assert_eq!(calls.get(), 1);
+        std::fs::write(&file, b"other weights").unwrap();
+        assert_eq!(hashes.digest(&file, "test", count).unwrap(), "len13");
+        assert_eq!(calls.get(), 2);
+        // A file that is gone loses its entries at the next save.
+        let other = dir.path().join("other.gguf");
+        std::fs::write(&other, b"x").unwrap();
+        std::fs::remove_file(&file).unwrap();
+        hashes.digest(&other, "test", count).unwrap();
+        let saved = std::fs::read_to_string(dir.path().join("hashes.json")).unwrap();
+        assert!(saved.contains("other.gguf") && !saved.contains("model.gguf"), "{saved}");
     }
 
     #[test]

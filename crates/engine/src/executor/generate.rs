@@ -106,7 +106,8 @@ impl<B: Backend> Engine<B> {
         self.run_layers(&spec, &mut batches, positions, observer, Some(Prefill { caches }))?;
         let head = self.head()?;
         let mut next = vec![0u32; sequences.len()];
-        self.for_each_head_chunk(batches, &mut |chunk, owners| {
+        let chunk_rows = super::scoring_chunk_rows(&head, self.spec().vocab_size);
+        self.for_each_head_chunk(batches, chunk_rows, &mut |chunk, owners| {
             for (owners, token) in owners.iter().zip(self.greedy_tokens(head.greedy(chunk))?) {
                 owners.iter().for_each(|&(sequence, _)| next[sequence] = token);
             }

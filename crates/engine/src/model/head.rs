@@ -68,6 +68,10 @@ impl<B: Backend> Head<B> {
     /// host backends in one parallel pass over each row (burn's ops made several, one thread
     /// each).
     pub fn score(&self, hidden: Tensor<B, 2>, targets: &[(usize, u32)]) -> (Tensor<B, 1>, Tensor<B, 1, Int>) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(weight) = self.lm_head.packed() {
+            return self.score_folded(weight, hidden, targets);
+        }
         let logits = self.logits(hidden);
         let ([rows, _], device) = (logits.dims(), logits.device());
         let count = targets.len();
@@ -85,9 +89,48 @@ impl<B: Backend> Head<B> {
         (to_device(&[count], picked, &device), Tensor::from_data(TensorData::new(best, [rows]), &device))
     }
 
+    /// [`score`](Self::score) where the packed kernel multiplies the head: each row's softmax
+    /// terms are folded as the product's tiles finish, and each target's logit is its own column
+    /// product (equal to the product's value bit for bit), so no `[rows, vocab]` logits are
+    /// written.
+    #[cfg(target_arch = "x86_64")]
+    fn score_folded(
+        &self,
+        weight: &super::gemm::PackedWeight,
+        hidden: Tensor<B, 2>,
+        targets: &[(usize, u32)],
+    ) -> (Tensor<B, 1>, Tensor<B, 1, Int>) {
+        let ([rows, width], device) = (hidden.dims(), hidden.device());
+        let (_, normed) = rms_norm(hidden, &self.norm, self.eps, self.simd);
+        let normed: Vec<f32> = normed.into_data().convert::<f32>().into_vec().expect("f32 data");
+        let terms = weight.softmax_terms(&normed);
+        let picked: Vec<f32> = (targets.par_iter())
+            .map(|&(row, token)| {
+                let logit = weight.column_product(&normed[row * width..][..width], token as usize);
+                (logit - terms[row].largest) - terms[row].log_sum()
+            })
+            .collect();
+        let vocab = weight.out_features();
+        let best: Vec<i64> = terms.iter().map(|t| t.first_largest(vocab) as i64).collect();
+        (to_device(&[targets.len()], picked, &device), Tensor::from_data(TensorData::new(best, [rows]), &device))
+    }
+
+    /// Whether [`score`](Self::score) writes no logits (the packed kernel folds them), so that
+    /// its rows need not be chunked to keep the logits in cache.
+    pub fn scores_without_logits(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return self.lm_head.packed().is_some();
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
     /// The greedy next token of each row of `hidden` `[rows, hidden]`: the [`first_argmax`] of
     /// its logits.
     pub fn greedy(&self, hidden: Tensor<B, 2>) -> Tensor<B, 1, Int> {
+        #[cfg(target_arch = "x86_64")]
+        if self.lm_head.packed().is_some() {
+            return self.score(hidden, &[]).1;
+        }
         let logits = self.logits(hidden);
         if !on_host::<B>() {
             return first_argmax(logits);

@@ -338,14 +338,17 @@ fn attend_after_past_tiled(
         .enumerate()
         .map(|(sequence, past)| {
             let offset = past.map_or(0, |p| p.len(kv_width));
-            let mut rows = vec![0f32; (offset + seq) * width];
+            // The past rows' query columns stay zero (no query reads them); the sequence's own
+            // rows are appended, not zeroed first.
+            let mut rows = Vec::with_capacity((offset + seq) * width);
+            rows.resize(offset * width, 0f32);
             if let Some(past) = past {
-                for (t, row) in rows.chunks_exact_mut(width).take(offset).enumerate() {
+                for (t, row) in rows.chunks_exact_mut(width).enumerate() {
                     past.keys.read(t * kv_width, &mut row[q_width..q_width + kv_width]);
                     past.values.read(t * kv_width, &mut row[q_width + kv_width..]);
                 }
             }
-            rows[offset * width..].copy_from_slice(&prepared[sequence * seq * width..][..seq * width]);
+            rows.extend_from_slice(&prepared[sequence * seq * width..][..seq * width]);
             let keys_t = super::fused::transposed_keys(&rows, 1, offset + seq, width, shape);
             (rows, keys_t, offset)
         })

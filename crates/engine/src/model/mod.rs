@@ -209,6 +209,15 @@ impl<B: Backend> Linear<B> {
         (Linear::Tensor { weight, bias: bias.map(|b| b.tensor), inputs }, bytes)
     }
 
+    /// The packed weight, where the host kernel multiplies this projection.
+    #[cfg(target_arch = "x86_64")]
+    pub fn packed(&self) -> Option<&gemm::PackedWeight> {
+        match self {
+            Linear::Packed { weight, .. } => Some(weight),
+            Linear::Tensor { .. } => None,
+        }
+    }
+
     /// `[batch, seq, in]` -> `[batch, seq, out]`. The packed path computes only the `tokens`
     /// rows (padding rows come out zero); burn's ops compute every row.
     pub fn forward(&self, x: Tensor<B, 3>, tokens: TokenRows) -> Tensor<B, 3> {

@@ -280,6 +280,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             precision: args.child_precision,
             kernels: args.child_burn_ops.then_some(KernelLevel::Off),
             share_prefixes: defaults.share_prefixes && !args.child_unshared,
+            // Each timed wave reads its own embedding table.
+            read_embedding_ahead: false,
             ..defaults
         };
         let measure = Measure {

@@ -389,6 +389,7 @@ pub fn engine_options(job: &Job) -> EngineOptions {
         kv_dtype: memory.kv_dtype,
         share_prefixes: memory.share_prefixes,
         device_budget: memory.device_budget.map(|b| b.0),
+        read_embedding_ahead: true,
     }
 }
 

@@ -15,7 +15,8 @@
 //! What a tile does with its sums is its [`Epilogue`]: store them (plus a bias), add them to the
 //! output (a residual connection, so the sum never takes a pass of its own), or, for a gate and
 //! up projection packed as pairs ([`PackedWeight::pack_gated`]), store `silu(gate) · up`, so the
-//! twice-as-wide product is never written out.
+//! twice-as-wide product is never written out; or, for a head, fold them into each row's
+//! log-softmax terms ([`PackedWeight::softmax_terms`]), so the logits are never written out.
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -24,6 +25,7 @@ use rayon::prelude::*;
 
 use super::super::Precision;
 use super::super::fused::swiglu;
+use super::softmax_terms::{SoftmaxTerms, TermLanes};
 use super::vector::Vector;
 use super::{KernelLevel, SharedOut, TokenRows, avx2, avx512};
 
@@ -36,6 +38,14 @@ const TASK_ROWS: usize = 48;
 /// micro-batch's matmul: with 96 x 4, a batch of 290 rows (HellaSwag's endings) left one core
 /// waiting on the other's last tasks, and the MLP's matmuls ran at 170 GFLOP/s instead of 215.
 const TASK_PANELS: usize = 2;
+/// Panels per task of [`PackedWeight::softmax_terms`]: each panel stays in L2 while the task's
+/// rows pass it, and panel groups run outermost, so a group is read from memory once per call and
+/// from the last-level cache by its other row blocks (64 panels: 4.7 MB in f32 for 576 inputs).
+/// Each group leaves one partial sum per row to merge: groups of 4 panels made the merges a
+/// fifth of a head's time.
+const TERMS_GROUP_PANELS: usize = 64;
+/// Rows per task of [`PackedWeight::softmax_terms`] (a multiple of every level's tile rows).
+const TERMS_TASK_ROWS: usize = 96;
 
 /// One 64-byte line of a packed panel: 16 f32 values, or 16 bf16 pairs.
 #[derive(Clone, Copy)]
@@ -205,15 +215,9 @@ impl PackedWeight {
     /// Splits the rows `spans` x panels into tasks, each running micro-tiles panel by panel.
     fn run(&self, x: &[u32], x_stride: usize, spans: &[Range<usize>], out: &SharedOut, epilogue: Epilogue) {
         let panels = self.out_features.div_ceil(PANEL);
-        let steps = steps(self.in_features, self.precision);
         // A gated product's output is half as wide: panel `p` lands at column `p * PANEL / 2`.
         let c_stride = self.out_features();
         let c_column = if self.gated { PANEL / 2 } else { PANEL };
-        let tile_rows = match self.level {
-            KernelLevel::Avx512 => avx512::GEMM_TILE_ROWS,
-            KernelLevel::Avx2 => avx2::GEMM_TILE_ROWS,
-            KernelLevel::Off => unreachable!("packing checked the level"),
-        };
         let row_blocks = spans.iter().flat_map(|span| {
             span.clone().step_by(TASK_ROWS).map(move |start| start..(start + TASK_ROWS).min(span.end))
         });
@@ -222,21 +226,113 @@ impl PackedWeight {
             .collect();
         tasks.into_par_iter().for_each(|(rows, panel0)| {
             for panel in panel0..(panel0 + TASK_PANELS).min(panels) {
-                let weights = &self.lines[panel * steps * 2..][..steps * 2];
-                let columns = PANEL.min(self.out_features - panel * PANEL);
-                for tile in rows.clone().step_by(tile_rows) {
-                    let tile_rows = tile_rows.min(rows.end - tile);
-                    let a = &x[tile * x_stride..][..(tile_rows - 1) * x_stride + steps];
-                    // SAFETY: `out` has room for `rows x c_stride`; tasks cover disjoint
-                    // (row, panel) blocks, and the kernel writes rows `tile..tile + tile_rows`
-                    // and this panel's valid columns (halved, when gated) only.
-                    let c = unsafe { out.at(tile * c_stride + panel * c_column) };
-                    let first_column = panel * PANEL;
-                    let block = Block { a, a_stride: x_stride, weights, c, c_stride, columns, first_column, epilogue };
-                    block.run(tile_rows, self.precision, self.level);
-                }
+                // SAFETY: `out` has room for `rows x c_stride`; tasks cover disjoint (row, panel)
+                // blocks, and the kernel writes rows `tile..tile + tile_rows` and this panel's
+                // valid columns (halved, when gated) only.
+                self.run_panel(x, x_stride, rows.clone(), panel, c_stride, |tile| {
+                    (unsafe { out.at(tile * c_stride + panel * c_column) }, epilogue)
+                });
             }
         });
+    }
+
+    /// The tiles of `rows` against `panel`, the tile at row `tile` writing to and finishing as
+    /// `at(tile)` says.
+    fn run_panel<'e>(
+        &self,
+        x: &[u32],
+        x_stride: usize,
+        rows: Range<usize>,
+        panel: usize,
+        c_stride: usize,
+        at: impl Fn(usize) -> (*mut f32, Epilogue<'e>),
+    ) {
+        let steps = steps(self.in_features, self.precision);
+        let weights = &self.lines[panel * steps * 2..][..steps * 2];
+        let columns = PANEL.min(self.out_features - panel * PANEL);
+        let first_column = panel * PANEL;
+        for tile in rows.clone().step_by(self.tile_rows()) {
+            let tile_rows = self.tile_rows().min(rows.end - tile);
+            let a = &x[tile * x_stride..][..(tile_rows - 1) * x_stride + steps];
+            let (c, epilogue) = at(tile);
+            let block = Block { a, a_stride: x_stride, weights, c, c_stride, columns, first_column, epilogue };
+            block.run(tile_rows, self.precision, self.level);
+        }
+    }
+
+    /// Rows of this level's micro-tile.
+    fn tile_rows(&self) -> usize {
+        match self.level {
+            KernelLevel::Avx512 => avx512::GEMM_TILE_ROWS,
+            KernelLevel::Avx2 => avx2::GEMM_TILE_ROWS,
+            KernelLevel::Off => unreachable!("packing checked the level"),
+        }
+    }
+
+    /// The log-softmax terms of each row of `x · wᵀ` (`x` = `[rows, in]`, f32), folded in as each
+    /// tile finishes ([`Epilogue::Terms`]): the product, `rows x out` values that a head would
+    /// write and read again, is never stored. A task is a group of panels by a block of rows,
+    /// panel groups outermost, so each group is read from memory once and serves every row from
+    /// L2. Rows holding a NaN have a NaN sum.
+    pub fn softmax_terms(&self, x: &[f32]) -> Vec<SoftmaxTerms> {
+        assert!(!self.gated && self.precision == Precision::F32, "softmax terms of a plain f32 weight");
+        let rows = self.rows(x);
+        let panels = self.out_features.div_ceil(PANEL);
+        let groups = panels.div_ceil(TERMS_GROUP_PANELS);
+        // Each (group, row) cell is written by one task.
+        let mut partial = vec![SoftmaxTerms::EMPTY; groups * rows];
+        let cells = SharedTerms(partial.as_mut_ptr());
+        let tasks: Vec<(usize, usize)> =
+            (0..groups).flat_map(|group| (0..rows).step_by(TERMS_TASK_ROWS).map(move |row| (group, row))).collect();
+        tasks.into_par_iter().for_each(|(group, start)| {
+            let end = (start + TERMS_TASK_ROWS).min(rows);
+            let mut lanes = vec![TermLanes::EMPTY; end - start];
+            let lanes_at = lanes.as_mut_ptr();
+            for panel in group * TERMS_GROUP_PANELS..((group + 1) * TERMS_GROUP_PANELS).min(panels) {
+                // SAFETY: the tile at `tile` folds rows `tile..tile + tile_rows` of this task's
+                // `lanes`, and writes nothing to `c`.
+                self.run_panel(as_bits(x), self.in_features, start..end, panel, 0, |tile| {
+                    (std::ptr::null_mut(), Epilogue::Terms(LanesAt(unsafe { lanes_at.add(tile - start) })))
+                });
+            }
+            for (row, lanes) in (start..end).zip(&lanes) {
+                // SAFETY: `group * rows + row` is inside `partial`, and no other task writes it.
+                unsafe { *cells.at(group * rows + row) = lanes.total() };
+            }
+        });
+        (0..rows)
+            .into_par_iter()
+            .map(|row| (0..groups).map(|g| partial[g * rows + row]).fold(SoftmaxTerms::EMPTY, SoftmaxTerms::merge))
+            .collect()
+    }
+
+    /// Column `column` of `x_row · wᵀ` (f32), summed as the tiles sum it (one fused multiply-add
+    /// per input, in order, from zero), so it equals that value of [`matmul`](Self::matmul) bit
+    /// for bit: a target's logit beside [`softmax_terms`](Self::softmax_terms).
+    pub fn column_product(&self, x_row: &[f32], column: usize) -> f32 {
+        assert!(!self.gated && self.precision == Precision::F32, "a column of a plain f32 weight");
+        assert!(column < self.out_features && x_row.len() == self.in_features, "column {column} of the product");
+        let steps = self.in_features;
+        let lines = &self.lines[column / PANEL * steps * 2..][..steps * 2];
+        let (half, lane) = (column % PANEL / 16, column % 16);
+        let weights = lines.chunks_exact(2).map(|pair| f32::from_bits(pair[half].0[lane]));
+        // `mul_add` rounds once, as the kernels' FMA does (in software where the CPU lacks FMA;
+        // every CPU with a packed kernel has it).
+        x_row.iter().zip(weights).fold(0.0f32, |sum, (&x, w)| x.mul_add(w, sum))
+    }
+}
+
+/// [`PackedWeight::softmax_terms`]' cells, written from parallel tasks.
+struct SharedTerms(*mut SoftmaxTerms);
+// SAFETY: each task writes disjoint cells.
+unsafe impl Sync for SharedTerms {}
+
+impl SharedTerms {
+    /// # Safety
+    /// `offset` must lie inside the cells.
+    unsafe fn at(&self, offset: usize) -> *mut SoftmaxTerms {
+        // SAFETY: the caller's contract.
+        unsafe { self.0.add(offset) }
     }
 }
 
@@ -292,7 +388,17 @@ pub(super) enum Epilogue<'a> {
     Accumulate(Option<&'a [f32]>),
     /// `c = silu(gate) · up`, each accumulator pair holding gate and up sums of `LANES` outputs.
     SwiGlu,
+    /// Nothing written to `c`: each tile row's sums fold into its [`TermLanes`] (those of the
+    /// tile's first row here, the next rows after it).
+    Terms(LanesAt),
 }
+
+/// Where [`Epilogue::Terms`] folds: one task's own states, which its tiles alone touch.
+#[derive(Clone, Copy)]
+pub(super) struct LanesAt(*mut TermLanes);
+// SAFETY: a task's states are folded by that task only (`PackedWeight::softmax_terms`).
+unsafe impl Send for LanesAt {}
+unsafe impl Sync for LanesAt {}
 
 /// One micro-tile's operands: `a` rows start `a_stride` apart, `weights` is one panel, whose
 /// first column is `first_column` of the weight.
@@ -378,6 +484,7 @@ impl Block<'_> {
                 Epilogue::SwiGlu => self.finish_swiglu::<V>(sums, ROWS, sub),
                 Epilogue::Store(bias) => self.finish::<V>(sums, ROWS, sub, bias, false),
                 Epilogue::Accumulate(bias) => self.finish::<V>(sums, ROWS, sub, bias, true),
+                Epilogue::Terms(LanesAt(lanes)) => self.finish_terms::<V>(sums, ROWS, sub, lanes),
             }
         }
     }
@@ -419,6 +526,23 @@ impl Block<'_> {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The fold of [`Epilogue::Terms`]: each row's sums at this panel's valid columns, in order.
+    ///
+    /// # Safety
+    /// As for [`store`](Self::store), with `lanes` holding `rows` states instead of `c` rows.
+    #[inline(always)]
+    unsafe fn finish_terms<V: Vector>(&self, sums: *const f32, rows: usize, sub: usize, lanes: *mut TermLanes) {
+        let (width, start) = (2 * V::LANES, sub * 2 * V::LANES);
+        let count = self.columns.saturating_sub(start).min(width);
+        for r in 0..rows {
+            // SAFETY: row `r` holds `width >= count` sums; the caller's contract for `lanes`.
+            unsafe {
+                let values = std::slice::from_raw_parts(sums.add(r * width), count);
+                (*lanes.add(r)).fold(values, (self.first_column + start) as u32);
             }
         }
     }
@@ -657,6 +781,41 @@ mod tests {
             let (whole, padded) = (gated.matmul_swiglu(&x, TokenRows::All), gated.matmul_swiglu(&x, tokens));
             for (i, (&whole, &padded)) in whole.iter().zip(&padded).enumerate() {
                 assert_eq!(padded, if is_token(i / width) { whole } else { 0.0 }, "{level} {precision} gated");
+            }
+        }
+    }
+
+    /// The folded log-softmax terms against the stored product's, at every level here (f32),
+    /// at shapes that end mid-tile, mid-panel and mid-group, and past one task's rows: the
+    /// largest value bit for bit, the first of tied maxima (two equal weight rows), the sum to
+    /// float rounding; a NaN row has a NaN sum. Each column product is the stored value exactly.
+    #[test]
+    fn softmax_terms_match_the_stored_product() {
+        for (level, _) in kernels_here().into_iter().filter(|&(_, p)| p == Precision::F32) {
+            for (rows, out, inp) in [(1, 1, 1), (13, 33, 7), (97, 1003, 64), (200, 257, 40), (5, 4096, 576)] {
+                let (mut x, mut w) = (values(rows * inp, 1), values(out * inp, 2));
+                let tied = out / 2;
+                w.copy_within(0..inp, tied * inp);
+                x[(rows / 2) * inp] = f32::NAN;
+                let packed = PackedWeight::pack(&w, out, inp, Precision::F32, level);
+                let product = packed.matmul(&x, TokenRows::All, None);
+                let terms = packed.softmax_terms(&x);
+                for (row, (values, terms)) in product.chunks(out).zip(&terms).enumerate() {
+                    let at = format!("{level} {rows}x{out}x{inp} row {row}");
+                    if row == rows / 2 {
+                        assert!(terms.sum.is_nan() && terms.first_largest(out) == out, "{at}");
+                        continue;
+                    }
+                    let largest = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let first = values.iter().position(|&v| v == largest).unwrap();
+                    let sum: f64 = values.iter().map(|&v| ((v - largest) as f64).exp()).sum();
+                    assert_eq!((terms.largest, terms.first_largest(out)), (largest, first), "{at}");
+                    assert!((terms.sum as f64 - sum).abs() <= 1e-5 * sum, "{at}: {} vs {sum}", terms.sum);
+                    let x_row = &x[row * inp..][..inp];
+                    for column in [0, tied, out - 1, first] {
+                        assert_eq!(packed.column_product(x_row, column), values[column], "{at} column {column}");
+                    }
+                }
             }
         }
     }

@@ -16,6 +16,8 @@ mod avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod gemm;
 #[cfg(target_arch = "x86_64")]
+pub mod softmax_terms;
+#[cfg(target_arch = "x86_64")]
 mod vector;
 
 use std::ops::Range;
