@@ -47,7 +47,8 @@ impl FileHashes {
 
     /// One fingerprint of `files` together: each file's name, size and content hash, in order.
     pub fn fingerprint(&self, files: &[PathBuf]) -> Result<String> {
-        let mut cache = self.load();
+        let loaded = self.load();
+        let mut cache = loaded.clone();
         let mut combined = xxhash_rust::xxh3::Xxh3::new();
         for path in files {
             let entry = cached_digest(path, "", &mut cache, xxh3_contents)?;
@@ -55,7 +56,7 @@ impl FileHashes {
             combined.update(&entry.size.to_le_bytes());
             combined.update(entry.digest.as_bytes());
         }
-        self.save(&cache);
+        self.save(&cache, &loaded);
         Ok(format!("xxh3-{:016x}", combined.digest()))
     }
 
@@ -68,9 +69,10 @@ impl FileHashes {
         algorithm: &str,
         hash: impl FnOnce(&Path) -> Result<(u64, String)>,
     ) -> Result<String> {
-        let mut cache = self.load();
+        let loaded = self.load();
+        let mut cache = loaded.clone();
         let entry = cached_digest(path, &format!("{algorithm}:"), &mut cache, hash)?;
-        self.save(&cache);
+        self.save(&cache, &loaded);
         Ok(entry.digest)
     }
 
@@ -79,10 +81,14 @@ impl FileHashes {
         std::fs::read(path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default()
     }
 
-    /// Writes the cache, less the entries of files that no longer exist (temp folders, models
-    /// deleted from the cache), so that it does not grow without end.
-    fn save(&self, cache: &Cache) {
+    /// Writes the cache where it differs from what was `loaded` (a run whose files all hit the
+    /// cache writes nothing), less the entries of files that no longer exist (temp folders,
+    /// models deleted from the cache), so that it does not grow without end.
+    fn save(&self, cache: &Cache, loaded: &Cache) {
         let Some(path) = &self.cache_file else { return };
+        if cache == loaded {
+            return;
+        }
         let live: Cache = (cache.iter())
             .filter(|(key, _)| key.find('/').is_some_and(|start| Path::new(&key[start..]).exists()))
             .map(|(key, entry)| (key.clone(), entry.clone()))
@@ -173,8 +179,11 @@ mod tests {
             Ok((bytes.len() as u64, format!("len{}", bytes.len())))
         };
         assert_eq!(hashes.digest(&file, "test", count).unwrap(), "len7");
+        let written = std::fs::metadata(dir.path().join("hashes.json")).unwrap().modified().unwrap();
         assert_eq!(hashes.digest(&file, "test", count).unwrap(), "len7");
         assert_eq!(calls.get(), 1, "an unchanged file is not hashed again");
+        let kept = std::fs::metadata(dir.path().join("hashes.json")).unwrap().modified().unwrap();
+        assert_eq!(written, kept, "a run whose files all hit the cache writes nothing");
         // Another algorithm's digest of the same file is its own entry, beside the xxh3 one.
         hashes.fingerprint(std::slice::from_ref(&file)).unwrap();
         assert_eq!(hashes.digest(&file, "test", count).unwrap(), "len7");

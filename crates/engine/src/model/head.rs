@@ -64,9 +64,12 @@ impl<B: Backend> Head<B> {
 
     /// The log-probability of each target `(row, token)` after the hidden states `[rows,
     /// hidden]` (a row may have several targets), and each row's [`first_argmax`]. Both are taken
-    /// where the logits are, so a few numbers a row leave the device instead of the vocabulary; on
-    /// host backends in one parallel pass over each row (burn's ops made several, one thread
-    /// each).
+    /// where the logits are, so a few numbers a row leave the device instead of the vocabulary. On
+    /// host backends the packed kernel folds them as it multiplies ([`score_folded`]); where
+    /// burn's matmul runs the head, in one parallel pass over each row of logits (burn's ops made
+    /// several, one thread each).
+    ///
+    /// [`score_folded`]: Self::score_folded
     pub fn score(&self, hidden: Tensor<B, 2>, targets: &[(usize, u32)]) -> (Tensor<B, 1>, Tensor<B, 1, Int>) {
         #[cfg(target_arch = "x86_64")]
         if let Some(weight) = self.lm_head.packed() {

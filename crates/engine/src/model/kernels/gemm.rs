@@ -316,9 +316,21 @@ impl PackedWeight {
         let lines = &self.lines[column / PANEL * steps * 2..][..steps * 2];
         let (half, lane) = (column % PANEL / 16, column % 16);
         let weights = lines.chunks_exact(2).map(|pair| f32::from_bits(pair[half].0[lane]));
-        // `mul_add` rounds once, as the kernels' FMA does (in software where the CPU lacks FMA;
-        // every CPU with a packed kernel has it).
-        x_row.iter().zip(weights).fold(0.0f32, |sum, (&x, w)| x.mul_add(w, sum))
+        // `mul_add` rounds once, as the kernels' FMA does; compiled without the FMA feature it
+        // calls libm's software `fmaf`.
+        #[inline(always)]
+        fn chain(x_row: &[f32], weights: impl Iterator<Item = f32>) -> f32 {
+            x_row.iter().zip(weights).fold(0.0f32, |sum, (&x, w)| x.mul_add(w, sum))
+        }
+        #[target_feature(enable = "fma")]
+        fn with_fma(x_row: &[f32], weights: impl Iterator<Item = f32>) -> f32 {
+            chain(x_row, weights)
+        }
+        if is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has FMA (checked).
+            return unsafe { with_fma(x_row, weights) };
+        }
+        chain(x_row, weights)
     }
 }
 
